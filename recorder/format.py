@@ -1,0 +1,342 @@
+"""The runtail log format: one JSON object per line, one file per experiment.
+
+This module is the only place that knows how a message becomes a line and a
+line becomes a message. :mod:`tailer` and :mod:`replay` import it; nothing
+re-implements it.
+
+A line is ``{"type": str, "timestamp": str, "data": object, ...}`` followed by
+exactly one ``\\n``. Timestamps are RFC 3339 UTC ending in ``Z``. Non-finite
+floats are written as the strings ``"NaN"``, ``"Infinity"`` and
+``"-Infinity"`` (valid JSON for every parser); :func:`restore_non_finite`
+turns them back into floats. Tensors and numpy scalars become Python numbers;
+anything else that JSON cannot hold is written as its ``str()`` with one
+warning per type.
+
+On the wire the tailer sends the recorded object plus ``experiment_id`` and
+``seq``; :func:`wire_frame` splices those two keys into the recorded bytes
+instead of re-serialising the message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "EXPERIMENT_ID_PATTERN",
+    "MAX_LINE_BYTES",
+    "NON_FINITE",
+    "STATUS_TYPES",
+    "MalformedLine",
+    "decode_line",
+    "encode_line",
+    "encode_message",
+    "format_timestamp",
+    "is_valid_experiment_id",
+    "parse_timestamp",
+    "restore_non_finite",
+    "split_lines",
+    "status_of",
+    "utc_timestamp",
+    "validate_experiment_id",
+    "wire_frame",
+]
+
+#: What an experiment id may look like; it is also the file's stem.
+EXPERIMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+#: Lines longer than this (without the newline) are malformed for readers.
+MAX_LINE_BYTES = 1 << 20
+
+#: How non-finite floats are spelled in a line, and what they read back as.
+NON_FINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+#: Message types whose arrival says what state a run is in.
+STATUS_TYPES = frozenset({"status", "training_end", "error"})
+
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
+class MalformedLine(ValueError):
+    """A line that is not a runtail message: bad JSON, not an object, no string ``type``."""
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def is_valid_experiment_id(experiment_id: object) -> bool:
+    """Whether ``experiment_id`` is a safe experiment id (and so a safe file stem)."""
+    return isinstance(experiment_id, str) and EXPERIMENT_ID_PATTERN.fullmatch(experiment_id) is not None
+
+
+def validate_experiment_id(experiment_id: object) -> str:
+    """Return ``experiment_id`` unchanged, or raise :class:`ValueError` naming it.
+
+    Ids become file names, so anything that could leave the log directory
+    (``../x``, ``a/b``), an empty id and ids over 128 characters are refused.
+    """
+    if not is_valid_experiment_id(experiment_id):
+        raise ValueError(
+            f"invalid experiment id {experiment_id!r}: expected 1-128 characters of "
+            "letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return experiment_id  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- timestamps
+
+_second_cache = threading.local()
+
+
+def format_timestamp(seconds: float) -> str:
+    """RFC 3339 UTC with microseconds for a POSIX time, e.g. ``2025-10-22T11:10:16.371000Z``."""
+    whole = math.floor(seconds)
+    micros = round((seconds - whole) * 1_000_000)
+    if micros >= 1_000_000:  # rounding carried into the next second
+        whole, micros = whole + 1, micros - 1_000_000
+    # strftime costs more than the rest of a message; the second rarely changes.
+    cache = _second_cache.__dict__
+    if cache.get("second") != whole:
+        cache["second"] = whole
+        cache["prefix"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{cache['prefix']}.{micros:06d}Z"
+
+
+def utc_timestamp() -> str:
+    """The current time as a runtail timestamp."""
+    return format_timestamp(time.time())
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse a runtail timestamp (any RFC 3339 form) into an aware UTC datetime."""
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+# --------------------------------------------------------------------------- encoding
+
+_warned_types: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_unserialisable(value: object) -> None:
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    with _warned_lock:
+        if name in _warned_types:
+            return
+        _warned_types.add(name)
+    warnings.warn(
+        f"runtail: a value of type {name} is not JSON; it is recorded as its str()",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _to_number(value: Any) -> Any:
+    """Tensors and numpy values to Python numbers or lists; ``None`` if not one of them."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None and (hasattr(value, "dtype") or hasattr(value, "numel")):
+        try:
+            return tolist()  # a 0-d tensor or numpy scalar gives a plain number
+        except Exception:
+            return None
+    item = getattr(value, "item", None)
+    if item is not None:
+        try:
+            return item()
+        except Exception:
+            return None
+    return None
+
+
+def _default(value: Any) -> Any:
+    """orjson's hook for types it does not know."""
+    converted = _to_number(value)
+    if converted is not None:
+        return converted
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    _warn_unserialisable(value)
+    return str(value)
+
+
+def _sanitise(value: Any, depth: int = 0) -> Any:
+    """A pure-JSON copy of ``value``: non-finite floats as strings, keys as str."""
+    if depth > 200:
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates cannot be UTF-8
+            return value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {
+            (k if isinstance(k, str) else str(k)): _sanitise(v, depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_sanitise(v, depth + 1) for v in value]
+    converted = _to_number(value)
+    if converted is not None:
+        return _sanitise(converted, depth + 1)
+    _warn_unserialisable(value)
+    return _sanitise(str(value), depth + 1)
+
+
+def encode_line(message: Mapping[str, Any]) -> bytes:
+    """Encode one message object as exactly one line of UTF-8 JSON ending in ``\\n``.
+
+    Never raises for odd values: see the module docstring for what they become.
+    """
+    try:
+        line = orjson.dumps(message, default=_default, option=_DUMPS_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        # Integers beyond 64 bits, lone surrogates, nesting past orjson's limit.
+        line = None
+    # orjson writes NaN and infinities as null; only then is the slow path needed.
+    if line is None or b"null" in line:
+        import json
+
+        line = (
+            json.dumps(_sanitise(message), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            + "\n"
+        ).encode("utf-8")
+    return line
+
+
+def encode_message(
+    type: str,
+    data: Any = None,
+    *,
+    timestamp: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """Build and encode a message ``{"type", "timestamp", "data", **extra}`` as one line."""
+    message: dict[str, Any] = {
+        "type": type,
+        "timestamp": timestamp if timestamp is not None else utc_timestamp(),
+        "data": {} if data is None else data,
+    }
+    if extra:
+        for key, value in extra.items():
+            message.setdefault(key, value)
+    return encode_line(message)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_line(line: bytes | str, *, max_bytes: int = MAX_LINE_BYTES) -> dict[str, Any]:
+    """Decode one line (with or without its ``\\n``) into a message dict.
+
+    Raises:
+        MalformedLine: the line is longer than ``max_bytes``, is not JSON, is
+            not an object, or has no string ``type``.
+    """
+    if len(line) > max_bytes + 1:
+        raise MalformedLine(f"line of {len(line)} bytes is over the limit of {max_bytes}")
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedLine(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise MalformedLine(f"not a JSON object but {type(message).__name__}")
+    if not isinstance(message.get("type"), str):
+        raise MalformedLine("no string 'type'")
+    return message
+
+
+def restore_non_finite(value: Any) -> Any:
+    """Turn the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` back into floats, deeply."""
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: restore_non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [restore_non_finite(v) for v in value]
+    return value
+
+
+def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Split ``buffer`` into its complete lines (without ``\\n``) and the trailing rest.
+
+    The rest is a line still being written (or torn by a crash): readers keep
+    it until its newline arrives and never treat it as a message before that.
+    """
+    end = buffer.rfind(b"\n")
+    if end < 0:
+        return [], buffer
+    return buffer[:end].split(b"\n"), buffer[end + 1 :]
+
+
+def status_of(message: Mapping[str, Any]) -> str | None:
+    """The run status a message announces (``running``, ``completed``, ``failed``), if any."""
+    kind = message.get("type")
+    if kind == "training_end":
+        return "completed"
+    if kind == "error":
+        return "failed"
+    if kind == "status":
+        data = message.get("data")
+        status = data.get("status") if isinstance(data, dict) else None
+        if status in ("completed", "failed", "running"):
+            return status
+        if status in ("started", "starting", "training", "in_progress"):
+            return "running"
+        if status in ("error", "crashed"):
+            return "failed"
+        if status in ("finished", "done", "success"):
+            return "completed"
+    if kind in ("training_start", "epoch_start", "round_start"):
+        return "running"
+    return None
+
+
+# --------------------------------------------------------------------------- wire
+
+
+def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
+    """The frame the tailer sends for a recorded line: the object plus ``experiment_id`` and ``seq``.
+
+    ``line`` must be a line that :func:`decode_line` accepted (so it is a JSON
+    object); its bytes are kept and the two keys are appended before the
+    closing brace. Keys appended last win in every JSON parser that accepts
+    duplicates, so a recorded ``seq`` can never shadow the tailer's.
+    ``experiment_id`` must already be valid (it then needs no escaping).
+    """
+    body = line.rstrip(b" \t\r\n")
+    head = body[:-1].rstrip(b" \t\r\n")
+    separator = b"" if head.endswith(b"{") else b","
+    return b"%s%s\"experiment_id\":\"%s\",\"seq\":%d}" % (
+        head,
+        separator,
+        experiment_id.encode("ascii"),
+        seq,
+    )
+
+
+def iter_messages(lines: Iterable[bytes]) -> Iterable[tuple[int, dict[str, Any] | None]]:
+    """Number ``lines`` from 0 and decode each; malformed ones give ``None``."""
+    for seq, line in enumerate(lines):
+        try:
+            yield seq, decode_line(line)
+        except MalformedLine:
+            yield seq, None

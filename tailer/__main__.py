@@ -1,0 +1,5 @@
+import sys
+
+from tailer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The ``tailer`` command: ``serve``, ``replay``, ``export`` and ``ls``.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)``
+and ``run(args) -> int``; this file only wires them together, so adding an
+option never touches another command's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("tailer.serve", "stream a directory of runs to WebSocket clients and the dashboard"),
+    "replay": ("tailer.replay_cmd", "serve one finished run on / at its recorded pace"),
+    "export": ("replay.export", "write runs to Parquet (a file, or a dataset partitioned by experiment)"),
+    "ls": ("tailer.ls", "list the experiments in a directory"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tailer", description="runtail: watch, replay and analyse training runs."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
