@@ -1,0 +1,323 @@
+// Plotly glue: one plot per model chart, updated in place as points arrive.
+//
+// Small series are extended with Plotly.extendTraces (only the new points go
+// to Plotly). Once a line is longer than RAW_LIMIT points the plot shows a
+// min/max thinned copy (about two points per pixel column) redrawn at most
+// every HEAVY_INTERVAL_MS; the model keeps every point, and zooming in thins
+// only the visible range again, so detail is never lost.
+
+// Sibling modules are imported with this module's own query string, so a
+// `?token=` the page was loaded with reaches them too (a static import would
+// drop it and be refused by a server that wants the token).
+const sibling = (name) => new URL(`./${name}${new URL(import.meta.url).search}`, import.meta.url).href;
+const { SECTIONS, decimate, lowerBound } = await import(sibling("model.js"));
+
+const RAW_LIMIT = 4000;
+const HEAVY_INTERVAL_MS = 400;
+const MARKER_SECTIONS = new Set(["epoch", "round", "client"]);
+
+const PHASE_COLOURS = {
+  train: 0, fit: 0, val: 1, eval: 1, test: 2, "server eval": 3,
+  total_norm: 0, max_norm: 1, min_norm: 2,
+};
+// Readable on both the light and the dark background.
+const PALETTE = [
+  "#3b82f6", "#f97316", "#16a34a", "#a855f7", "#e11d48",
+  "#0891b2", "#ca8a04", "#db2777", "#65a30d", "#64748b",
+];
+
+function cssVar(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+export function themeLayout() {
+  const fg = cssVar("--fg") || "#1f2937";
+  const grid = cssVar("--grid") || "#e5e7eb";
+  const muted = cssVar("--muted") || "#6b7280";
+  return {
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    font: { color: fg, family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 12 },
+    "xaxis.gridcolor": grid,
+    "yaxis.gridcolor": grid,
+    "xaxis.zerolinecolor": grid,
+    "yaxis.zerolinecolor": grid,
+    "xaxis.linecolor": muted,
+    "yaxis.linecolor": muted,
+    "hoverlabel.bgcolor": cssVar("--card") || "#fff",
+    "hoverlabel.font.color": fg,
+    "legend.font.color": fg,
+  };
+}
+
+function nested(flat) {
+  // Plotly.newPlot wants nested objects; Plotly.relayout takes the dotted form.
+  const out = {};
+  for (const [key, value] of Object.entries(flat)) {
+    const parts = key.split(".");
+    let node = out;
+    for (const part of parts.slice(0, -1)) node = node[part] = node[part] || {};
+    node[parts[parts.length - 1]] = value;
+  }
+  return out;
+}
+
+class ChartState {
+  constructor(chart, card, plotEl, note) {
+    this.chart = chart;
+    this.card = card;
+    this.plotEl = plotEl;
+    this.note = note;
+    this.plotted = false;
+    this.names = []; // trace names in Plotly's order
+    this.drawn = new Map(); // name -> points handed to Plotly (raw mode)
+    this.thinned = false;
+    this.range = null; // visible x range after a zoom, or null for all
+    this.lastHeavy = 0;
+  }
+}
+
+export class ChartBoard {
+  constructor(container) {
+    this.container = container;
+    this.states = new Map();
+    this.sections = new Map();
+    this.model = null;
+    this.deferred = new Set(); // thinned charts waiting for their next redraw slot
+  }
+
+  /** Show `model`, dropping every plot of the previous one. */
+  bind(model) {
+    this.clear();
+    this.model = model;
+    this.modelResets = model.resets;
+    for (const id of model.charts.keys()) model.dirtyCharts.add(id);
+  }
+
+  clear() {
+    for (const state of this.states.values()) {
+      if (state.plotted) window.Plotly.purge(state.plotEl);
+    }
+    this.states.clear();
+    this.sections.clear();
+    this.deferred.clear();
+    this.container.replaceChildren();
+  }
+
+  /** Draw what changed since the last call; returns true while a redraw is still owed. */
+  flush(now = performance.now()) {
+    const model = this.model;
+    if (!model) return false;
+    if (model.resets !== this.modelResets) this.bind(model);
+    const ids = new Set([...model.dirtyCharts, ...this.deferred]);
+    model.dirtyCharts.clear();
+    this.deferred.clear();
+    for (const id of ids) {
+      const chart = model.charts.get(id);
+      if (chart) this.update(chart, now);
+    }
+    return this.deferred.size > 0;
+  }
+
+  sectionGrid(section) {
+    let grid = this.sections.get(section);
+    if (grid) return grid;
+    const order = SECTIONS.map(([key]) => key);
+    const title = (SECTIONS.find(([key]) => key === section) || [section, section])[1];
+    const el = document.createElement("section");
+    el.className = "chart-section";
+    el.dataset.section = section;
+    const h = document.createElement("h3");
+    h.textContent = title;
+    grid = document.createElement("div");
+    grid.className = "chart-grid";
+    el.append(h, grid);
+    // Keep sections in their fixed order whatever arrives first.
+    const rank = order.indexOf(section);
+    const next = [...this.container.children].find(
+      (child) => order.indexOf(child.dataset.section) > rank,
+    );
+    this.container.insertBefore(el, next || null);
+    this.sections.set(section, grid);
+    return grid;
+  }
+
+  stateFor(chart) {
+    let state = this.states.get(chart.id);
+    if (state) return state;
+    const card = document.createElement("figure");
+    card.className = "chart-card";
+    card.dataset.chartId = chart.id;
+    const caption = document.createElement("figcaption");
+    const title = document.createElement("span");
+    title.className = "chart-title";
+    title.textContent = chart.title;
+    const note = document.createElement("span");
+    note.className = "chart-note";
+    caption.append(title, note);
+    const plotEl = document.createElement("div");
+    plotEl.className = "plot";
+    plotEl.setAttribute("role", "img");
+    plotEl.setAttribute("aria-label", `${chart.title} over ${chart.xTitle}`);
+    card.append(caption, plotEl);
+    this.sectionGrid(chart.section).append(card);
+    state = new ChartState(chart, card, plotEl, note);
+    this.states.set(chart.id, state);
+    return state;
+  }
+
+  traceFor(state, series, index) {
+    const raw = !state.thinned;
+    let i0 = 0;
+    let i1 = series.length;
+    if (!raw && state.range && series.monotonic) {
+      i0 = Math.max(0, lowerBound(series.xs, state.range[0]) - 1);
+      i1 = Math.min(series.length, lowerBound(series.xs, state.range[1]) + 1);
+    }
+    const width = Math.max(200, state.plotEl.clientWidth || 600);
+    const shown = decimate(series, i0, i1, raw ? Infinity : width);
+    const colourIndex = PHASE_COLOURS[series.name] ?? index;
+    const markers = MARKER_SECTIONS.has(state.chart.section);
+    const trace = {
+      type: "scatter",
+      mode: markers ? "lines+markers" : "lines",
+      name: series.name,
+      x: shown.x,
+      y: shown.y,
+      connectgaps: false,
+      line: { color: PALETTE[colourIndex % PALETTE.length], width: 1.6 },
+      marker: { size: 5 },
+      hovertemplate: shown.text ? "%{y:.5g}<br>%{text}<extra>%{fullData.name}</extra>"
+        : "%{y:.5g}<extra>%{fullData.name}</extra>",
+    };
+    if (shown.text) trace.text = shown.text;
+    return trace;
+  }
+
+  layoutFor(state) {
+    const chart = state.chart;
+    return {
+      ...nested(themeLayout()),
+      height: 250,
+      margin: { l: 52, r: 12, t: chart.traces.size > 1 ? 28 : 8, b: 40 },
+      xaxis: { ...nested(themeLayout()).xaxis, title: { text: chart.xTitle, standoff: 6 }, automargin: true },
+      yaxis: { ...nested(themeLayout()).yaxis, automargin: true },
+      showlegend: chart.traces.size > 1,
+      legend: { ...nested(themeLayout()).legend, orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
+      hovermode: "x unified",
+      uirevision: chart.id,
+    };
+  }
+
+  redraw(state) {
+    const chart = state.chart;
+    state.names = [...chart.traces.keys()];
+    const data = state.names.map((name, i) => this.traceFor(state, chart.traces.get(name), i));
+    const config = {
+      responsive: true,
+      displaylogo: false,
+      modeBarButtonsToRemove: ["lasso2d", "select2d"],
+      toImageButtonOptions: { filename: `${this.model.id}-${chart.title}`.replace(/[^\w.-]+/g, "_") },
+    };
+    if (!state.plotted) {
+      window.Plotly.newPlot(state.plotEl, data, this.layoutFor(state), config);
+      state.plotted = true;
+      state.plotEl.on("plotly_relayout", (event) => this.onRelayout(state, event));
+    } else {
+      window.Plotly.react(state.plotEl, data, this.layoutFor(state), config);
+    }
+    for (const name of state.names) state.drawn.set(name, chart.traces.get(name).length);
+  }
+
+  onRelayout(state, event) {
+    if (!event) return;
+    let range;
+    if (event["xaxis.autorange"] === true) range = null;
+    else if (event["xaxis.range[0]"] !== undefined) {
+      range = [Number(event["xaxis.range[0]"]), Number(event["xaxis.range[1]"])];
+    } else if (Array.isArray(event["xaxis.range"])) range = event["xaxis.range"].map(Number);
+    else return;
+    state.range = range;
+    if (state.thinned) this.redraw(state);
+  }
+
+  update(chart, now) {
+    const state = this.stateFor(chart);
+    let longest = 0;
+    let nonFinite = 0;
+    for (const s of chart.traces.values()) {
+      longest = Math.max(longest, s.length);
+      nonFinite += s.nonFinite;
+    }
+    state.note.textContent = nonFinite ? `${nonFinite} non-finite value${nonFinite > 1 ? "s" : ""} (gaps)` : "";
+    const thinned = longest > RAW_LIMIT;
+    if (!state.plotted || thinned !== state.thinned || chart.traces.size !== state.names.length) {
+      state.thinned = thinned;
+      state.lastHeavy = now;
+      this.redraw(state);
+      return;
+    }
+    if (thinned) {
+      if (now - state.lastHeavy < HEAVY_INTERVAL_MS) {
+        this.deferred.add(chart.id);
+        return;
+      }
+      state.lastHeavy = now;
+      this.redraw(state);
+      return;
+    }
+    // Raw mode: hand Plotly only the new points (lines with hover text apart,
+    // since extendTraces can only extend attributes every listed trace has).
+    const withText = { indices: [], x: [], y: [], text: [] };
+    const plain = { indices: [], x: [], y: [] };
+    const plotted = state.plotEl.data || [];
+    if (state.names.some((name, i) => !!chart.traces.get(name).text !== Array.isArray(plotted[i]?.text))) {
+      this.redraw(state); // a line gained hover text after it was first drawn
+      return;
+    }
+    state.names.forEach((name, i) => {
+      const series = chart.traces.get(name);
+      const from = state.drawn.get(name) || 0;
+      if (series.length <= from) return;
+      const group = series.text ? withText : plain;
+      group.indices.push(i);
+      group.x.push(series.xs.slice(from));
+      group.y.push(series.ys.slice(from).map((y) => (Number.isFinite(y) ? y : null)));
+      if (series.text) group.text.push(series.text.slice(from));
+      state.drawn.set(name, series.length);
+    });
+    if (plain.indices.length) {
+      window.Plotly.extendTraces(state.plotEl, { x: plain.x, y: plain.y }, plain.indices);
+    }
+    if (withText.indices.length) {
+      window.Plotly.extendTraces(state.plotEl,
+        { x: withText.x, y: withText.y, text: withText.text }, withText.indices);
+    }
+  }
+
+  applyTheme() {
+    const flat = themeLayout();
+    for (const state of this.states.values()) {
+      if (state.plotted) window.Plotly.relayout(state.plotEl, flat);
+    }
+  }
+
+  /** What the test hook reports: per chart, points in the model and points drawn. */
+  describe() {
+    const out = {};
+    for (const [id, state] of this.states) {
+      const traces = {};
+      const plotted = state.plotEl.data || [];
+      state.names.forEach((name, i) => {
+        const series = state.chart.traces.get(name);
+        traces[name] = {
+          points: series.length,
+          drawn: plotted[i] ? plotted[i].x.length : 0,
+          nonFinite: series.nonFinite,
+        };
+      });
+      out[id] = { title: state.chart.title, section: state.chart.section, thinned: state.thinned, traces };
+    }
+    return out;
+  }
+}

@@ -1,0 +1,336 @@
+"""Helpers for the dashboard's browser tests: a real `tailer serve`, Chromium, fixture runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from recorder.format import encode_message
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_runs"
+ARTIFACTS = ROOT / "test-artifacts"
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):
+    """Call `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s: {message} (last value: {last!r})")
+
+
+class Server:
+    """`python -m tailer serve DIR --port P` as a subprocess; restartable on the same port."""
+
+    def __init__(self, directory: Path, token: str | None = None, port: int | None = None):
+        self.directory = directory
+        self.token = token
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = ARTIFACTS / f"serve-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def page_url(self, fragment: str = "") -> str:
+        query = f"?token={self.token}" if self.token else ""
+        return f"{self.url}{query}{fragment}"
+
+    def start(self) -> Server:
+        ARTIFACTS.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "tailer", "serve", str(self.directory), "--port", str(self.port)]
+        if self.token:
+            cmd += ["--token", self.token]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("TAILER_TOKEN", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        wait_until(self._healthy, timeout=20, message=f"tailer serve on port {self.port} (log {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"tailer serve exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Stop the server abruptly, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def serving(directory: Path, token: str | None = None) -> Iterator[Server]:
+    server = Server(directory, token=token).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ConsoleWatch:
+    """Collect console errors and uncaught page errors of a Playwright page."""
+
+    def __init__(self, page, allowed: tuple[str, ...] = ()):
+        self.errors: list[str] = []
+        self.allowed = allowed
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+
+    def _console(self, msg) -> None:
+        if msg.type == "error" and not any(re.search(p, msg.text) for p in self.allowed):
+            self.errors.append(f"console.error: {msg.text}")
+
+    def check(self) -> None:
+        assert not self.errors, "browser errors:\n" + "\n".join(self.errors)
+
+
+def launch(playwright):
+    return playwright.chromium.launch(
+        executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+    )
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+# ---------------------------------------------------------------- page state
+
+
+def view_state(page):
+    return page.evaluate("() => window.__runtail && window.__runtail.view()")
+
+
+def runs_state(page):
+    return page.evaluate("() => window.__runtail ? window.__runtail.runs() : []")
+
+
+def chart_points(page) -> dict[str, dict[str, tuple[int, int]]]:
+    """{chart id: {trace: (points in the model, points in the Plotly figure)}}."""
+    state = view_state(page)
+    if not state:
+        return {}
+    return {
+        cid: {name: (t["points"], t["drawn"]) for name, t in chart["traces"].items()}
+        for cid, chart in state["charts"].items()
+    }
+
+
+# ---------------------------------------------------------------- expected data from files
+
+
+PHASES = ["train", "training", "val", "valid", "validation", "test", "predict"]
+ALIASES = {"training": "train", "valid": "val", "validation": "val"}
+INDEX_KEYS = {
+    "epoch", "step", "round", "round_num", "total_epochs", "total_rounds",
+    "batch_idx", "local_epoch", "client_id", "num_examples",
+}
+
+
+def read_messages(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and isinstance(msg.get("type"), str):
+            out.append(msg)
+    return out
+
+
+def _numeric(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in (
+        "NaN", "Infinity", "-Infinity",
+    )
+
+
+def _split_phase(name: str, known: str | None = None) -> tuple[str | None, str]:
+    for phase in ([known] if known else []) + PHASES:
+        for sep in "_/.":
+            if len(name) > len(phase) + 1 and name.startswith(phase + sep):
+                return ALIASES.get(phase, phase), name[len(phase) + 1 :]
+            if len(name) > len(phase) + 1 and name.endswith(sep + phase):
+                return ALIASES.get(phase, phase), name[: -(len(phase) + 1)]
+    return None, name
+
+
+def expected_epoch_charts(path: Path) -> dict[str, dict[str, int]]:
+    """{"epoch:<metric>": {phase: points}} as the page should draw epoch_end messages."""
+    charts: dict[str, dict[str, int]] = {}
+    for msg in read_messages(path):
+        if msg["type"] != "epoch_end":
+            continue
+        data = msg.get("data") or {}
+        phase = str(data.get("phase") or "train").lower()
+        phase = ALIASES.get(phase, phase)
+        if not isinstance(data.get("epoch"), (int, float)):
+            continue
+        for name, value in (data.get("metrics") or {}).items():
+            if name in INDEX_KEYS or not _numeric(value):
+                continue
+            _, base = _split_phase(name, phase)
+            traces = charts.setdefault(f"epoch:{base}", {})
+            traces[phase] = traces.get(phase, 0) + 1
+    return charts
+
+
+def expected_batch_charts(path: Path) -> dict[str, dict[str, int]]:
+    charts: dict[str, dict[str, int]] = {}
+    for msg in read_messages(path):
+        if msg["type"] != "batch_metrics":
+            continue
+        data = msg.get("data") or {}
+        client = data.get("client_id")
+        for name, value in data.items():
+            if name in INDEX_KEYS or not _numeric(value):
+                continue
+            trace = f"client {client}" if client is not None else name
+            traces = charts.setdefault(f"batch:{name}", {})
+            traces[trace] = traces.get(trace, 0) + 1
+    return charts
+
+
+def copy_samples(dest: Path) -> list[Path]:
+    """Copy sample_runs/*.jsonl into `dest`; returns the copies."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sorted(SAMPLES.glob("*.jsonl")):
+        target = dest / src.name
+        shutil.copyfile(src, target)
+        out.append(target)
+    return out
+
+
+# ---------------------------------------------------------------- fixture runs
+
+
+def ts(i: int) -> str:
+    return f"2025-10-22T11:{10 + i // 60:02d}:{i % 60:02d}.000000Z"
+
+
+def write_centralized(path: Path, epochs: int = 4, batches_per_epoch: int = 5) -> None:
+    i = 0
+    lines = [
+        encode_message("training_mode", {"is_federated": False, "num_rounds": 0, "num_clients": 0}, timestamp=ts(i)),
+        encode_message("training_start", {"run_id": path.stem, "max_epochs": epochs}, timestamp=ts(i)),
+        encode_message("status", {"status": "running", "message": "training"}, timestamp=ts(i)),
+    ]
+    step = 0
+    for epoch in range(epochs):
+        i += 1
+        lines.append(encode_message("epoch_start", {"epoch": epoch, "total_epochs": epochs}, timestamp=ts(i)))
+        for b in range(batches_per_epoch):
+            step += 1
+            lines.append(
+                encode_message(
+                    "batch_metrics",
+                    {"step": step, "batch_idx": b, "loss": 2.0 / step, "accuracy": step / 100, "epoch": epoch},
+                    timestamp=ts(i),
+                )
+            )
+        for phase in ("train", "val"):
+            lines.append(
+                encode_message(
+                    "epoch_end",
+                    {"epoch": epoch, "phase": phase, "metrics": {f"{phase}_loss": 1.0 / (epoch + 1), f"{phase}_acc": 0.5 + epoch / 10}},
+                    timestamp=ts(i),
+                )
+            )
+    lines.append(encode_message("training_end", {"run_id": path.stem, "best_val_acc": 0.8}, timestamp=ts(i + 1)))
+    lines.append(encode_message("status", {"status": "completed", "message": "done"}, timestamp=ts(i + 1)))
+    path.write_bytes(b"".join(lines))
+
+
+def write_failed(path: Path) -> None:
+    lines = [
+        encode_message("training_start", {}, timestamp=ts(0)),
+        encode_message("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": "NaN"}}, timestamp=ts(1)),
+        encode_message(
+            "error",
+            {"error": "loss became NaN", "error_type": "FloatingPointError", "traceback": "Traceback (most recent call last):\n  File x\nFloatingPointError: loss became NaN"},
+            timestamp=ts(2),
+        ),
+        encode_message("status", {"status": "failed", "message": "loss became NaN"}, timestamp=ts(2)),
+    ]
+    path.write_bytes(b"".join(lines))
+
+
+def write_running(path: Path, epochs: int = 2) -> None:
+    lines = [encode_message("training_start", {}, timestamp=ts(0))]
+    for epoch in range(epochs):
+        lines.append(encode_message("epoch_end", {"epoch": epoch, "phase": "train", "metrics": {"loss": 1.0 / (epoch + 1)}}, timestamp=ts(epoch + 1)))
+    path.write_bytes(b"".join(lines))
+
+
+def write_federated(path: Path, rounds: int = 3, clients: int = 2) -> None:
+    lines = [
+        encode_message("training_mode", {"is_federated": True, "num_rounds": rounds, "num_clients": clients}, timestamp=ts(0)),
+        encode_message("training_start", {}, timestamp=ts(0)),
+    ]
+    for r in range(1, rounds + 1):
+        lines.append(encode_message("round_start", {"round": r, "total_rounds": rounds}, timestamp=ts(r)))
+        for c in range(clients):
+            cid = str(18446744073709551000 + c)
+            lines.append(encode_message("local_epoch", {"client_id": cid, "round": r, "local_epoch": 0, "metrics": {"loss": 1 / r + c / 10}}, timestamp=ts(r)))
+            lines.append(encode_message("client_complete", {"round": r, "client_id": cid, "metrics": {"train_loss": 1 / r + c / 10}, "num_examples": 100}, timestamp=ts(r)))
+        lines.append(encode_message("round_end", {"round": r, "total_rounds": rounds, "fit_metrics": {"loss": 1 / r}, "eval_metrics": {"loss": 1.1 / r, "accuracy": r / 4}}, timestamp=ts(r)))
+        lines.append(encode_message("round_metrics", {"round": r, "total_rounds": rounds, "metrics": {"accuracy": r / 5}}, timestamp=ts(r)))
+    lines.append(encode_message("training_end", {}, timestamp=ts(rounds + 1)))
+    lines.append(encode_message("status", {"status": "completed", "message": ""}, timestamp=ts(rounds + 1)))
+    path.write_bytes(b"".join(lines))
