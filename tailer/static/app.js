@@ -265,7 +265,10 @@ function mergeExperiments(entries) {
     run.status = entry.status || "unknown";
     run.firstTimestamp = entry.first_timestamp || null;
     run.lastTimestamp = entry.last_timestamp || null;
-    run.lastSeq = typeof entry.last_seq === "number" ? entry.last_seq : null;
+    // The seq of the last line the list counted (`lines` counts every line, as seq does).
+    if (typeof entry.last_seq === "number") run.lastSeq = entry.last_seq;
+    else if (typeof entry.lines === "number") run.lastSeq = entry.lines - 1;
+    else run.lastSeq = null;
     if (typeof entry.error === "string") run.error = entry.error;
     else if (entry.error && typeof entry.error === "object") run.error = String(entry.error.error ?? "");
     runs.set(id, run);
