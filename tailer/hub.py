@@ -1,0 +1,267 @@
+"""Routing of new lines to subscribers: one reader per file, one encoding per batch.
+
+The :class:`Hub` owns a :class:`~tailer.reader.FileReader` per experiment and
+the subscriber sets. When a reader yields new lines, the hub frames them once
+(:func:`tailer.frames.frame_lines`) and writes the same bytes to every
+subscriber of that experiment and every unfiltered firehose client, without
+awaiting anyone: a slow client never slows the others.
+
+Bounded memory: a client's queue is its transport's write buffer. The kernel
+socket buffer absorbs bursts; once more than ``queue_bytes`` wait in user
+space the client is closed with 1013 ("try again later") and can reconnect
+with ``since`` set to the last ``seq`` it received to continue without a gap.
+Nothing else holds messages: history is read back from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+from websockets.protocol import OPEN
+
+from recorder.format import is_valid_experiment_id
+from tailer.config import DEFAULT_QUEUE_BYTES
+from tailer.frames import frame_lines, text_frame
+from tailer.reader import FileReader, PollResult, StaleHistory
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+__all__ = ["Client", "Hub", "log_reset_frame"]
+
+log = logging.getLogger("tailer")
+
+#: Bytes of history read per step of a catch-up; bounds a catching-up client's memory.
+HISTORY_CHUNK = 256 << 10
+
+
+def log_reset_frame(experiment_id: str) -> bytes:
+    """The frame telling a client that ``experiment_id`` was truncated or replaced."""
+    return text_frame(
+        orjson.dumps({"type": "log_reset", "experiment_id": experiment_id, "data": {}})
+    )
+
+
+class Client:
+    """One WebSocket subscriber and its bounded send queue."""
+
+    __slots__ = ("closing", "connection", "label", "queue_bytes", "transport")
+
+    def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
+        self.connection = connection
+        self.transport = connection.transport
+        self.queue_bytes = queue_bytes
+        self.label = label
+        self.closing = False
+
+    def write(self, frames: bytes) -> None:
+        """Queue already-framed bytes; close the client with 1013 if it is too far behind."""
+        if self.closing:
+            return
+        # Frames are written straight to the transport (see tailer.frames); the protocol
+        # state check keeps data from following our own close frame.
+        if self.connection.protocol.state is not OPEN:
+            return
+        transport = self.transport
+        transport.write(frames)
+        if transport.get_write_buffer_size() > self.queue_bytes:
+            self.close(1013, "client too slow: reconnect with since=<last seq received>")
+
+    def close(self, code: int, reason: str) -> None:
+        """Start a closing handshake without waiting for it."""
+        if self.closing:
+            return
+        self.closing = True
+        if code == 1013:
+            log.warning(
+                "client %s fell more than %d bytes behind; closing it (1013)",
+                self.label,
+                self.queue_bytes,
+            )
+        task = asyncio.get_running_loop().create_task(self.connection.close(code, reason))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is below its low-water mark."""
+        await self.connection.drain()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+class Hub:
+    """Readers for every ``*.jsonl`` in ``directory`` and who receives their lines."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        index_every: int = 1000,
+    ) -> None:
+        self.directory = Path(directory)
+        self.queue_bytes = queue_bytes
+        self.index_every = index_every
+        self.readers: dict[str, FileReader] = {}
+        self.subscribers: dict[str, set[Client]] = {}
+        self.firehose: set[Client] = set()
+        self._changed: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ files
+
+    def experiment_ids_on_disk(self) -> list[str]:
+        """Valid experiment ids of the ``*.jsonl`` files directly in the directory."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return [
+            name[:-6]
+            for name in names
+            if name.endswith(".jsonl") and is_valid_experiment_id(name[:-6])
+        ]
+
+    def reader_for(self, experiment_id: str) -> FileReader:
+        reader = self.readers.get(experiment_id)
+        if reader is None:
+            reader = FileReader(
+                self.directory / f"{experiment_id}.jsonl",
+                experiment_id,
+                index_every=self.index_every,
+            )
+            self.readers[experiment_id] = reader
+        return reader
+
+    async def refresh(self, experiment_ids: Iterable[str] | None = None) -> None:
+        """Read what is new in the given experiments (all known and listed ones by default).
+
+        New files get a reader; every reader is polled until it has no more
+        bytes, yielding to the event loop between chunks so a burst of writes
+        never starves clients.
+        """
+        if experiment_ids is None:
+            ids = set(self.readers)
+            ids.update(self.experiment_ids_on_disk())
+        else:
+            ids = set(experiment_ids)
+        for experiment_id in ids:
+            is_new = experiment_id not in self.readers
+            reader = self.reader_for(experiment_id)
+            while True:
+                result = reader.poll()
+                self.dispatch(reader, result)
+                if not result.more or reader.deleted:
+                    break
+                await asyncio.sleep(0)
+            if is_new and not reader.deleted and reader.next_seq:
+                log.info("experiment %s: %d messages", experiment_id, reader.messages)
+
+    def poll_once(self, experiment_id: str) -> bool:
+        """One read of one experiment (synchronous); whether more bytes are waiting."""
+        reader = self.reader_for(experiment_id)
+        result = reader.poll()
+        self.dispatch(reader, result)
+        return result.more and not reader.deleted
+
+    def dispatch(self, reader: FileReader, result: PollResult) -> None:
+        """Send one poll's outcome to the experiment's subscribers and the firehose."""
+        kind = result.kind
+        if kind == "none":
+            return
+        experiment_id = reader.experiment_id
+        subscribers = self.subscribers.get(experiment_id)
+        if kind == "data":
+            if not result.lines or not (subscribers or self.firehose):
+                return
+            frames = frame_lines(result.lines, experiment_id)
+        elif kind == "reset":
+            frames = log_reset_frame(experiment_id)
+        else:  # deleted
+            if self.readers.get(experiment_id) is reader:
+                del self.readers[experiment_id]
+            for client in list(subscribers or ()):
+                client.close(1000, f"experiment {experiment_id} was deleted")
+            return
+        if subscribers:
+            for client in subscribers:
+                client.write(frames)
+        for client in self.firehose:
+            client.write(frames)
+
+    # ------------------------------------------------------------------ subscribers
+
+    def subscribe_firehose(self, client: Client) -> None:
+        self.firehose.add(client)
+
+    def unsubscribe(self, client: Client) -> None:
+        self.firehose.discard(client)
+        for experiment_id, clients in list(self.subscribers.items()):
+            clients.discard(client)
+            if not clients:
+                del self.subscribers[experiment_id]
+
+    async def attach(self, client: Client, experiment_id: str, since: int | None) -> bool:
+        """Send ``experiment_id``'s history after ``since`` from disk, then subscribe live.
+
+        ``since=None`` subscribes to new messages only; ``since=-1`` sends
+        everything. Returns ``False`` if the client was closed meanwhile.
+
+        The switch from history to live must neither drop nor repeat a line
+        that arrives during the catch-up:
+
+        1. The catch-up notes the reader's ``(consumed, next_seq, generation)``,
+           which the reader updates together, synchronously, in the same step
+           that dispatches those lines to live subscribers.
+        2. It sends lines ``[start, next_seq)`` from disk, below ``consumed``
+           (not further: bytes past it have not been numbered or dispatched).
+        3. It awaits the client's drain between chunks; meanwhile the reader
+           may dispatch new lines to live subscribers, not yet to this client.
+        4. After the history it compares ``next_seq`` again, with no await in
+           between: if lines arrived, it loops to step 1 from where it stopped.
+        5. Once nothing new arrived it adds the client to the subscribers in
+           that same synchronous step, so the next dispatched line (the first
+           one it has not sent) goes to the client live.
+        6. If the generation changed (truncation, replacement), the history it
+           was reading is gone: it sends ``log_reset`` and starts over from 0.
+        """
+        start = 0 if since is None or since < 0 else since + 1
+        live_only = since is None
+        while True:
+            if client.closing or client.connection.protocol.state is not OPEN:
+                return False
+            reader = self.readers.get(experiment_id)
+            if reader is None or live_only or start >= reader.next_seq:
+                self.subscribers.setdefault(experiment_id, set()).add(client)
+                return True
+            generation, end_offset, end_seq = reader.generation, reader.consumed, reader.next_seq
+            try:
+                for chunk in reader.history(start, end_offset):
+                    client.write(frame_lines(chunk, experiment_id))
+                    start = chunk[-1][0] + 1
+                    await client.drain()
+                    if client.closing:
+                        return False
+                start = end_seq
+            except StaleHistory:
+                pass
+            if reader.generation != generation or self.readers.get(experiment_id) is not reader:
+                if reader.deleted and self.readers.get(experiment_id) is None:
+                    client.close(1000, f"experiment {experiment_id} was deleted")
+                    return False
+                client.write(log_reset_frame(experiment_id))
+                start = 0
+
+    def summaries(self) -> list[dict[str, object]]:
+        """One ``/api/experiments`` entry per experiment that has a file, sorted by id."""
+        return [
+            self.readers[experiment_id].summary()
+            for experiment_id in sorted(self.readers)
+            if not self.readers[experiment_id].deleted
+        ]

@@ -1,0 +1,362 @@
+"""Per-file readers: new complete lines of a growing log, numbered and validated.
+
+:class:`LineSplitter` is the pure core (bytes in, numbered complete lines
+out); :class:`FileReader` adds the file: it remembers its offset, notices a
+file that was truncated, rewritten, replaced or deleted, keeps per-experiment
+statistics and the sparse index, and reads history back from disk.
+
+Numbering: ``seq`` is the 0-based index of a complete line in its file,
+counting every line, valid or not, so it is the same for every reader and
+across tailer restarts. A trailing line without its ``\\n`` is held (not
+numbered) until the newline arrives.
+
+The partial-line race, step by step (why holding the rest is enough):
+
+1. A writer appends ``{"type": ...}\\n`` with one ``os.write``; the kernel may
+   make the first bytes visible to a reader before the last ones.
+2. The reader's ``pread`` can therefore end inside that line.
+3. :func:`recorder.format.split_lines` returns the bytes after the last
+   ``\\n`` as the rest; the reader keeps them and advances ``read_pos`` past
+   them, but ``consumed`` (the offset clients resume from) stops at the newline.
+4. The next notification reads from ``read_pos``; the held rest plus the new
+   bytes form the complete line, which only now gets its ``seq``.
+5. If the writer crashed, the rest stays held forever and is never sent; a
+   truncation below ``read_pos`` discards it with everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recorder.format import MAX_LINE_BYTES, MalformedLine, decode_line, split_lines, status_of
+from tailer.index import SparseIndex
+
+__all__ = ["FileReader", "LineSplitter", "PollResult", "StaleHistory", "scan_file"]
+
+log = logging.getLogger("tailer")
+
+#: Largest single read; bounds the memory and the event-loop time of one poll.
+READ_CHUNK = 1 << 20
+
+
+class StaleHistory(Exception):
+    """The file was truncated, replaced or deleted while its history was being read."""
+
+
+class LineSplitter:
+    """Turn appended bytes into complete lines, numbered from 0; pure, no I/O.
+
+    A complete line longer than ``max_line_bytes`` is returned as is (the
+    decoder refuses it); a line that grows past the limit before its newline
+    arrives is not buffered: its bytes are dropped and, once the newline comes,
+    it is returned as ``None`` so it still takes its ``seq``.
+    """
+
+    __slots__ = ("_rest", "_skip", "consumed", "index", "max_line_bytes", "next_seq", "read_pos")
+
+    def __init__(
+        self,
+        *,
+        start_seq: int = 0,
+        start_offset: int = 0,
+        index: SparseIndex | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self.next_seq = start_seq  # seq of the next complete line
+        self.consumed = start_offset  # offset just past the last complete line
+        self.read_pos = start_offset  # offset of the next byte to read
+        self.index = index
+        self.max_line_bytes = max_line_bytes
+        self._rest = b""
+        self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
+
+    @property
+    def pending(self) -> int:
+        """Bytes read but not yet part of a complete line."""
+        return self.read_pos - self.consumed
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        """Append ``data``; return the lines it completed (``None`` for over-long ones)."""
+        self.read_pos += len(data)
+        head: list[bytes | None] = []
+        skipped = -1
+        if self._skip >= 0:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._skip += len(data)
+                return head
+            skipped = self._skip + newline  # length of the over-long line, newline excluded
+            head.append(None)
+            data = data[newline + 1 :]
+            self._skip = -1
+        if self._rest:
+            data = self._rest + data
+        lines, rest = split_lines(data)
+        if len(rest) > self.max_line_bytes:
+            self._skip, rest = len(rest), b""
+        self._rest = rest
+        out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment, operator]
+        if not out:
+            return out
+        first = self.next_seq
+        n = len(out)
+
+        # Only out[0] can be None (the end of an over-long line); its length is `skipped`.
+        def span(a: int, b: int) -> int:
+            if a == b:
+                return 0
+            if a == 0 and head:
+                return skipped + 1 + sum(map(len, lines[: b - 1])) + (b - 1)
+            return sum(map(len, out[a:b])) + (b - a)  # type: ignore[arg-type]
+
+        pos = self.consumed
+        index = self.index
+        if index is not None:
+            every = index.every
+            j = (-first) % every  # position in `out` of the first line whose seq is a multiple
+            a = 0
+            while j < n:
+                pos += span(a, j)
+                index.record(first + j, pos)
+                a, j = j, j + every
+            pos += span(a, n)
+        else:
+            pos += span(0, n)
+        self.consumed = pos
+        self.next_seq = first + len(out)
+        return out
+
+
+@dataclass
+class PollResult:
+    """What one :meth:`FileReader.poll` found."""
+
+    #: ``"data"``, ``"none"``, ``"reset"`` (truncated, rewritten or replaced) or ``"deleted"``.
+    kind: str
+    #: ``(seq, line)`` of the new valid lines (malformed ones are counted, not listed).
+    lines: list[tuple[int, bytes]] = field(default_factory=list)
+    #: Whether more bytes are waiting (the read stopped at ``READ_CHUNK``).
+    more: bool = False
+
+
+class FileReader:
+    """Follows one ``<experiment_id>.jsonl`` file; all methods run on the event loop thread.
+
+    The file is opened for each read and closed after, so thousands of
+    experiments do not exhaust file descriptors; its identity (device, inode)
+    tells a replaced file from a grown one.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        experiment_id: str,
+        *,
+        index_every: int = 1000,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.experiment_id = experiment_id
+        self.max_line_bytes = max_line_bytes
+        self.index = SparseIndex(index_every)
+        self.generation = 0  # bumped on every reset or deletion
+        self.deleted = False
+        self._identity: tuple[int, int] | None = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_state(self) -> None:
+        self.index.clear()
+        self.splitter = LineSplitter(index=self.index, max_line_bytes=self.max_line_bytes)
+        self.malformed_seqs = array("q")
+        self.messages = 0
+        self.first_timestamp: str | None = None
+        self.last_timestamp: str | None = None
+        self.status: str | None = None
+        self.size = 0
+
+    @property
+    def next_seq(self) -> int:
+        return self.splitter.next_seq
+
+    @property
+    def consumed(self) -> int:
+        return self.splitter.consumed
+
+    @property
+    def malformed(self) -> int:
+        return len(self.malformed_seqs)
+
+    def summary(self) -> dict[str, object]:
+        """The experiment's entry in ``/api/experiments`` and ``tailer ls``."""
+        return {
+            "experiment_id": self.experiment_id,
+            "messages": self.messages,
+            "malformed": len(self.malformed_seqs),
+            "lines": self.splitter.next_seq,
+            "bytes": self.size,
+            "first_timestamp": self.first_timestamp,
+            "last_timestamp": self.last_timestamp,
+            "status": self.status or "unknown",
+        }
+
+    # ------------------------------------------------------------------ reading
+
+    def poll(self, max_bytes: int = READ_CHUNK) -> PollResult:
+        """Read what was appended since the last poll (at most ``max_bytes``)."""
+        if self.deleted:
+            return PollResult("none")
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if self._identity is None:
+                return PollResult("none")  # listed, then gone before the first read
+            return self._mark_deleted()
+        except OSError as exc:
+            log.warning("cannot read %s: %s", self.path, exc)
+            return PollResult("none")
+        try:
+            st = os.fstat(fd)
+            identity = (st.st_dev, st.st_ino)
+            if self._identity is None:
+                self._identity = identity
+            elif identity != self._identity:
+                return self._mark_reset(identity, "was replaced")
+            size = st.st_size
+            read_pos = self.splitter.read_pos
+            if size < read_pos:
+                return self._mark_reset(identity, f"shrank from {read_pos} to {size} bytes")
+            self.size = size
+            if size == read_pos:
+                return PollResult("none")
+            consumed = self.splitter.consumed
+            # Same inode, same or larger size, but the byte before our offset is no longer
+            # the newline we read there: the file was rewritten in place.
+            if consumed and os.pread(fd, 1, consumed - 1) != b"\n":
+                return self._mark_reset(identity, "was rewritten")
+            want = min(size - read_pos, max_bytes)
+            data = os.pread(fd, want, read_pos)
+        finally:
+            os.close(fd)
+        first = self.splitter.next_seq
+        lines = self.splitter.feed(data)
+        return PollResult("data", self._classify(first, lines), more=read_pos + len(data) < size)
+
+    def _classify(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
+        """Validate each line; count and skip malformed ones; update the statistics."""
+        out: list[tuple[int, bytes]] = []
+        append = out.append
+        malformed = self.malformed_seqs
+        limit = self.max_line_bytes
+        last_ts = None
+        status = None
+        for line in lines:
+            if line is None:
+                malformed.append(seq)
+            else:
+                try:
+                    message = decode_line(line, max_bytes=limit)
+                except MalformedLine:
+                    malformed.append(seq)
+                else:
+                    append((seq, line))
+                    ts = message.get("timestamp")
+                    if ts.__class__ is str:
+                        last_ts = ts
+                        if self.first_timestamp is None:
+                            self.first_timestamp = ts
+                    found = status_of(message)
+                    if found is not None:
+                        status = found
+            seq += 1
+        self.messages += len(out)
+        if last_ts is not None:
+            self.last_timestamp = last_ts
+        if status is not None:
+            self.status = status
+        return out
+
+    def _mark_reset(self, identity: tuple[int, int], why: str) -> PollResult:
+        log.info("experiment %s: file %s; numbering restarts", self.experiment_id, why)
+        self._identity = identity
+        self.generation += 1
+        self._reset_state()
+        return PollResult("reset", more=True)
+
+    def _mark_deleted(self) -> PollResult:
+        log.info("experiment %s: file deleted", self.experiment_id)
+        self.deleted = True
+        self.generation += 1
+        return PollResult("deleted")
+
+    def read_all(self) -> None:
+        """Read the file to its current end (used at start-up and by ``tailer ls``)."""
+        while True:
+            result = self.poll()
+            if not result.more:
+                return
+
+    # ------------------------------------------------------------------ history
+
+    def history(self, start_seq: int, end_offset: int) -> Iterator[list[tuple[int, bytes]]]:
+        """Valid ``(seq, line)`` pairs with ``seq >= start_seq`` below ``end_offset``, from disk.
+
+        Seeks with the sparse index, skips lines this reader found malformed
+        (without decoding them again) and yields one list per chunk read. The
+        caller may await between chunks; if the file was reset or deleted
+        meanwhile the next step raises :class:`StaleHistory`.
+        """
+        generation = self.generation
+        if self.deleted:
+            raise StaleHistory(self.experiment_id)
+        seq0, offset = self.index.seek(start_seq)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StaleHistory(self.experiment_id) from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._identity:
+                raise StaleHistory(self.experiment_id)
+            splitter = LineSplitter(
+                start_seq=seq0, start_offset=offset, max_line_bytes=self.max_line_bytes
+            )
+            malformed = self.malformed_seqs
+            m = bisect_left(malformed, start_seq)
+            next_bad = malformed[m] if m < len(malformed) else -1
+            while splitter.consumed < end_offset:
+                want = min(READ_CHUNK, end_offset - splitter.read_pos)
+                data = os.pread(fd, want, splitter.read_pos) if want > 0 else b""
+                if not data:
+                    break  # cannot happen for an append-only file; stop rather than spin
+                seq = splitter.next_seq
+                lines = splitter.feed(data)
+                out: list[tuple[int, bytes]] = []
+                append = out.append
+                for line in lines:
+                    if seq == next_bad:
+                        m += 1
+                        next_bad = malformed[m] if m < len(malformed) else -1
+                    elif seq >= start_seq and line is not None:
+                        append((seq, line))
+                    seq += 1
+                if out:
+                    yield out
+                if self.generation != generation:
+                    raise StaleHistory(self.experiment_id)
+        finally:
+            os.close(fd)
+
+
+def scan_file(path: str | os.PathLike[str], experiment_id: str) -> dict[str, object]:
+    """Statistics of a whole file, read once (``tailer ls``)."""
+    reader = FileReader(path, experiment_id)
+    reader.read_all()
+    return reader.summary()

@@ -1,0 +1,69 @@
+"""``tailer replay FILE``: serve one finished run on ``/`` at its recorded pace.
+
+Every client that connects gets its own replay from the start, so an
+unmodified frontend pointed at ``ws://localhost:8765`` sees the run as if it
+were live. The pacing itself is :func:`replay.pacing.paced_frames`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+from recorder.format import is_valid_experiment_id
+from tailer.serve import add_network_arguments, configure_logging, network_options, run_server
+from tailer.server import TailerServer, serve_replay
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a recorded <experiment_id>.jsonl run")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="divide the recorded gaps by S (2: twice as fast; 0: no waiting; default 1)",
+    )
+    parser.add_argument(
+        "--max-gap",
+        type=float,
+        default=None,
+        metavar="G",
+        help="wait at most G seconds between two messages (after --speed)",
+    )
+    add_network_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.quiet)
+    path = Path(args.file)
+    try:
+        if not math.isfinite(args.speed) or args.speed < 0:
+            raise ValueError(f"--speed must be a finite number >= 0, not {args.speed}")
+        if args.max_gap is not None and (not math.isfinite(args.max_gap) or args.max_gap <= 0):
+            raise ValueError(f"--max-gap must be a positive number, not {args.max_gap}")
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        if not is_valid_experiment_id(path.name.removesuffix(".jsonl")):
+            raise ValueError(f"{path.name!r} is not named <experiment_id>.jsonl")
+        options = network_options(args)
+    except ValueError as exc:
+        print(f"tailer: {exc}", file=sys.stderr)
+        return 2
+
+    def start(
+        on_listen: Callable[[TailerServer], None],
+    ) -> AbstractAsyncContextManager[TailerServer]:
+        return serve_replay(
+            path, speed=args.speed, max_gap=args.max_gap, on_listen=on_listen, **options
+        )  # type: ignore[arg-type]
+
+    speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
+    return run_server(
+        start, lambda app: f"replaying {path} {speed}", options["host"], options["port"]
+    )  # type: ignore[arg-type]

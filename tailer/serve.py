@@ -1,0 +1,214 @@
+"""``tailer serve DIR``: stream a directory of runs to WebSocket clients and the dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from urllib.parse import quote
+
+from tailer import config
+from tailer.server import TailerServer, serve_directory
+
+__all__ = ["add_arguments", "add_network_arguments", "run", "run_server"]
+
+log = logging.getLogger("tailer")
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``serve`` and ``replay``: address, security, limits, logging."""
+    net = parser.add_argument_group("network")
+    net.add_argument(
+        "--host",
+        default=None,
+        help=f"address to bind (default {config.DEFAULT_HOST}, or TAILER_HOST)",
+    )
+    net.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port to bind, 0 for any free one (default {config.DEFAULT_PORT}, or TAILER_PORT)",
+    )
+    sec = parser.add_argument_group("security")
+    sec.add_argument(
+        "--token",
+        default=None,
+        help="require this token on every request (?token= or Authorization: Bearer); "
+        "default TAILER_TOKEN",
+    )
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser connections from ORIGIN (repeatable; '*' for any)",
+    )
+    sec.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host is NAME (repeatable; '*' for any)",
+    )
+    lim = parser.add_argument_group("limits")
+    lim.add_argument(
+        "--max-clients",
+        type=int,
+        default=None,
+        help=f"WebSocket connections at once (default {config.DEFAULT_MAX_CLIENTS})",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "directory",
+        metavar="DIR",
+        help="directory of <experiment_id>.jsonl files (created if missing)",
+    )
+    add_network_arguments(parser)
+    parser.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=None,
+        help="bytes a client may fall behind before it is closed with 1013 "
+        f"(default {config.DEFAULT_QUEUE_BYTES})",
+    )
+    watch = parser.add_argument_group("watching")
+    watch.add_argument(
+        "--poll",
+        action="store_true",
+        help="check file sizes periodically instead of using inotify "
+        "(network filesystems, where remote writes raise no events)",
+    )
+    watch.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.25,
+        help="seconds between checks with --poll (default 0.25)",
+    )
+    watch.add_argument(
+        "--scan-interval",
+        type=float,
+        default=None,
+        help="seconds between safety size checks alongside inotify "
+        f"(default {config.DEFAULT_SCAN_INTERVAL})",
+    )
+
+
+def network_options(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword arguments for the server from the CLI, falling back on ``TAILER_*`` variables."""
+    max_clients = (
+        args.max_clients
+        if args.max_clients is not None
+        else config.env_int("MAX_CLIENTS", config.DEFAULT_MAX_CLIENTS)
+    )
+    if max_clients < 1:
+        raise ValueError(f"--max-clients must be at least 1, not {max_clients}")
+    port = args.port if args.port is not None else config.env_int("PORT", config.DEFAULT_PORT)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, not {port}")
+    return {
+        "host": args.host or config.env_str("HOST", config.DEFAULT_HOST),
+        "port": port,
+        "token": args.token or config.env_str("TOKEN", None),
+        "allow_origins": [*config.env_list("ALLOW_ORIGINS"), *args.allow_origin],
+        "allow_hosts": [*config.env_list("ALLOW_HOSTS"), *args.allow_host],
+        "max_clients": max_clients,
+    }
+
+
+def configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tailer: %(levelname)s %(message)s"))
+    root = logging.getLogger("tailer")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+    # websockets logs every refused handshake and closed connection; we log our own.
+    logging.getLogger("tailer.websockets").setLevel(logging.ERROR)
+
+
+def run_server(
+    start: Callable[[Callable[[TailerServer], None]], AbstractAsyncContextManager[TailerServer]],
+    describe: Callable[[TailerServer], str],
+    host: str,
+    port: int,
+) -> int:
+    """Run a server until SIGINT/SIGTERM (exit 0); a bind failure prints one line and gives 2."""
+
+    def announce(app: TailerServer) -> None:
+        suffix = f"?token={quote(app.token, safe='')}" if app.token else ""
+        print(f"tailer: {describe(app)} on {app.url}{suffix} ({app.ws_url})", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        async with start(announce):
+            await stop.wait()
+            log.info("shutting down: closing clients (1001)")
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use (is another tailer running? try --port)"
+        else:
+            reason = exc.strerror or str(exc)
+        print(f"tailer: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.quiet)
+    try:
+        options = network_options(args)
+        queue_bytes = (
+            args.queue_bytes
+            if args.queue_bytes is not None
+            else config.env_int("QUEUE_BYTES", config.DEFAULT_QUEUE_BYTES)
+        )
+        scan_interval = (
+            args.scan_interval
+            if args.scan_interval is not None
+            else config.env_float("SCAN_INTERVAL", config.DEFAULT_SCAN_INTERVAL)
+        )
+        if queue_bytes < 1024:
+            raise ValueError(f"--queue-bytes must be at least 1024, not {queue_bytes}")
+        if scan_interval <= 0 or args.poll_interval <= 0:
+            raise ValueError("--scan-interval and --poll-interval must be positive")
+    except ValueError as exc:
+        print(f"tailer: {exc}", file=sys.stderr)
+        return 2
+    directory = args.directory
+
+    def start(
+        on_listen: Callable[[TailerServer], None],
+    ) -> AbstractAsyncContextManager[TailerServer]:
+        return serve_directory(
+            directory,
+            queue_bytes=queue_bytes,
+            poll=args.poll,
+            poll_interval=args.poll_interval,
+            scan_interval=scan_interval,
+            on_listen=on_listen,
+            **options,  # type: ignore[arg-type]
+        )
+
+    try:
+        return run_server(
+            start, lambda app: f"serving {directory}", options["host"], options["port"]
+        )  # type: ignore[arg-type]
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        print(f"tailer: cannot use {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,501 @@
+"""The tailer's asyncio server: WebSocket streams and a few HTTP endpoints on one port.
+
+:func:`serve_directory` is the in-process API (tests, notebooks, embedding);
+:func:`serve_replay` serves one finished run paced on ``/``. Both are async
+context managers yielding a :class:`TailerServer` whose ``port`` is the real
+port (bind port 0 to get a free one)::
+
+    async with serve_directory("runs", port=0) as server:
+        print(server.ws_url)
+        await server.serve_forever()
+
+Each connection follows websockets' own server: it is added to a set, its
+handler runs, failures are logged with ``exc_info``, and it is removed in
+``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tailer.config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_SCAN_INTERVAL,
+)
+from tailer.frames import PONG_FRAME
+from tailer.hub import Client, Hub
+from tailer.reader import FileReader
+from tailer.routes import (
+    TOKEN_COOKIE,
+    RequestError,
+    Route,
+    content_type,
+    host_allowed,
+    is_loopback_host,
+    origin_allowed,
+    parse_speed,
+    parse_ws_route,
+    split_target,
+    static_file,
+    token_presented,
+)
+from tailer.watcher import watch_directory
+
+__all__ = ["MAX_CLIENT_FRAME", "TailerServer", "serve_directory", "serve_replay"]
+
+log = logging.getLogger("tailer")
+
+#: Largest frame a client may send (pings are ~20 bytes); bigger ones close with 1009.
+MAX_CLIENT_FRAME = 4096
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+_PLACEHOLDER = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>runtail</title></head>
+<body><h1>runtail tailer</h1>
+<p>The dashboard is not installed. Streams: <code>ws://HOST/</code> (all experiments),
+<code>/experiments/ID</code>; list: <a href="/api/experiments">/api/experiments</a>.</p>
+</body></html>
+"""
+
+
+def _plotly_js() -> Path | None:
+    """The ``plotly.min.js`` shipped inside the installed ``plotly`` package (offline)."""
+    try:
+        resource = importlib.resources.files("plotly") / "package_data" / "plotly.min.js"
+    except ModuleNotFoundError:
+        return None
+    path = Path(str(resource))
+    return path if path.is_file() else None
+
+
+def _response(
+    status: int,
+    body: bytes,
+    content: str,
+    *,
+    cache: str = "no-cache",
+    extra: Iterable[tuple[str, str]] = (),
+) -> Response:
+    headers = Headers()
+    headers["Date"] = formatdate(usegmt=True)
+    headers["Connection"] = "close"
+    headers["Content-Type"] = content
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = cache
+    headers["X-Content-Type-Options"] = "nosniff"
+    for name, value in extra:
+        headers[name] = value
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _error(status: int, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Response:
+    return _response(
+        status, (reason + "\n").encode(), "text/plain; charset=utf-8", cache="no-store", extra=extra
+    )
+
+
+class TailerServer:
+    """A running tailer: the hub, the listening socket and the connected clients."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub | None,
+        host: str,
+        token: str | None,
+        allow_origins: Iterable[str],
+        allow_hosts: Iterable[str],
+        max_clients: int,
+        queue_bytes: int,
+        replay_path: Path | None = None,
+        replay_speed: float = 1.0,
+        replay_max_gap: float | None = None,
+        static_dir: Path = STATIC_DIR,
+    ) -> None:
+        self.hub = hub
+        self.host = host
+        self.token = token
+        self.allow_origins = tuple(allow_origins)
+        self.allow_hosts = tuple(allow_hosts)
+        self.max_clients = max_clients
+        self.queue_bytes = queue_bytes
+        self.replay_path = replay_path
+        self.replay_speed = replay_speed
+        self.replay_max_gap = replay_max_gap
+        self.static_dir = static_dir
+        self.clients: set[Client] = set()
+        self.port = 0
+        self.server: Server | None = None
+        self._routes: weakref.WeakKeyDictionary[ServerConnection, Route] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._replay_reader: FileReader | None = None
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/`` of the dashboard."""
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://host:port/``, the firehose."""
+        return "ws" + self.url[4:]
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        await asyncio.Event().wait()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket."""
+        try:
+            return self._process_request(connection, request)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        headers = request.headers
+        if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
+            raise RequestError(403, "Host not allowed (add it with --allow-host)")
+        if not origin_allowed(headers.get("Origin"), self.allow_origins):
+            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        path, query = split_target(request.path)
+        upgrade = "websocket" in headers.get("Upgrade", "").lower()
+        if path == "/healthz" and not upgrade:
+            return _response(200, b"ok\n", "text/plain; charset=utf-8", cache="no-store")
+        if self.token is not None and not token_presented(
+            self.token, query, headers.get("Authorization"), headers.get("Cookie")
+        ):
+            return _error(
+                401,
+                "token required: ?token=... or Authorization: Bearer ...",
+                extra=[("WWW-Authenticate", 'Bearer realm="tailer"')],
+            )
+        if upgrade:
+            route = self._ws_route(path, query)
+            if len(self.clients) >= self.max_clients:
+                raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
+            self._routes[connection] = route
+            return None
+        return self._http(path, query)
+
+    def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
+        route = parse_ws_route(path, query)
+        if self.replay_path is not None:
+            # `tailer replay FILE`: `/` replays the file; so does /experiments/<its id>/replay.
+            replay_id = self._replay_id()
+            if route.kind == "firehose" and route.experiment_id in (None, replay_id):
+                speed = query.get("speed")
+                return Route(
+                    "replay",
+                    replay_id,
+                    speed=parse_speed(speed[-1]) if speed else self.replay_speed,
+                    max_gap=self.replay_max_gap,
+                )
+            if route.kind == "replay" and route.experiment_id == replay_id:
+                return route
+            raise RequestError(404, "no such experiment")
+        assert self.hub is not None
+        if route.kind == "replay" and not self._experiment_path(route.experiment_id).is_file():
+            raise RequestError(404, "no such experiment")
+        return route
+
+    def _replay_id(self) -> str:
+        assert self.replay_path is not None
+        return self.replay_path.name.removesuffix(".jsonl")
+
+    def _experiment_path(self, experiment_id: str | None) -> Path:
+        if self.replay_path is not None:
+            return self.replay_path
+        assert self.hub is not None and experiment_id is not None
+        return self.hub.directory / f"{experiment_id}.jsonl"
+
+    def _http(self, path: str, query: dict[str, list[str]]) -> Response:
+        if path == "/":
+            index = self.static_dir / "index.html"
+            body = index.read_bytes() if index.is_file() else _PLACEHOLDER
+            extra = []
+            if self.token is not None and query.get("token"):
+                # Lets the page's own /static/ and /api/ requests through without a query string.
+                extra.append(
+                    (
+                        "Set-Cookie",
+                        f"{TOKEN_COOKIE}={quote(self.token, safe='')}; "
+                        "Path=/; HttpOnly; SameSite=Strict",
+                    )
+                )
+            return _response(200, body, "text/html; charset=utf-8", extra=extra)
+        if path == "/api/experiments":
+            body = orjson.dumps(self.summaries())
+            return _response(200, body, "application/json", cache="no-store")
+        if path == "/static/vendor/plotly.min.js":
+            plotly = _plotly_js()
+            if plotly is None:
+                raise RequestError(404, "plotly is not installed")
+            return self._file(plotly, cache="public, max-age=86400")
+        if path.startswith("/static/"):
+            return self._file(static_file(self.static_dir, path[len("/static/") :]))
+        if path == "/favicon.ico":
+            return _response(204, b"", "image/x-icon", cache="public, max-age=86400")
+        raise RequestError(404, "not found")
+
+    def _file(self, path: Path, *, cache: str = "no-cache") -> Response:
+        try:
+            body = path.read_bytes()
+        except OSError:
+            raise RequestError(404, "not found") from None
+        return _response(200, body, content_type(path), cache=cache)
+
+    def summaries(self) -> list[dict[str, object]]:
+        """The ``/api/experiments`` list."""
+        if self.hub is not None:
+            return self.hub.summaries()
+        if self._replay_reader is None:
+            return []
+        return [self._replay_reader.summary()]
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def handler(self, connection: ServerConnection) -> None:
+        route = self._routes.pop(connection, None)
+        if route is None:  # pragma: no cover - process_request always sets it
+            await connection.close(1011, "no route")
+            return
+        peer = connection.remote_address
+        label = f"{peer[0]}:{peer[1]} {connection.request.path.split('?')[0] if connection.request else ''}"
+        client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        self.clients.add(client)
+        log.info("client %s connected (%d connected)", label, len(self.clients))
+        receiver = asyncio.create_task(self._receive(client))
+        try:
+            if route.kind == "replay":
+                await self._replay(connection, route)
+            else:
+                hub = self.hub
+                assert hub is not None
+                if route.kind == "firehose" and route.experiment_id is None:
+                    hub.subscribe_firehose(client)
+                else:
+                    assert route.experiment_id is not None
+                    await hub.attach(client, route.experiment_id, route.since)
+                await connection.wait_closed()
+        except ConnectionClosed:
+            pass
+        finally:
+            receiver.cancel()
+            if self.hub is not None:
+                self.hub.unsubscribe(client)
+            self.clients.discard(client)
+            log.info(
+                "client %s closed: %s %s",
+                label,
+                connection.close_code,
+                connection.close_reason or "",
+            )
+
+    async def _receive(self, client: Client) -> None:
+        """Answer pings; ignore everything else a client sends."""
+        try:
+            async for message in client.connection:
+                if len(message) > 256:
+                    continue
+                try:
+                    decoded: Any = orjson.loads(message)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(decoded, dict) and decoded.get("type") == "ping":
+                    client.write(PONG_FRAME)
+        except ConnectionClosed:
+            pass
+
+    async def _replay(self, connection: ServerConnection, route: Route) -> None:
+        try:
+            from replay.pacing import paced_frames
+        except ImportError:
+            await connection.close(1011, "replay is not available in this installation")
+            return
+        assert route.experiment_id is not None
+        frames = paced_frames(
+            self._experiment_path(route.experiment_id),
+            experiment_id=route.experiment_id,
+            speed=route.speed,
+            max_gap=route.max_gap,
+        )
+        try:
+            async for frame in frames:
+                await connection.send(frame, text=True)
+        finally:
+            aclose = getattr(frames, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await connection.close(1000, "replay finished")
+
+
+def _warn_exposed(host: str, token: str | None) -> None:
+    if not is_loopback_host(host) and not token:
+        log.warning(
+            "binding %s without a token: anyone who can reach this port can read every run "
+            "(set --token or TAILER_TOKEN)",
+            host or "all interfaces",
+        )
+
+
+@contextlib.asynccontextmanager
+async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Server]:
+    server = await serve(
+        app.handler,
+        host,
+        port,
+        process_request=app.process_request,
+        compression=None,  # frames are shared between clients, so no per-connection deflate
+        max_size=MAX_CLIENT_FRAME,
+        max_queue=16,
+        write_limit=(256 << 10, 64 << 10),
+        ping_interval=20,
+        ping_timeout=20,
+        close_timeout=5,
+        logger=logging.getLogger("tailer.websockets"),
+    )
+    app.server = server
+    app.port = server.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        server.close(close_connections=True)  # closes every client with 1001 (going away)
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def serve_directory(
+    directory: str | os.PathLike[str],
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    # Security
+    token: str | None = None,
+    allow_origins: Iterable[str] = (),
+    allow_hosts: Iterable[str] = (),
+    # Limits
+    max_clients: int = DEFAULT_MAX_CLIENTS,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    # Watching
+    poll: bool = False,
+    scan_interval: float = DEFAULT_SCAN_INTERVAL,
+    poll_interval: float = 0.25,
+    index_every: int = 1000,
+    static_dir: Path = STATIC_DIR,
+    on_listen: Callable[[TailerServer], None] | None = None,
+) -> AsyncIterator[TailerServer]:
+    """Stream every ``*.jsonl`` in ``directory`` (created if missing) until the block exits.
+
+    Reads the existing files first, then listens and watches. Leaving the
+    block closes every client with 1001. Raises ``OSError`` if the port is taken.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hub = Hub(directory, queue_bytes=queue_bytes, index_every=index_every)
+    await hub.refresh()
+    app = TailerServer(
+        hub=hub,
+        host=host,
+        token=token,
+        allow_origins=allow_origins,
+        allow_hosts=allow_hosts,
+        max_clients=max_clients,
+        queue_bytes=queue_bytes,
+        static_dir=static_dir,
+    )
+    _warn_exposed(host, token)
+
+    async def changed(ids: set[str] | None) -> None:
+        await hub.refresh(ids)
+
+    async with _listen(app, host, port):
+        if on_listen is not None:
+            on_listen(app)
+        watcher = asyncio.create_task(
+            watch_directory(
+                directory,
+                changed,
+                poll=poll,
+                scan_interval=scan_interval,
+                poll_interval=poll_interval,
+            )
+        )
+        try:
+            yield app
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+@contextlib.asynccontextmanager
+async def serve_replay(
+    path: str | os.PathLike[str],
+    *,
+    speed: float = 1.0,
+    max_gap: float | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    allow_origins: Iterable[str] = (),
+    allow_hosts: Iterable[str] = (),
+    max_clients: int = DEFAULT_MAX_CLIENTS,
+    static_dir: Path = STATIC_DIR,
+    on_listen: Callable[[TailerServer], None] | None = None,
+) -> AsyncIterator[TailerServer]:
+    """Serve one recorded run on ``/``: every client gets its own paced replay from the start."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    app = TailerServer(
+        hub=None,
+        host=host,
+        token=token,
+        allow_origins=allow_origins,
+        allow_hosts=allow_hosts,
+        max_clients=max_clients,
+        queue_bytes=DEFAULT_QUEUE_BYTES,
+        replay_path=path,
+        replay_speed=speed,
+        replay_max_gap=max_gap,
+        static_dir=static_dir,
+    )
+    from recorder.format import validate_experiment_id
+
+    reader = FileReader(path, validate_experiment_id(app._replay_id()))
+    reader.read_all()
+    app._replay_reader = reader
+    _warn_exposed(host, token)
+    async with _listen(app, host, port):
+        if on_listen is not None:
+            on_listen(app)
+        yield app
