@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -93,10 +94,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _close_fd(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 class MetricsRecorder:
@@ -251,10 +250,16 @@ class MetricsRecorder:
             return False
         fd = self._fd
         if fd is None:
-            self._lose(f"the recorder for {self.path} is closed" if self._closed else f"cannot write {self.path}")
+            self._lose(
+                f"the recorder for {self.path} is closed"
+                if self._closed
+                else f"cannot write {self.path}"
+            )
             return False
         if len(line) > _LINE_LIMIT:
-            self._lose(f"a message of {len(line)} bytes is over the readers' limit of {MAX_LINE_BYTES}")
+            self._lose(
+                f"a message of {len(line)} bytes is over the readers' limit of {MAX_LINE_BYTES}"
+            )
             return False
         if self._torn:
             line = b"\n" + line
@@ -284,7 +289,11 @@ class MetricsRecorder:
 
     def _update_plain(self) -> None:
         self._plain = (
-            self.enabled and self._fd is not None and not self._fsync and not self._torn and not self._closed
+            self.enabled
+            and self._fd is not None
+            and not self._fsync
+            and not self._torn
+            and not self._closed
         )
 
     def _write_rest(self, fd: int, line: bytes, written: int) -> None:
