@@ -13,7 +13,7 @@ variable                   meaning                                     default
 ``TAILER_ALLOW_ORIGINS``   extra allowed ``Origin`` values, commas      none
 ``TAILER_ALLOW_HOSTS``     extra allowed ``Host`` names, commas         none
 ``TAILER_MAX_CLIENTS``     WebSocket connections at once               1000
-``TAILER_QUEUE_BYTES``     per-client send queue before closing 1013   8 MiB
+``TAILER_QUEUE_BYTES``     per-client send queue before closing 1013   4 MiB
 ``TAILER_SCAN_INTERVAL``   seconds between safety size checks          1.0
 =========================  ==========================================  =========
 """
@@ -38,7 +38,7 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_CLIENTS = 1000
-DEFAULT_QUEUE_BYTES = 8 << 20
+DEFAULT_QUEUE_BYTES = 4 << 20
 DEFAULT_SCAN_INTERVAL = 1.0
 
 

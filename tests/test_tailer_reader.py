@@ -1,0 +1,200 @@
+"""The tailer's pure core and per-file reader: numbering, partial lines, resets, history."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+import pytest
+from recorder.format import encode_message
+from websockets.frames import Frame
+from websockets.streams import StreamReader
+
+from tailer.frames import PONG_FRAME, frame_lines, text_frame
+from tailer.index import SparseIndex
+from tailer.reader import FileReader, LineSplitter, StaleHistory
+
+
+def _line(i: int) -> bytes:
+    return encode_message("batch_metrics", {"step": i}, timestamp="2025-01-01T00:00:00.000000Z")
+
+
+def test_splitter_holds_a_partial_line_until_its_newline():
+    """A line cut anywhere is only returned once its newline arrives, with the next seq."""
+    splitter = LineSplitter()
+    data = _line(0) + _line(1)
+    cut = len(_line(0)) + 5
+    assert splitter.feed(data[:cut]) == [_line(0)[:-1]]
+    assert splitter.consumed == len(_line(0))
+    assert splitter.pending == 5
+    assert splitter.feed(data[cut:]) == [_line(1)[:-1]]
+    assert (splitter.next_seq, splitter.consumed, splitter.pending) == (2, len(data), 0)
+
+
+def test_splitter_byte_by_byte_gives_the_same_lines():
+    """Feeding one byte at a time yields exactly the lines of one big feed."""
+    data = b"".join(_line(i) for i in range(20))
+    one = LineSplitter()
+    expected = one.feed(data)
+    many = LineSplitter()
+    got = []
+    for i in range(len(data)):
+        got += many.feed(data[i : i + 1])
+    assert got == expected
+    assert many.consumed == one.consumed == len(data)
+
+
+def test_splitter_drops_overlong_partial_line_but_keeps_its_seq():
+    """A line growing past the limit is not buffered; it still takes a seq, as None."""
+    splitter = LineSplitter(max_line_bytes=10)
+    assert splitter.feed(b"x" * 30) == []
+    assert splitter.pending == 30
+    assert splitter.feed(b"y" * 30 + b"\nok\n") == [None, b"ok"]
+    assert (splitter.next_seq, splitter.consumed) == (2, 64)
+
+
+def test_index_records_every_nth_line_offset():
+    """The sparse index points at the start of every `every`-th line, whatever the chunking."""
+    data = b"".join(_line(i) for i in range(100))
+    offsets = [0]
+    for i in range(99):
+        offsets.append(offsets[-1] + len(_line(i)))
+    index = SparseIndex(7)
+    splitter = LineSplitter(index=index)
+    for start in range(0, len(data), 333):
+        splitter.feed(data[start : start + 333])
+    assert len(index) == 15
+    for k in range(15):
+        assert index.seek(k * 7) == (k * 7, offsets[k * 7])
+    assert index.seek(50) == (49, offsets[49])
+    assert index.seek(10_000) == (98, offsets[98])
+    assert index.seek(-1) == (0, 0)
+
+
+def test_reader_counts_malformed_lines_in_seq_and_skips_them(tmp_path):
+    """Bad JSON, non-objects and lines without a string type are numbered and never returned."""
+    path = tmp_path / "r.jsonl"
+    bad = [b"not json", b"[1,2]", b'{"type": 3}', b'{"data": {}}', b'"str"']
+    path.write_bytes(_line(0) + b"\n".join(bad) + b"\n" + _line(6))
+    reader = FileReader(path, "r")
+    result = reader.poll()
+    assert result.kind == "data"
+    assert [seq for seq, _ in result.lines] == [0, 6]
+    assert reader.malformed == 5
+    assert reader.summary()["messages"] == 2
+    assert reader.summary()["lines"] == 7
+
+
+def test_reader_statistics_follow_the_last_status_message(tmp_path):
+    """status comes from status_of of the last status-bearing message; timestamps first/last."""
+    path = tmp_path / "r.jsonl"
+    lines = [
+        encode_message("training_start", {}, timestamp="2025-01-01T00:00:00Z"),
+        encode_message("epoch_end", {"epoch": 0}, timestamp="2025-01-01T00:00:01Z"),
+        encode_message("error", {"error": "boom"}, timestamp="2025-01-01T00:00:02Z"),
+        encode_message("batch_metrics", {}, timestamp="2025-01-01T00:00:03Z"),
+    ]
+    path.write_bytes(b"".join(lines))
+    reader = FileReader(path, "r")
+    reader.read_all()
+    summary = reader.summary()
+    assert summary["status"] == "failed"
+    assert summary["first_timestamp"] == "2025-01-01T00:00:00Z"
+    assert summary["last_timestamp"] == "2025-01-01T00:00:03Z"
+    assert summary["bytes"] == path.stat().st_size
+    empty = tmp_path / "e.jsonl"
+    empty.write_bytes(b"")
+    assert FileReader(empty, "e").summary()["status"] == "unknown"
+
+
+def test_reader_detects_truncation_replacement_rewrite_and_deletion(tmp_path):
+    """A shrunk, replaced or rewritten file resets numbering; a deleted one is reported once."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(_line(0) + _line(1))
+    reader = FileReader(path, "r")
+    assert len(reader.poll().lines) == 2
+
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(_line(5))
+    result = reader.poll()
+    assert result.kind == "reset" and reader.generation == 1
+    assert reader.poll().lines == [(0, _line(5)[:-1])]
+
+    other = tmp_path / "new.tmp"
+    other.write_bytes(_line(7) + _line(8))
+    os.replace(other, path)
+    assert reader.poll().kind == "reset"
+    assert [seq for seq, _ in reader.poll().lines] == [0, 1]
+
+    # Same inode, longer content, but different bytes: rewritten in place.
+    path.write_bytes(b'{"type":"x"}' + b" " * 200 + b"\n" + _line(9))
+    assert reader.poll().kind == "reset"
+
+    path.unlink()
+    assert reader.poll().kind == "deleted"
+    assert reader.deleted
+    assert reader.poll().kind == "none"
+
+
+def test_history_reads_from_disk_after_since_and_skips_malformed(tmp_path):
+    """history(start) yields valid lines with seq >= start, using the index to seek."""
+    path = tmp_path / "r.jsonl"
+    lines = [(_line(i) if i % 10 != 3 else b"broken\n") for i in range(2500)]
+    path.write_bytes(b"".join(lines))
+    reader = FileReader(path, "r", index_every=100)
+    reader.read_all()
+    for start in (0, 1, 3, 99, 100, 1234, 2499, 2500):
+        got = [seq for chunk in reader.history(start, reader.consumed) for seq, _ in chunk]
+        assert got == [i for i in range(start, 2500) if i % 10 != 3]
+    chunk = next(reader.history(1500, reader.consumed))
+    assert chunk[0] == (1500, lines[1500][:-1])
+
+
+def test_history_raises_when_the_file_is_reset_meanwhile(tmp_path):
+    """A truncation between history chunks makes the history stale rather than mixing files."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"".join(_line(i) for i in range(30_000)))
+    reader = FileReader(path, "r")
+    reader.read_all()
+    history = reader.history(0, reader.consumed)
+    next(history)
+    with open(path, "r+b") as f:
+        f.truncate(10)
+    reader.poll()
+    with pytest.raises(StaleHistory):
+        for _ in history:
+            pass
+
+
+def _parse_frames(data: bytes) -> list[Frame]:
+    stream = StreamReader()
+    stream.feed_data(data)
+    stream.feed_eof()
+    frames = []
+    while stream.buffer:
+        parser = Frame.parse(stream.read_exact, mask=False)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as stop:
+            frames.append(stop.value)
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
+def test_text_frame_is_a_valid_websocket_frame(size):
+    """text_frame produces a final unmasked text frame that websockets parses back."""
+    payload = b"a" * size
+    (frame,) = _parse_frames(text_frame(payload))
+    assert frame.fin and frame.opcode.name == "TEXT" and frame.data == payload
+
+
+def test_frame_lines_splices_id_and_seq_once_per_line():
+    """Each line becomes one frame with experiment_id and seq; concatenated in order."""
+    lines = [(4, _line(1)[:-1]), (9, b'{"type":"x","seq":99}')]
+    frames = _parse_frames(frame_lines(lines, "exp") + PONG_FRAME)
+    decoded = [orjson.loads(f.data) for f in frames]
+    assert decoded[0]["seq"] == 4 and decoded[0]["experiment_id"] == "exp"
+    assert decoded[1] == {"type": "x", "seq": 9, "experiment_id": "exp"}
+    assert decoded[2] == {"type": "pong", "data": {}}
