@@ -1,0 +1,170 @@
+"""Where runs come from, and how a run file becomes numbered complete lines.
+
+Two pieces shared by :mod:`replay.tables`, :mod:`replay.export` and
+:mod:`replay.pacing`:
+
+* :func:`resolve_sources` turns what a user passes (a file, a directory of
+  runs, or a list of them) into ``(experiment_id, path)`` pairs.
+* :class:`LineBlocks` reads one file in large blocks and yields its complete
+  lines, numbered the way the tailer numbers them: ``seq`` is the 0-based
+  index of a complete line, counting every line, valid or not. A last line
+  without its ``\\n`` (a crash mid-write) is never returned; it is only
+  counted as torn. A line that grows past the line limit before its newline
+  is not buffered: it comes back as ``None`` (still taking its ``seq``), so
+  memory stays bounded whatever the file holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+from recorder.format import MAX_LINE_BYTES, is_valid_experiment_id, split_lines
+
+__all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
+
+#: What ``src`` may be: a path, or an iterable of paths.
+Source = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]]]
+
+#: Bytes read at a time; a block of typical lines is tens of thousands of messages.
+BLOCK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run file and the experiment id its rows carry (the file's stem)."""
+
+    experiment_id: str
+    path: Path
+
+
+@dataclass
+class SkipCounts:
+    """Lines that were not messages, summed over every file of one call."""
+
+    malformed: int = 0
+    torn: int = 0
+    files: list[str] | None = None
+
+    def add(self, path: Path, malformed: int, torn: bool) -> None:
+        if malformed or torn:
+            self.malformed += malformed
+            self.torn += int(torn)
+            if self.files is None:
+                self.files = []
+            self.files.append(path.name)
+
+    def __bool__(self) -> bool:
+        return bool(self.malformed or self.torn)
+
+    def describe(self) -> str:
+        """One line, e.g. ``2 malformed lines and 1 torn last line (in a.jsonl, b.jsonl)``."""
+        parts = []
+        if self.malformed:
+            parts.append(f"{self.malformed} malformed line{'s' if self.malformed != 1 else ''}")
+        if self.torn:
+            parts.append(f"{self.torn} torn last line{'s' if self.torn != 1 else ''}")
+        names = self.files or []
+        where = ", ".join(names[:5]) + (f" and {len(names) - 5} more files" if len(names) > 5 else "")
+        return f"{' and '.join(parts)} (in {where})"
+
+
+def _runs_in_directory(directory: Path, skipped: list[str]) -> list[Run]:
+    runs = []
+    for path in sorted(directory.glob("*.jsonl")):
+        if not path.is_file():
+            continue
+        if not is_valid_experiment_id(path.stem):
+            skipped.append(path.name)
+            continue
+        runs.append(Run(path.stem, path))
+    return runs
+
+
+def resolve_sources(src: Source, *, skipped: list[str] | None = None) -> list[Run]:
+    """The runs named by ``src``: a ``.jsonl`` file, a directory, or a list of either.
+
+    A directory contributes every ``*.jsonl`` directly in it (sorted by name)
+    whose stem is a valid experiment id, as the tailer sees it; other names
+    are appended to ``skipped``. A file named explicitly is always read, its
+    stem being its experiment id.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        TypeError: ``src`` is not a path or a list of paths.
+    """
+    if skipped is None:
+        skipped = []
+    if isinstance(src, (str, os.PathLike)):
+        items: list[object] = [src]
+    elif isinstance(src, Iterable) and not isinstance(src, (bytes, bytearray)):
+        items = list(src)
+    else:
+        raise TypeError(f"src must be a path or a list of paths, not {type(src).__name__}")
+    runs: list[Run] = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"src must be a path or a list of paths, not {type(item).__name__}")
+        path = Path(item)
+        if path.is_dir():
+            runs.extend(_runs_in_directory(path, skipped))
+        elif path.exists():
+            runs.append(Run(path.stem, path))
+        else:
+            raise FileNotFoundError(f"no such file or directory: {str(path)!r}")
+    return runs
+
+
+class LineBlocks:
+    """Iterate over one open binary file as ``(first_seq, lines)`` blocks.
+
+    ``lines`` holds the complete lines of one block, without their newlines
+    (``None`` for a line over ``max_line_bytes``); the first has ``first_seq``,
+    the next ``first_seq + 1`` and so on. After iteration, :attr:`torn` says
+    whether the file ended inside a line and :attr:`next_seq` is the number of
+    complete lines. :attr:`bytes_read` advances as blocks are read (progress).
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        block_bytes: int = BLOCK_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self.file = file
+        self.block_bytes = block_bytes
+        self.max_line_bytes = max_line_bytes
+        self.next_seq = 0
+        self.bytes_read = 0
+        self.torn = False
+
+    def __iter__(self) -> Iterator[tuple[int, list[bytes | None]]]:
+        read = self.file.read
+        rest = b""
+        skipping = False  # inside a line already known to be over the limit
+        while True:
+            block = read(self.block_bytes)
+            if not block:
+                break
+            self.bytes_read += len(block)
+            head: list[bytes | None] = []
+            if skipping:
+                newline = block.find(b"\n")
+                if newline < 0:
+                    continue
+                head.append(None)
+                block = block[newline + 1 :]
+                skipping = False
+            lines, rest = split_lines(rest + block if rest else block)
+            if len(rest) > self.max_line_bytes:
+                rest, skipping = b"", True
+            out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment,operator]
+            if out:
+                first = self.next_seq
+                self.next_seq += len(out)
+                yield first, out
+        self.torn = bool(rest) or skipping

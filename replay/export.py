@@ -1,0 +1,332 @@
+"""``tailer export SRC --out DEST``: runs to Parquet, in bounded memory.
+
+A run file gives one Parquet file; a directory of runs gives a dataset
+partitioned by experiment, hive style (``DEST/experiment_id=<id>/part-0.parquet``),
+that pyarrow, pandas, DuckDB, Polars and Spark read as is. In a dataset the
+experiment id lives only in the directory names (as Spark and
+``pyarrow.dataset.write_dataset`` write it), so no reader sees it twice.
+
+The log is read a block of lines at a time; each block becomes one record
+batch written at once, so memory does not grow with the log. The output is
+written under a temporary name next to ``DEST`` and renamed into place only
+when complete: an interrupted export leaves no half-written file behind.
+
+Readers infer the type of a partition column from its values, so ids made only
+of digits come back as integers unless the reader is told otherwise (pyarrow:
+``partitioning=ds.partitioning(pa.schema([("experiment_id", pa.string())]),
+flavor="hive")``; DuckDB: ``hive_types={'experiment_id': VARCHAR}``; Polars:
+``hive_schema={"experiment_id": pl.String}``; Spark:
+``spark.sql.sources.partitionColumnTypeInference.enabled=false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from replay._source import Run, SkipCounts, resolve_sources
+
+__all__ = ["ExportError", "ExportResult", "add_arguments", "export", "run"]
+
+PARTITION_KEY = "experiment_id"
+PART_NAME = "part-0.parquet"
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
+
+
+class ExportError(Exception):
+    """An export that cannot go ahead; its message is one line for the user."""
+
+
+class ExportResult:
+    """What an export wrote."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.files = 0
+        self.runs = 0
+        self.bytes_written = 0
+        self.skips = SkipCounts()
+        self.ignored: list[str] = []
+
+
+# --------------------------------------------------------------------------- destination
+
+
+def _looks_like_dataset(path: Path) -> bool:
+    """Whether ``path`` is a directory this command could have written (safe to replace)."""
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    return all(
+        entry.is_dir() and entry.name.startswith(f"{PARTITION_KEY}=") for entry in entries
+    )
+
+
+def _check_destination(dest: Path, *, dataset: bool, force: bool) -> None:
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if not force:
+        raise ExportError(f"{dest} already exists; pass --force to replace it")
+    if dest.is_dir() and not dest.is_symlink():
+        if not dataset:
+            raise ExportError(f"{dest} is a directory; refusing to replace it with a file")
+        if not _looks_like_dataset(dest):
+            raise ExportError(
+                f"{dest} is a directory that is not an exported dataset; refusing to replace it"
+            )
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Move the finished output ``tmp`` to ``dest``, removing what was there."""
+    if dest.is_dir() and not dest.is_symlink():
+        if tmp.is_dir():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        shutil.rmtree(dest)
+    elif tmp.is_dir() and (dest.exists() or dest.is_symlink()):
+        dest.unlink()
+    os.replace(tmp, dest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_run(
+    path: Path,
+    batches: Iterator[Any],
+    schema: Any,
+    compression: str,
+) -> int:
+    """Write one run's batches to the Parquet file ``path``; return the rows written."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with pq.ParquetWriter(
+        path,
+        schema,
+        compression=None if compression == "none" else compression,
+        write_statistics=True,
+    ) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def export(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    table: str = "metrics",
+    force: bool = False,
+    compression: str = "zstd",
+    on_bytes: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Export ``src`` (a run file or a directory of runs) to Parquet at ``dest``.
+
+    Args:
+        src: a run file (one Parquet file is written) or a directory of runs
+            (a hive-partitioned dataset is written).
+        dest: the Parquet file or dataset directory to create.
+        table: ``"metrics"`` (:func:`replay.read_metrics`'s table) or
+            ``"messages"`` (the lossless message table, see
+            :func:`replay.tables.message_table_schema`).
+        force: replace an existing ``dest`` (a file, or a directory holding
+            only ``experiment_id=*`` partitions).
+        compression: a Parquet codec, or ``"none"``.
+        on_start: called once with the total bytes to read.
+        on_bytes: called with the bytes read after each block.
+
+    Raises:
+        ExportError: a missing source, a directory with no runs, an existing
+            destination without ``force``, or a destination that cannot be written.
+    """
+    from replay.tables import message_batches, message_table_schema, metric_batches, metrics_schema
+
+    if table not in ("metrics", "messages"):
+        raise ExportError(f"unknown table {table!r}: expected 'metrics' or 'messages'")
+    if compression not in COMPRESSIONS:
+        raise ExportError(f"unknown compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+    src_path, dest_path = Path(src), Path(dest)
+    result = ExportResult()
+    if not src_path.exists():
+        raise ExportError(f"{src_path}: no such file or directory")
+    dataset = src_path.is_dir()
+    if dataset:
+        runs = resolve_sources(src_path, skipped=result.ignored)
+        if not runs:
+            raise ExportError(f"{src_path} holds no runs (no *.jsonl file named by a valid experiment id)")
+    else:
+        runs = [Run(src_path.stem, src_path)]
+    if dest_path.exists() and dest_path.resolve() == src_path.resolve():
+        raise ExportError(f"{dest_path} is the source; refusing to overwrite it")
+    _check_destination(dest_path, dataset=dataset, force=force)
+
+    batches_of = metric_batches if table == "metrics" else message_batches
+    schema_of = metrics_schema if table == "metrics" else message_table_schema
+    schema = schema_of(with_experiment_id=not dataset)
+    try:
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in dest_path.parents if p.exists())
+        raise ExportError(f"cannot create {dest_path}: {blocker} is not a directory") from None
+    except OSError as exc:
+        raise ExportError(f"cannot create {dest_path}: {exc.strerror or exc}") from None
+    tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
+    if on_start is not None:
+        on_start(sum(run.path.stat().st_size for run in runs))
+    try:
+        try:
+            if dataset:
+                tmp.mkdir()
+        except OSError as exc:
+            raise ExportError(f"cannot write {dest_path}: {exc.strerror or exc}") from None
+        for run in runs:
+            if dataset:
+                part_dir = tmp / f"{PARTITION_KEY}={run.experiment_id}"
+                part_dir.mkdir()
+                target = part_dir / PART_NAME
+            else:
+                target = tmp
+            batches = batches_of(run, result.skips, with_experiment_id=not dataset, on_bytes=on_bytes)
+            try:
+                result.rows += _write_run(target, batches, schema, compression)
+            except OSError as exc:
+                if exc.filename is not None and Path(exc.filename) == run.path:
+                    raise ExportError(f"cannot read {run.path}: {exc.strerror or exc}") from None
+                raise ExportError(f"cannot write {dest_path}: {exc.strerror or exc}") from None
+            result.runs += 1
+            result.files += 1
+            result.bytes_written += target.stat().st_size
+        _replace(tmp, dest_path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return result
+
+
+# --------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tailer export``."""
+    parser.add_argument("src", metavar="SRC", help="a run file (.jsonl) or a directory of runs")
+    parser.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        metavar="DEST",
+        help="Parquet file to write (SRC a file) or dataset directory (SRC a directory)",
+    )
+    parser.add_argument(
+        "--table",
+        choices=("metrics", "messages"),
+        default="metrics",
+        help="metrics: one row per numeric value (default); messages: one row per message, "
+        "data as JSON text, from which every message can be rebuilt",
+    )
+    parser.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    parser.add_argument(
+        "--compression", choices=COMPRESSIONS, default="zstd", help="Parquet codec (default: zstd)"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+
+
+def _progress(enabled: bool) -> tuple[AbstractContextManager[Any], Callable[[int], None], Callable[[int], None]]:
+    """A rich progress bar on stderr, or do-nothing callbacks."""
+    if not enabled:
+        return nullcontext(), lambda total: None, lambda n: None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    progress = Progress(
+        TextColumn("exporting"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task("export", total=None)
+    return (
+        progress,
+        lambda total: progress.update(task, total=total),
+        lambda n: progress.advance(task, n),
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tailer export``; return the exit status (0, or 1 with a one-line error on stderr)."""
+    started = time.perf_counter()
+    show = not args.no_progress and sys.stderr.isatty()
+    bar, on_start, on_bytes = _progress(show)
+    try:
+        with bar:
+            result = export(
+                args.src,
+                args.out,
+                table=args.table,
+                force=args.force,
+                compression=args.compression,
+                on_start=on_start,
+                on_bytes=on_bytes,
+            )
+    except ExportError as exc:
+        print(f"tailer export: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        name = f"{exc.filename}: " if exc.filename else ""
+        print(f"tailer export: error: {name}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - started
+    summary = (
+        f"exported {result.rows:,} {args.table} rows from {result.runs} run"
+        f"{'s' if result.runs != 1 else ''} to {args.out} ({result.files} file"
+        f"{'s' if result.files != 1 else ''}, {_size(result.bytes_written)}) in {seconds:.1f} s"
+    )
+    if result.skips:
+        summary += f"; skipped {result.skips.describe()}"
+    if result.ignored:
+        summary += f"; ignored {len(result.ignored)} file(s) not named by an experiment id"
+    print(summary)
+    return 0

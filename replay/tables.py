@@ -1,0 +1,752 @@
+"""Runs as tables: the long metrics table, the message table, and their Arrow batches.
+
+:func:`read_metrics` and :func:`read_messages` are the pandas entry points;
+:func:`metric_batches` and :func:`message_batches` produce the same rows as
+Arrow record batches, one block of lines at a time, so :mod:`replay.export`
+can write any size of log in bounded memory.
+
+The metrics table (one row per numeric value of a message's ``data``):
+
+========== ======================= =====================================================
+column     dtype (pandas)          meaning
+========== ======================= =====================================================
+experiment_id  str                 the run file's stem
+seq        int64                   0-based index of the line in its file (every line counts)
+timestamp  datetime64[us, UTC]     the message's timestamp (NaT when missing or unparsable)
+type       str                     the message type
+phase      str                     ``data.phase`` (``train``, ``val``, ...) when it is a string
+epoch      Int64                   ``data.epoch``, else ``data.local_epoch``, else ``data.metrics.epoch``
+step       Int64                   ``data.step``, else ``data.metrics.step``
+round      Int64                   ``data.round``, else ``data.round_num``, else the same in ``data.metrics``
+client_id  str                     ``data.client_id`` as text (names, or integers of any size)
+metric     str                     the dotted path of the value (naming rules below)
+value      float64                 the value; ``NaN``, ``inf`` and ``-inf`` are kept
+========== ======================= =====================================================
+
+Naming rules for ``metric``:
+
+* the dotted path of the value inside ``data``; a ``metrics`` dict directly in
+  ``data`` adds nothing to the path (``epoch_end`` → ``loss``, ``metrics`` →
+  ``train_loss``, ``local_epoch`` → ``loss``), any other dict adds its key
+  (``round_end`` → ``fit_metrics.loss``, ``gradient_stats`` →
+  ``layer_norms.fc1.weight``);
+* list elements add their position: ``per_class_recall.0``, ``per_class_recall.1``;
+* numbers are values (integers too, as float64), and so are the strings
+  ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; other strings, booleans, nulls
+  and empty containers are not;
+* a value whose path is an index key (``epoch``, ``step``, ``round``,
+  ``round_num``, ``total_epochs``, ``total_rounds``, ``batch_idx``,
+  ``local_epoch``, ``client_id``), that is one directly in ``data`` or in its
+  ``metrics`` dict, is not a metric; deeper ones (``fit_metrics.round``) are;
+* ``data`` that is a number gives one row named ``value``; ``data`` that is a
+  list is walked like a nested list (``0``, ``1``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from recorder.format import NON_FINITE, MalformedLine, decode_line, parse_timestamp, restore_non_finite
+
+from replay._source import LineBlocks, Run, SkipCounts, Source, resolve_sources
+
+__all__ = [
+    "INDEX_KEYS",
+    "MESSAGE_COLUMNS",
+    "METRIC_COLUMNS",
+    "SkippedLinesWarning",
+    "message_batches",
+    "message_table_schema",
+    "metric_batches",
+    "metrics_schema",
+    "read_messages",
+    "read_metrics",
+]
+
+#: Keys of ``data`` (and of ``data.metrics``) that index a value rather than being one.
+INDEX_KEYS = frozenset(
+    {
+        "epoch",
+        "step",
+        "round",
+        "round_num",
+        "total_epochs",
+        "total_rounds",
+        "batch_idx",
+        "local_epoch",
+        "client_id",
+    }
+)
+
+#: Columns of :func:`read_metrics`, in order.
+METRIC_COLUMNS = (
+    "experiment_id",
+    "seq",
+    "timestamp",
+    "type",
+    "phase",
+    "epoch",
+    "step",
+    "round",
+    "client_id",
+    "metric",
+    "value",
+)
+
+#: Columns of :func:`read_messages`, in order.
+MESSAGE_COLUMNS = ("experiment_id", "seq", "timestamp", "type", "data")
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class SkippedLinesWarning(UserWarning):
+    """Some lines were not messages (malformed, or a torn last line) and were skipped."""
+
+
+# --------------------------------------------------------------------------- schemas
+
+_METRIC_TYPES: dict[str, pa.DataType] = {
+    "experiment_id": pa.string(),
+    "seq": pa.int64(),
+    "timestamp": _TIMESTAMP,
+    "type": pa.string(),
+    "phase": pa.string(),
+    "epoch": pa.int64(),
+    "step": pa.int64(),
+    "round": pa.int64(),
+    "client_id": pa.string(),
+    "metric": pa.string(),
+    "value": pa.float64(),
+}
+_NULLABLE_INTS = frozenset({"epoch", "step", "round"})
+
+#: Columns of the lossless message table ``tailer export --table messages`` writes.
+_MESSAGE_TABLE_TYPES: dict[str, pa.DataType] = {
+    "experiment_id": pa.string(),
+    "seq": pa.int64(),
+    "timestamp": _TIMESTAMP,
+    "type": pa.string(),
+    "data": pa.string(),
+    "extra": pa.string(),
+    "timestamp_text": pa.string(),
+}
+
+
+def _pandas_metadata(fields: list[pa.Field], nullable_ints: frozenset[str]) -> bytes:
+    """The ``pandas`` schema metadata that makes pandas read the intended dtypes back.
+
+    Written by hand (the same keys :func:`pyarrow.Schema.from_pandas` writes)
+    so exporting never imports pandas. It matters for the nullable integer
+    columns: without it pandas would read them as float64 when they hold nulls.
+    """
+    columns = []
+    for field in fields:
+        if field.name in nullable_ints:
+            pandas_type, numpy_type, meta = "int64", "Int64", None
+        elif pa.types.is_timestamp(field.type):
+            pandas_type, numpy_type = "datetimetz", f"datetime64[{field.type.unit}]"
+            meta = {"timezone": field.type.tz}
+        elif pa.types.is_string(field.type):
+            pandas_type, numpy_type, meta = "unicode", "object", None
+        else:
+            pandas_type = numpy_type = str(field.type.to_pandas_dtype().__name__)
+            meta = None
+        columns.append(
+            {
+                "name": field.name,
+                "field_name": field.name,
+                "pandas_type": pandas_type,
+                "numpy_type": numpy_type,
+                "metadata": meta,
+            }
+        )
+    document = {
+        "index_columns": [],
+        "column_indexes": [],
+        "columns": columns,
+        "attributes": {},
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+    }
+    return json.dumps(document).encode()
+
+
+def _schema(types: dict[str, pa.DataType], with_experiment_id: bool) -> pa.Schema:
+    fields = [pa.field(name, kind) for name, kind in types.items()]
+    if not with_experiment_id:
+        fields = fields[1:]
+    return pa.schema(fields, metadata={b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)})
+
+
+def metrics_schema(*, with_experiment_id: bool = True) -> pa.Schema:
+    """The Arrow schema of the metrics table (without ``experiment_id`` for a hive dataset)."""
+    return _schema(_METRIC_TYPES, with_experiment_id)
+
+
+def message_table_schema(*, with_experiment_id: bool = True) -> pa.Schema:
+    """The Arrow schema of the lossless message table written by ``tailer export --table messages``.
+
+    ``data`` is the JSON text of the message's ``data`` (null when the message
+    had none), ``extra`` the JSON text of an object holding every other
+    top-level key (null when there are none), ``timestamp_text`` the recorded
+    timestamp string and ``timestamp`` its parsed value. A message is rebuilt as
+    ``{"type": type, "timestamp": timestamp_text, "data": json.loads(data),
+    **json.loads(extra)}``, leaving out the keys whose column is null.
+    """
+    return _schema(_MESSAGE_TABLE_TYPES, with_experiment_id)
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _timestamps(values: list[Any]) -> pa.Array:
+    """Timestamp strings to ``timestamp[us, UTC]``; anything unparsable becomes null."""
+    try:
+        return pa.array(values, pa.string()).cast(_TIMESTAMP)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(parse_timestamp(value))
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            parsed.append(None)
+    return pa.array(parsed, _TIMESTAMP)
+
+
+def _as_int(value: Any) -> int | None:
+    """An index value as an int64, or None when it is not a whole number that fits."""
+    if type(value) is int:
+        return value if _INT64_MIN <= value <= _INT64_MAX else None
+    if type(value) is float and value.is_integer():
+        return _as_int(int(value))
+    if type(value) is str:
+        try:
+            return _as_int(int(value))
+        except ValueError:
+            return None
+    return None
+
+
+def _int_array(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.int64())
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([_as_int(v) for v in values], pa.int64())
+
+
+def _float_array(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.float64())
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+        out = []
+        for v in values:
+            try:
+                out.append(float(v))
+            except OverflowError:
+                out.append(math.inf if v > 0 else -math.inf)
+        return pa.array(out, pa.float64())
+
+
+def _client_text(value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    if type(value) is bool:
+        return str(value).lower()
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and value.is_integer():
+        return str(int(value))
+    return orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class _Node:
+    """One level of metric paths: key -> code of the leaf there, key -> child level."""
+
+    __slots__ = ("children", "codes", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.codes: dict[Any, int] = {}
+        self.children: dict[Any, _Node] = {}
+
+
+class _MetricsBuilder:
+    """Turns blocks of lines into record batches of the metrics table.
+
+    The walk over ``data`` is the hot loop: per value it does one type check,
+    one dict lookup (the path's interned code) and two list appends. The
+    message-level columns are gathered once per message and spread over that
+    message's rows by Arrow's ``take``.
+    """
+
+    def __init__(self, experiment_id: str, schema: pa.Schema) -> None:
+        self.experiment_id = experiment_id
+        self.schema = schema
+        self.with_experiment_id = schema.names[0] == "experiment_id"
+        self.malformed = 0
+        self.names: list[str] = []
+        self._name_codes: dict[str, int] = {}
+        self._names_array: pa.Array = pa.array([], pa.string())
+        self.root = _Node("")
+        self.codes: list[int] = []
+        self.values: list[Any] = []
+        self._walk, self._walk_list, self._walk_data = self._make_walkers()
+
+    # Paths are interned: each distinct path gets a code once; the rows hold codes.
+    def _register(self, node: _Node, key: Any) -> int:
+        if node is self.root and key in INDEX_KEYS:
+            code = -1
+        else:
+            path = node.prefix + str(key)
+            code = self._name_codes.get(path, -2)
+            if code == -2:
+                code = self._name_codes[path] = len(self.names)
+                self.names.append(path)
+        node.codes[key] = code
+        return code
+
+    def _child(self, node: _Node, key: Any) -> _Node:
+        child = node.children.get(key)
+        if child is None:
+            child = node.children[key] = _Node(f"{node.prefix}{key}.")
+        return child
+
+    def _make_walkers(self) -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
+        codes_append = self.codes.append
+        values_append = self.values.append
+        register = self._register
+        child = self._child
+        non_finite = NON_FINITE.get
+
+        def walk(mapping: dict[str, Any], node: _Node) -> None:
+            codes_get = node.codes.get
+            for key, value in mapping.items():
+                kind = type(value)
+                if kind is float or kind is int:
+                    code = codes_get(key)
+                    if code is None:
+                        code = register(node, key)
+                    if code >= 0:
+                        codes_append(code)
+                        values_append(value)
+                elif kind is dict:
+                    walk(value, node.children.get(key) or child(node, key))
+                elif kind is str:
+                    number = non_finite(value)
+                    if number is not None:
+                        code = codes_get(key)
+                        if code is None:
+                            code = register(node, key)
+                        if code >= 0:
+                            codes_append(code)
+                            values_append(number)
+                elif kind is list:
+                    walk_list(value, node.children.get(key) or child(node, key))
+
+        def walk_list(items: list[Any], node: _Node) -> None:
+            walk(dict(enumerate(items)), node)  # type: ignore[arg-type]
+
+        root = self.root
+
+        def walk_data(data: dict[str, Any]) -> None:
+            """Walk a message's ``data``: like :func:`walk`, but ``metrics`` adds no path."""
+            codes_get = root.codes.get
+            for key, value in data.items():
+                kind = type(value)
+                if kind is float or kind is int:
+                    code = codes_get(key)
+                    if code is None:
+                        code = register(root, key)
+                    if code >= 0:
+                        codes_append(code)
+                        values_append(value)
+                elif kind is dict:
+                    if key == "metrics":
+                        walk(value, root)
+                    else:
+                        walk(value, root.children.get(key) or child(root, key))
+                elif kind is str:
+                    number = non_finite(value)
+                    if number is not None:
+                        code = codes_get(key)
+                        if code is None:
+                            code = register(root, key)
+                        if code >= 0:
+                            codes_append(code)
+                            values_append(number)
+                elif kind is list:
+                    walk_list(value, root.children.get(key) or child(root, key))
+
+        return walk, walk_list, walk_data
+
+    def add(self, first_seq: int, lines: list[bytes | None]) -> pa.RecordBatch | None:
+        """The rows of one block of lines, or None when it has none."""
+        codes, values = self.codes, self.values
+        walk_data = self._walk_data
+        decode = decode_line
+        counts: list[int] = []
+        counts_append = counts.append
+        rows: list[tuple[Any, ...]] = []  # per message with values: its message-level columns
+        rows_append = rows.append
+        malformed = 0
+        seq = first_seq - 1
+        for line in lines:
+            seq += 1
+            if line is None:
+                malformed += 1
+                continue
+            try:
+                message = decode(line)
+            except MalformedLine:
+                malformed += 1
+                continue
+            data = message.get("data")
+            before = len(values)
+            if type(data) is not dict:
+                self._walk_other(data)
+                if len(values) > before:
+                    counts_append(len(values) - before)
+                    rows_append((seq, message.get("timestamp"), message["type"], None, None, None, None, None))
+                continue
+            walk_data(data)
+            if len(values) == before:
+                continue
+            counts_append(len(values) - before)
+            get = data.get
+            epoch = get("epoch")
+            if epoch is None:
+                epoch = get("local_epoch")
+            step = get("step")
+            round_ = get("round")
+            if round_ is None:
+                round_ = get("round_num")
+            if epoch is None or step is None or round_ is None:
+                metrics = get("metrics")
+                if type(metrics) is dict:
+                    if epoch is None:
+                        epoch = metrics.get("epoch")
+                    if step is None:
+                        step = metrics.get("step")
+                    if round_ is None:
+                        round_ = metrics.get("round")
+                        if round_ is None:
+                            round_ = metrics.get("round_num")
+            phase = get("phase")
+            client = get("client_id")
+            if type(epoch) is not int and epoch is not None:
+                epoch = _as_int(epoch)
+            if type(step) is not int and step is not None:
+                step = _as_int(step)
+            if type(round_) is not int and round_ is not None:
+                round_ = _as_int(round_)
+            if type(phase) is not str:
+                phase = None
+            if type(client) is not str and client is not None:
+                client = _client_text(client)
+            rows_append((seq, message.get("timestamp"), message["type"], phase, epoch, step, round_, client))
+        self.malformed += malformed
+        if not values:
+            return None
+        try:
+            return self._batch(counts, rows)
+        finally:
+            codes.clear()
+            values.clear()
+
+    def _walk_other(self, data: Any) -> None:
+        """``data`` that is not an object: a number is the metric ``value``, a list is walked."""
+        if type(data) is list:
+            self._walk_list(data, self.root)
+        elif data is not None and type(data) is not bool:
+            self._walk({"value": data}, self.root)
+
+    def _batch(self, counts: list[int], rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+        import numpy as np
+
+        if len(self._names_array) != len(self.names):
+            self._names_array = pa.array(self.names, pa.string())
+        owner = pa.array(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+        seqs, stamps, types, phases, epochs, steps, rounds, clients = zip(*rows)
+        per_message = pa.table(
+            {
+                "seq": pa.array(seqs, pa.int64()),
+                "timestamp": _timestamps(stamps),
+                "type": pa.array(types, pa.string()),
+                "phase": pa.array(phases, pa.string()),
+                "epoch": _int_array(epochs),
+                "step": _int_array(steps),
+                "round": _int_array(rounds),
+                "client_id": pa.array(clients, pa.string()),
+            }
+        ).take(owner)
+        rows = len(self.values)
+        columns = []
+        if self.with_experiment_id:
+            columns.append(pa.repeat(self.experiment_id, rows))  # type: ignore[attr-defined]
+        columns.extend(per_message.column(i).combine_chunks() for i in range(per_message.num_columns))
+        columns.append(self._names_array.take(pa.array(self.codes, pa.int32())))
+        columns.append(_float_array(self.values))
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _json_text(value: Any) -> bytes:
+    """``value`` as compact JSON, the way the recorder writes it."""
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):  # nesting beyond orjson's limit
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class _MessageTableBuilder:
+    """Turns blocks of lines into record batches of the lossless message table."""
+
+    def __init__(self, experiment_id: str, schema: pa.Schema) -> None:
+        self.experiment_id = experiment_id
+        self.schema = schema
+        self.with_experiment_id = schema.names[0] == "experiment_id"
+        self.malformed = 0
+
+    def add(self, first_seq: int, lines: list[bytes | None]) -> pa.RecordBatch | None:
+        decode = decode_line
+        dumps = _json_text
+        seqs: list[int] = []
+        types: list[str] = []
+        datas: list[bytes | None] = []
+        extras: list[bytes | None] = []
+        stamps: list[str | None] = []
+        malformed = 0
+        seq = first_seq - 1
+        for line in lines:
+            seq += 1
+            if line is None:
+                malformed += 1
+                continue
+            try:
+                message = decode(line)
+            except MalformedLine:
+                malformed += 1
+                continue
+            seqs.append(seq)
+            types.append(message["type"])
+            stamp = message.get("timestamp")
+            if len(message) == 3 and type(stamp) is str and "data" in message:
+                datas.append(dumps(message["data"]))
+                extras.append(None)
+                stamps.append(stamp)
+                continue
+            datas.append(dumps(message["data"]) if "data" in message else None)
+            extra = {k: v for k, v in message.items() if k not in ("type", "timestamp", "data")}
+            if type(stamp) is str:
+                stamps.append(stamp)
+            else:
+                stamps.append(None)
+                if "timestamp" in message:  # not a string: kept, losslessly, with the extras
+                    extra = {"timestamp": stamp, **extra}
+            extras.append(dumps(extra) if extra else None)
+        self.malformed += malformed
+        if not seqs:
+            return None
+        stamp_text = pa.array(stamps, pa.string())
+        columns = []
+        if self.with_experiment_id:
+            columns.append(pa.repeat(self.experiment_id, len(seqs)))  # type: ignore[attr-defined]
+        columns += [
+            pa.array(seqs, pa.int64()),
+            _timestamps(stamps),
+            pa.array(types, pa.string()),
+            pa.array(datas, pa.string()),
+            pa.array(extras, pa.string()),
+            stamp_text,
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _run_batches(
+    run: Run,
+    builder: _MetricsBuilder | _MessageTableBuilder,
+    skips: SkipCounts,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    with open(run.path, "rb") as file:
+        blocks = LineBlocks(file)
+        done = 0
+        for first_seq, lines in blocks:
+            if on_bytes is not None:
+                on_bytes(blocks.bytes_read - done)
+                done = blocks.bytes_read
+            batch = builder.add(first_seq, lines)
+            if batch is not None:
+                yield batch
+        if on_bytes is not None and blocks.bytes_read > done:
+            on_bytes(blocks.bytes_read - done)
+    skips.add(run.path, builder.malformed, blocks.torn)
+
+
+def metric_batches(
+    run: Run,
+    skips: SkipCounts,
+    *,
+    with_experiment_id: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The metrics table of one run as record batches, one per block of lines read.
+
+    Lines that are not messages are counted into ``skips``; ``on_bytes`` is
+    called with the number of bytes read after each block (for progress).
+    """
+    schema = metrics_schema(with_experiment_id=with_experiment_id)
+    return _run_batches(run, _MetricsBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes)
+
+
+def message_batches(
+    run: Run,
+    skips: SkipCounts,
+    *,
+    with_experiment_id: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
+    schema = message_table_schema(with_experiment_id=with_experiment_id)
+    return _run_batches(run, _MessageTableBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes)
+
+
+def _warn_skipped(skips: SkipCounts, skipped_names: list[str]) -> None:
+    parts = []
+    if skips:
+        parts.append(f"skipped {skips.describe()}")
+    if skipped_names:
+        shown = ", ".join(skipped_names[:5]) + ("..." if len(skipped_names) > 5 else "")
+        parts.append(f"ignored {len(skipped_names)} file(s) whose name is not an experiment id ({shown})")
+    if parts:
+        warnings.warn("replay: " + "; ".join(parts), SkippedLinesWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- pandas
+
+
+def read_metrics(src: Source) -> Any:
+    """Read runs into the long metrics table: one row per numeric value.
+
+    Args:
+        src: a run file, a directory of runs (every ``*.jsonl`` directly in
+            it), or a list of files and directories.
+
+    Returns:
+        A :class:`pandas.DataFrame` with the columns :data:`METRIC_COLUMNS`
+        (see the module docstring for dtypes and the naming rules), rows in
+        file order, files in the order given (a directory's sorted by name).
+        Same columns and dtypes when there are no rows.
+
+    Raises:
+        FileNotFoundError: a path in ``src`` does not exist.
+
+    Lines that are not messages (malformed, or a torn last line) are skipped;
+    one :class:`SkippedLinesWarning` per call says how many and where.
+
+    Example::
+
+        df = replay.read_metrics("runs/")
+        df[df.metric == "loss"].pivot_table(index="round", columns="client_id", values="value")
+    """
+    skipped_names: list[str] = []
+    runs = resolve_sources(src, skipped=skipped_names)
+    skips = SkipCounts()
+    schema = metrics_schema()
+    batches = [batch for run in runs for batch in metric_batches(run, skips)]
+    table = pa.Table.from_batches(batches, schema=schema)
+    del batches
+    _warn_skipped(skips, skipped_names)
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def read_messages(src: Source) -> Any:
+    """Read runs into a message table: one row per message.
+
+    Args:
+        src: a run file, a directory of runs, or a list of them (as for :func:`read_metrics`).
+
+    Returns:
+        A :class:`pandas.DataFrame` with the columns ``experiment_id`` (str),
+        ``seq`` (int64: the line's 0-based index in its file, every line
+        counting, as on the tailer's wire), ``timestamp`` (datetime64[us, UTC],
+        NaT when missing or unparsable), ``type`` (str) and ``data`` (the
+        message's ``data`` as Python objects, the strings ``"NaN"``,
+        ``"Infinity"`` and ``"-Infinity"`` turned back into floats; None when
+        the message had no ``data``). Top-level keys beyond type, timestamp
+        and data are in ``tailer export --table messages``.
+
+    Raises:
+        FileNotFoundError: a path in ``src`` does not exist.
+    """
+    import pandas as pd
+
+    skipped_names: list[str] = []
+    runs = resolve_sources(src, skipped=skipped_names)
+    skips = SkipCounts()
+    ids: list[pa.Array] = []
+    seqs: list[int] = []
+    stamps: list[Any] = []
+    types: list[str] = []
+    datas: list[Any] = []
+    decode = decode_line
+    restore = restore_non_finite
+    for run in runs:
+        count = 0
+        malformed = 0
+        with open(run.path, "rb") as file:
+            blocks = LineBlocks(file)
+            for first_seq, lines in blocks:
+                seq = first_seq - 1
+                for line in lines:
+                    seq += 1
+                    if line is None:
+                        malformed += 1
+                        continue
+                    try:
+                        message = decode(line)
+                    except MalformedLine:
+                        malformed += 1
+                        continue
+                    seqs.append(seq)
+                    stamps.append(message.get("timestamp"))
+                    types.append(message["type"])
+                    data = message.get("data")
+                    # Only a line that spells a non-finite value (or escapes one) needs the walk.
+                    if b'NaN"' in line or b'Infinity"' in line or b"\\u" in line:
+                        data = restore(data)
+                    datas.append(data)
+                    count += 1
+        skips.add(run.path, malformed, blocks.torn)
+        ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
+    schema = pa.schema([pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]])
+    table = pa.Table.from_arrays(
+        [
+            pa.chunked_array(ids, pa.string()),
+            pa.array(seqs, pa.int64()),
+            _timestamps(stamps),
+            pa.array(types, pa.string()),
+        ],
+        schema=schema,
+    )
+    _warn_skipped(skips, skipped_names)
+    frame = table.to_pandas()
+    frame["data"] = pd.Series(datas, dtype=object, index=frame.index)
+    return frame
