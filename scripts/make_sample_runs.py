@@ -78,6 +78,8 @@ NUM_CLASSES = 10
 BATCH_SIZE = 32
 #: A batch_metrics message every this many optimizer steps.
 BATCH_EVERY_N_STEPS = 5
+#: A gradient_stats message every this many optimizer steps.
+GRADIENT_EVERY_N_STEPS = 20
 #: The failed run dies in this epoch (0-based, as Lightning counts) ...
 FAIL_EPOCH = 3
 FAIL_BATCH = 17
@@ -133,6 +135,12 @@ def loaders(seed: int) -> tuple[DataLoader, DataLoader, DataLoader]:
 # --------------------------------------------------------------------------- model
 
 
+def confusion_matrix(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Counts of (true class, predicted class) pairs, rows indexed by the true class."""
+    counts = torch.bincount(target * NUM_CLASSES + pred, minlength=NUM_CLASSES * NUM_CLASSES)
+    return counts.reshape(NUM_CLASSES, NUM_CLASSES)
+
+
 def macro_recall_f1(confusion: torch.Tensor) -> tuple[float, float]:
     """Macro-averaged recall and F1 from a confusion matrix (rows: true class)."""
     true_pos = confusion.diag().float()
@@ -174,13 +182,17 @@ class DigitsMLP(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         pred = logits.argmax(dim=1)
         accuracy = (pred == y).float().mean()
-        index = y * NUM_CLASSES + pred
-        counts = torch.bincount(index, minlength=NUM_CLASSES * NUM_CLASSES)
-        confusion = counts.reshape(NUM_CLASSES, NUM_CLASSES)
+        confusion = confusion_matrix(y, pred)
         self._confusion[phase] = self._confusion.get(phase, 0) + confusion
         on_step = phase == "train"
         self.log(f"{phase}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
-        self.log(f"{phase}_acc", accuracy, on_step=on_step, on_epoch=True)
+        self.log(f"{phase}_accuracy", accuracy, on_step=on_step, on_epoch=True)
+        if on_step:
+            # The batch's own recall and F1, for batch_metrics; the epoch's
+            # values come from the whole epoch's confusion matrix instead.
+            recall, f1 = macro_recall_f1(confusion)
+            self.log("train_recall_step", recall, on_step=True, on_epoch=False)
+            self.log("train_f1_step", f1, on_step=True, on_epoch=False)
         return loss
 
     def _epoch_end(self, phase: str) -> None:
@@ -219,7 +231,10 @@ class DigitsMLP(pl.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
 
 # --------------------------------------------------------------------------- helper callbacks
@@ -238,7 +253,52 @@ class EpochProgress(pl.Callback):
         log(
             f"[{self.name}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
             f"val_loss={float(m.get('val_loss', float('nan'))):.4f} "
-            f"val_acc={float(m.get('val_acc', float('nan'))):.4f}"
+            f"val_accuracy={float(m.get('val_accuracy', float('nan'))):.4f}"
+        )
+
+
+class TrainingDetails(pl.Callback):
+    """Record what RecorderCallback leaves to the user: learning-rate changes and gradient norms.
+
+    Written through the run's :class:`MetricsRecorder` with the sender's
+    ``send_lr_update`` and ``send_gradient_stats``, as the original setup's
+    MetricsCollectorCallback did.
+    """
+
+    def __init__(self, recorder: MetricsRecorder, every_n_steps: int):
+        self.recorder = recorder
+        self.every_n_steps = every_n_steps
+        self._last_lr: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        lr = optimizer.param_groups[0]["lr"]
+        if lr != self._last_lr:
+            self._last_lr = lr
+            schedulers = trainer.lr_scheduler_configs
+            kind = type(schedulers[0].scheduler).__name__ if schedulers else None
+            self.recorder.send_lr_update(lr, trainer.global_step, trainer.current_epoch, kind)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer
+    ) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        norms = {
+            name: p.grad.detach().norm().item()
+            for name, p in pl_module.named_parameters()
+            if p.grad is not None and name.endswith("weight")
+        }
+        if not norms:
+            return
+        grads = [p.grad.detach() for p in pl_module.parameters() if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+        self.recorder.send_gradient_stats(
+            step=trainer.global_step,
+            total_norm=total,
+            layer_norms=norms,
+            max_norm=max(norms.values()),
+            min_norm=min(norms.values()),
         )
 
 
@@ -290,13 +350,17 @@ def train(
     pl.seed_everything(seed, workers=True, verbose=False)
     train_loader, val_loader, test_loader = loaders(seed)
     model = DigitsMLP(fail_at=fail_at)
-    with MetricsRecorder(log_dir=out, experiment_id=experiment_id) as rec, \
-            tempfile.TemporaryDirectory(prefix="make_sample_runs-") as workdir:
-        callback = RecorderCallback(recorder=rec, batch_every_n_steps=BATCH_EVERY_N_STEPS)
-        logger = JsonlLogger(recorder=rec)
-        trainer = make_trainer(
-            experiment_id, epochs, [callback, *extra_callbacks], logger, Path(workdir)
-        )
+    with (
+        MetricsRecorder(log_dir=out, experiment_id=experiment_id) as rec,
+        tempfile.TemporaryDirectory(prefix="make_sample_runs-") as workdir,
+    ):
+        callbacks = [
+            RecorderCallback(recorder=rec, batch_every_n_steps=BATCH_EVERY_N_STEPS),
+            TrainingDetails(rec, every_n_steps=GRADIENT_EVERY_N_STEPS),
+            *extra_callbacks,
+        ]
+        logger = JsonlLogger(recorder=rec)  # self.log values and hparams, into the same file
+        trainer = make_trainer(experiment_id, epochs, callbacks, logger, Path(workdir))
         trainer.fit(model, train_loader, val_loader)
         if test:
             trainer.test(model, test_loader, verbose=False)
@@ -335,11 +399,19 @@ def make_running(out: Path, epochs: int, seed: int) -> Path:
     """Train in a child process and SIGKILL it mid-epoch, leaving a run with no end."""
     path = target(out, RUNNING)
     kill_epoch = min(KILL_EPOCH, epochs - 1)
-    log(f"[{RUNNING}] training in a child process, to be killed at epoch {kill_epoch}, batch {KILL_BATCH}")
+    log(
+        f"[{RUNNING}] training in a child process, to be killed at epoch {kill_epoch}, batch {KILL_BATCH}"
+    )
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
-        "--out", str(out), "--epochs", str(epochs), "--seed", str(seed), "--child-running",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--child-running",
     ]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     paused = threading.Event()
@@ -390,7 +462,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Make runtail's sample runs from real training on scikit-learn's digits.",
     )
     parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "sample_runs",
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "sample_runs",
         help="directory to write the .jsonl files to (default: sample_runs/ of this checkout)",
     )
     parser.add_argument(
@@ -398,7 +472,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
-        "--only", choices=[CENTRALIZED, FAILED, RUNNING], action="append",
+        "--only",
+        choices=[CENTRALIZED, FAILED, RUNNING],
+        action="append",
         help="make only this sample (repeatable; default: all three)",
     )
     parser.add_argument("--child-running", action="store_true", help=argparse.SUPPRESS)
@@ -416,6 +492,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def main(argv: list[str] | None = None) -> int:
