@@ -18,7 +18,10 @@ def read_messages(path: str | Path) -> list[dict[str, Any]]:
     def refuse(token: str) -> Any:
         raise ValueError(f"non-standard JSON token {token}")
 
-    return [json.loads(line, parse_constant=refuse) for line in raw.decode("utf-8").splitlines()]
+    # Split on b"\n" only: str.splitlines() would also split on U+2028 and friends.
+    return [
+        json.loads(line.decode("utf-8"), parse_constant=refuse) for line in raw.split(b"\n")[:-1]
+    ]
 
 
 def make_module(pl: Any, *, fail_at_step: int | None = None, log_in_hook: bool = False) -> Any:
