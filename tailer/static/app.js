@@ -131,7 +131,14 @@ class Stream {
       if (this.stopped) return;
       if (this.finite && event.code === 1000) {
         this.stop();
-        if (this.onEnd) this.onEnd();
+        if (this.onEnd) this.onEnd(null);
+        return;
+      }
+      // The server said no (1008 policy, 1011 internal error, 4xxx): retrying would
+      // only repeat it. Lost connections (1001, 1006, 1012, 1013) are retried.
+      if (this.finite && this.everOpened && ![1001, 1006, 1012, 1013].includes(event.code)) {
+        this.stop();
+        if (this.onEnd) this.onEnd(event.reason || `closed with code ${event.code}`);
         return;
       }
       this.retry();
@@ -326,15 +333,11 @@ function applyToList(message, late = false) {
     run = { id, messages: 0, status: "unknown", lastTimestamp: null, lastSeq: null, error: null };
     runs.set(id, run);
     loadExperiments(); // a new experiment: learn its real counts
-  } else if (late) {
-    // Skip what the list response already counted.
-    if (run.lastSeq !== null && typeof message.seq === "number") {
-      if (message.seq <= run.lastSeq) return;
-    } else if (!isAfter(message.timestamp, run.lastTimestamp)) {
-      return;
-    }
-  } else if (run.lastSeq !== null && typeof message.seq === "number" && message.seq <= run.lastSeq) {
-    return;
+  } else if (run.lastSeq !== null && typeof message.seq === "number") {
+    // Counted already (by the list response, or by the other socket).
+    if (message.seq <= run.lastSeq) return;
+  } else if (!isAfter(message.timestamp, run.lastTimestamp)) {
+    return; // a server without `lines` in its list: timestamps are all there is
   }
   run.messages = (run.messages || 0) + 1;
   if (typeof message.seq === "number") run.lastSeq = message.seq;
@@ -443,11 +446,8 @@ class RunView {
       return;
     }
     if (this.live.apply(message)) {
-      const run = runs.get(this.id);
-      if (run && this.live.messages > (run.messages || 0)) {
-        run.messages = this.live.messages;
-        listDirty = true;
-      }
+      // The list entry too: whichever socket brings a seq first counts it, once.
+      applyToList(message);
       scheduleRender();
     }
   }
@@ -466,8 +466,13 @@ class RunView {
           else replay.buffer.push(message);
           return;
         }
-        if (replay.paused) replay.buffer.push(message);
-        else if (model.apply(message)) scheduleRender();
+        if (replay.paused) {
+          replay.buffer.push(message);
+          model.metaDirty = true; // the buffered count is shown
+          scheduleRender();
+        } else if (model.apply(message)) {
+          scheduleRender();
+        }
       },
       {
         finite: true,
@@ -475,7 +480,10 @@ class RunView {
           // A replay that reconnects starts over: the server replays from the start.
           if (model.messages) { model.reset(); scheduleRender(); }
         },
-        onEnd: () => { if (!replay.ended) this.finishReplay(replay); },
+        onEnd: (problem) => {
+          if (problem) replay.problem = problem;
+          if (!replay.ended) this.finishReplay(replay);
+        },
       },
     );
     this.replay = replay;
@@ -484,14 +492,14 @@ class RunView {
 
   finishReplay(replay) {
     if (this.replay !== replay) return;
-    replay.state = "finished";
+    replay.state = replay.problem ? "failed" : "finished";
     replay.stream.stop();
     scheduleRender();
   }
 
   pauseReplay() {
     const replay = this.replay;
-    if (!replay || replay.state === "finished") return;
+    if (!replay || replay.state !== "playing" && replay.state !== "paused") return;
     if (!replay.paused) {
       replay.paused = true;
       replay.state = "paused";
@@ -562,14 +570,15 @@ class RunView {
     $("#replay-play").disabled = !finished && !replay;
     $("#replay-play").title = finished ? "" : "replay is for finished runs";
     $("#replay-play").textContent = replay ? "Restart" : "Replay";
-    $("#replay-pause").disabled = !replay || replay.state === "finished";
+    const over = replay && (replay.state === "finished" || replay.state === "failed");
+    $("#replay-pause").disabled = !replay || over;
     $("#replay-pause").textContent = replay && replay.paused ? "Resume" : "Pause";
     $("#replay-pause").setAttribute("aria-pressed", replay && replay.paused ? "true" : "false");
     $("#replay-stop").disabled = !replay;
-    $("#replay-stop").textContent = replay && replay.state === "finished" ? "Back to live" : "Stop";
+    $("#replay-stop").textContent = over ? "Back to live" : "Stop";
     const replayState = $("#replay-state");
     replayState.textContent = replay
-      ? `replay ${replay.state}${replay.paused && replay.buffer.length ? ` (${replay.buffer.length} buffered)` : ""} · ${replay.speed === 0 ? "max" : `${replay.speed}×`}`
+      ? `replay ${replay.state}${replay.problem ? `: ${replay.problem}` : ""}${replay.paused && replay.buffer.length ? ` (${replay.buffer.length} buffered)` : ""} · ${replay.speed === 0 ? "max" : `${replay.speed}×`}`
       : "";
     $("#run").dataset.replay = replay ? replay.state : "off";
 

@@ -1,0 +1,515 @@
+"""The built-in dashboard, driven in Chromium against a real `tailer serve`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from recorder.format import encode_message, status_of
+from tests._dashboard_helpers import (
+    ConsoleWatch,
+    Server,
+    chart_points,
+    copy_samples,
+    expected_batch_charts,
+    expected_epoch_charts,
+    launch,
+    read_messages,
+    runs_state,
+    screenshot,
+    serving,
+    view_state,
+    wait_until,
+    write_centralized,
+    write_failed,
+    write_federated,
+    write_running,
+)
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path("/usr/bin/chromium").exists():  # pragma: no cover - CI image has it
+    pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
+
+# Chromium logs a refused WebSocket handshake as a console error; expected only
+# while a test has the server down on purpose.
+SERVER_DOWN = (r"WebSocket connection to .* failed", r"ERR_CONNECTION_REFUSED")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page_factory(browser):
+    contexts = []
+
+    def make(*, width=1280, height=900, scheme="light", allowed=()):
+        context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        return page, ConsoleWatch(page, allowed)
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+# ---------------------------------------------------------------- the runs under test
+
+
+def _kind(path: Path) -> str:
+    """What a run file holds: federated, centralized, failed or running (from its messages)."""
+    messages = read_messages(path)
+    types = {m["type"] for m in messages}
+    status = "unknown"
+    for m in messages:
+        status = status_of(m) or status
+    if status == "failed":
+        return "failed"
+    if status == "running":
+        return "running"
+    if types & {"round_end", "round_metrics", "client_complete"}:
+        return "federated"
+    if "epoch_end" in types:
+        return "centralized"
+    return "other"
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    """A temp copy of sample_runs/ (fixture runs made on the spot while it has none)."""
+    directory = tmp_path / "runs"
+    copies = copy_samples(directory)
+    kinds = {_kind(p) for p in copies}
+    if not copies:
+        write_centralized(directory / "digits-centralized.jsonl", epochs=5, batches_per_epoch=12)
+    if "federated" not in kinds:
+        write_federated(directory / "federated-digits.jsonl")
+    if "failed" not in kinds:
+        write_failed(directory / "failed-run.jsonl")
+    if "running" not in kinds:
+        write_running(directory / "still-running.jsonl")
+    return directory
+
+
+def _find(directory: Path, kind: str) -> Path:
+    for path in sorted(directory.glob("*.jsonl")):
+        if _kind(path) == kind:
+            return path
+    raise AssertionError(f"no {kind} run in {directory}")
+
+
+def _expected_status(path: Path) -> str:
+    status = "unknown"
+    for message in read_messages(path):
+        status = status_of(message) or status
+    return status
+
+
+def _open_run(page, server: Server, experiment_id: str) -> None:
+    page.goto(server.page_url(f"#/runs/{experiment_id}"))
+    wait_until(lambda: (view_state(page) or {}).get("id") == experiment_id, message="run view")
+
+
+def _wait_charts(page, expected: dict[str, dict[str, int]], timeout: float = 15.0) -> None:
+    """Wait until the page draws exactly `expected` ({chart: {trace: points}}) for those charts."""
+
+    def matches():
+        got = chart_points(page)
+        for chart, traces in expected.items():
+            if chart not in got:
+                return False
+            for trace, n in traces.items():
+                if got[chart].get(trace) != (n, n):
+                    return False
+        return True
+
+    try:
+        wait_until(matches, timeout=timeout, message="charts")
+    except AssertionError:
+        got = chart_points(page)
+        raise AssertionError(f"charts differ:\nexpected {expected}\ngot {got}") from None
+
+
+def _append(path: Path, *messages: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(b"".join(messages))
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_runs_list_shows_every_run_with_status_and_count(runs_dir, page_factory):
+    """The list shows every run in the directory with its status, message count and a failed run's error."""
+    page, console = page_factory()
+    with serving(runs_dir) as server:
+        page.goto(server.page_url())
+        files = sorted(runs_dir.glob("*.jsonl"))
+        expected = {
+            p.stem: (_expected_status(p), len(read_messages(p))) for p in files
+        }
+
+        def listed():
+            return {r["id"]: (r["status"], r["messages"]) for r in runs_state(page)}
+
+        wait_until(lambda: listed() == expected, message=f"runs list {expected}")
+        # What the person sees, not only the page's state.
+        for experiment_id, (status, count) in expected.items():
+            item = page.locator(f'li.run-item[data-id="{experiment_id}"]')
+            assert item.locator(".badge").inner_text() == status
+            assert f"{count:,} message" in item.locator(".run-sub").inner_text()
+        failed = _find(runs_dir, "failed")
+        errors = [m for m in read_messages(failed) if m["type"] == "error"]
+        want = str(errors[-1]["data"]["error"])
+        item = page.locator(f'li.run-item[data-id="{failed.stem}"] .run-error')
+        wait_until(lambda: item.inner_text() == want, message="failed run's error in the list")
+        assert page.locator("#conn").get_attribute("data-state") == "connected"
+        screenshot(page, "list-light")
+    console.check()
+
+
+def test_centralized_run_draws_each_metric_and_phase(runs_dir, page_factory):
+    """Opening the centralized run draws one line per metric and phase with every point."""
+    page, console = page_factory()
+    run = _find(runs_dir, "centralized")
+    expected = {**expected_epoch_charts(run), **expected_batch_charts(run)}
+    assert expected, f"{run} has no epoch or batch metrics"
+    with serving(runs_dir) as server:
+        _open_run(page, server, run.stem)
+        _wait_charts(page, expected)
+        state = view_state(page)
+        assert state["live"]["messages"] == len(read_messages(run))
+        # Each expected epoch chart has exactly the expected lines (train/val/test as separate lines).
+        for chart, traces in expected.items():
+            assert set(state["charts"][chart]["traces"]) >= set(traces)
+        epoch_charts = [c for c in state["charts"] if c.startswith("epoch:")]
+        assert sorted(epoch_charts) == sorted(c for c in expected if c.startswith("epoch:"))
+        assert page.locator("#run-status").inner_text() == _expected_status(run)
+        screenshot(page, "run-centralized-light")
+    console.check()
+
+
+def test_federated_run_draws_rounds_and_clients(runs_dir, page_factory):
+    """A federated run shows fit and eval per round and one line per client."""
+    page, console = page_factory(scheme="dark")
+    run = _find(runs_dir, "federated")
+    messages = read_messages(run)
+    fit = {k for m in messages if m["type"] == "round_end" for k in (m["data"].get("fit_metrics") or {})}
+    evals = {k for m in messages if m["type"] == "round_end" for k in (m["data"].get("eval_metrics") or {})}
+    clients = {str(m["data"]["client_id"]) for m in messages if m["type"] == "client_complete" and m["data"].get("metrics")}
+    rounds = len([m for m in messages if m["type"] == "round_end"])
+    with serving(runs_dir) as server:
+        _open_run(page, server, run.stem)
+        wait_until(lambda: view_state(page)["live"]["messages"] == len(messages), message="history")
+        charts = view_state(page)["charts"]
+        for name in fit:
+            trace = charts[f"round:{name}"]["traces"]["fit"]
+            assert trace["points"] == trace["drawn"] == rounds
+        for name in evals:
+            assert charts[f"round:{name}"]["traces"]["eval"]["points"] == rounds
+        per_client = [c for cid, c in charts.items() if cid.startswith("client:round:")]
+        assert per_client, charts.keys()
+        for chart in per_client:
+            assert {t.removeprefix("client ") for t in chart["traces"]} == clients
+        assert "federated" in page.locator("#run-meta").inner_text()
+        screenshot(page, "run-federated-dark")
+    console.check()
+
+
+def test_failed_run_shows_error_and_traceback(runs_dir, page_factory):
+    """A failed run shows its error up top, with the traceback collapsible, and in its timeline."""
+    page, console = page_factory()
+    run = _find(runs_dir, "failed")
+    error = [m for m in read_messages(run) if m["type"] == "error"][-1]["data"]
+    with serving(runs_dir) as server:
+        _open_run(page, server, run.stem)
+        banner = page.locator("#run-error")
+        banner.wait_for(state="visible")
+        assert str(error["error"]) in banner.inner_text()
+        if error.get("traceback"):
+            details = page.locator("#run-error-traceback")
+            assert details.is_visible()
+            assert not page.locator("#run-error-traceback pre").is_visible()  # collapsed
+            details.locator("summary").click()
+            assert page.locator("#run-error-traceback pre").inner_text().strip() == str(error["traceback"]).strip()
+        assert page.locator("#timeline .event-error").count() >= 1
+        screenshot(page, "run-failed-light")
+    console.check()
+
+
+def test_appended_lines_appear_live(runs_dir, page_factory):
+    """Lines appended to a running run reach its charts and the runs list within 2 s."""
+    page, console = page_factory()
+    run = _find(runs_dir, "running")
+    with serving(runs_dir) as server:
+        _open_run(page, server, run.stem)
+        n = len(read_messages(run))
+        wait_until(lambda: view_state(page)["live"]["messages"] == n, message="history")
+        before = chart_points(page).get("epoch:live_metric", {}).get("train", (0, 0))[0]
+        for k in range(3):
+            _append(run, encode_message("epoch_end", {"epoch": 100 + k, "phase": "train", "metrics": {"live_metric": k / 3}}))
+            want = before + k + 1
+            wait_until(
+                lambda want=want: chart_points(page).get("epoch:live_metric", {}).get("train") == (want, want),
+                timeout=2.0,
+                message=f"{want} live points",
+            )
+        wait_until(
+            lambda: {r["id"]: r["messages"] for r in runs_state(page)}.get(run.stem) == n + 3,
+            timeout=2.0,
+            message="list count",
+        )
+        # A new run appears in the list on its own, with its status.
+        new = runs_dir / "brand-new-run.jsonl"
+        new.write_bytes(encode_message("training_start", {}) + encode_message("status", {"status": "running"}))
+        wait_until(
+            lambda: {r["id"]: (r["status"], r["messages"]) for r in runs_state(page)}.get("brand-new-run")
+            == ("running", 2),
+            timeout=5.0,
+            message="new run in the list",
+        )
+        _append(new, encode_message("training_end", {}))
+        wait_until(
+            lambda: {r["id"]: r["status"] for r in runs_state(page)}.get("brand-new-run") == "completed",
+            timeout=5.0,
+            message="run finishing",
+        )
+    console.check()
+
+
+def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_factory):
+    """Killing and restarting the server: the page reconnects, resumes from its last seq, and ends exact."""
+    page, console = page_factory(allowed=SERVER_DOWN)
+    run = _find(runs_dir, "running")
+
+    def metric(k):
+        return encode_message("batch_metrics", {"step": 10_000 + k, "batch_idx": k, "loss": 1 / (k + 1), "epoch": 0})
+
+    server = Server(runs_dir).start()
+    try:
+        _open_run(page, server, run.stem)
+        _append(run, *(metric(k) for k in range(50)))
+        wait_until(lambda: chart_points(page).get("batch:loss", {}).get("loss") == (50, 50), message="first 50")
+        server.kill()
+        wait_until(
+            lambda: page.evaluate("window.__runtail.connection()") in ("reconnecting", "offline"),
+            message="connection state shown",
+        )
+        assert page.locator("#conn").get_attribute("data-state") in ("reconnecting", "offline")
+        _append(run, *(metric(k) for k in range(50, 80)))  # written while the server is down
+        server.start()
+        _append(run, *(metric(k) for k in range(80, 100)))
+        wait_until(lambda: page.evaluate("window.__runtail.connection()") == "connected", timeout=20, message="reconnected")
+        wait_until(lambda: chart_points(page).get("batch:loss", {}).get("loss") == (100, 100), timeout=10, message="100 points")
+        time.sleep(0.5)  # anything duplicated would land now
+        state = view_state(page)
+        assert chart_points(page)["batch:loss"]["loss"] == (100, 100)
+        assert state["live"]["messages"] == len(read_messages(run))
+        xs = page.evaluate(
+            "() => document.querySelector('[data-chart-id=\"batch:loss\"] .plot').data[0].x"
+        )
+        assert xs == [10_000 + k for k in range(100)]
+    finally:
+        server.stop()
+    console.check()
+
+
+def test_replay_at_max_speed_ends_with_full_chart(runs_dir, page_factory):
+    """Replay at max speed redraws the finished run from nothing and ends with every point."""
+    page, console = page_factory()
+    run = _find(runs_dir, "centralized")
+    expected = {**expected_epoch_charts(run), **expected_batch_charts(run)}
+    with serving(runs_dir) as server:
+        _open_run(page, server, run.stem)
+        _wait_charts(page, expected)
+        page.select_option("#replay-speed", "0")
+        page.click("#replay-play")
+        wait_until(lambda: view_state(page)["replay"] == "finished", timeout=20, message="replay end")
+        _wait_charts(page, expected)
+        assert view_state(page)["shown"]["messages"] == len(read_messages(run))
+        assert "finished" in page.locator("#replay-state").inner_text()
+        page.click("#replay-stop")
+        wait_until(lambda: view_state(page)["replay"] is None, message="back to live")
+        _wait_charts(page, expected)
+    console.check()
+
+
+def test_replay_pause_and_stop(tmp_path, page_factory):
+    """A paused replay holds the charts still while frames buffer; resume continues; stop returns to live."""
+    page, console = page_factory()
+    directory = tmp_path / "runs"
+    directory.mkdir()
+    run = directory / "slow-run.jsonl"
+    # 60 batch points one second apart: 6 s at 10x.
+    lines = [encode_message("training_start", {}, timestamp="2025-10-22T11:00:00.000Z")]
+    for k in range(60):
+        lines.append(encode_message("batch_metrics", {"step": k, "loss": 1 / (k + 1)}, timestamp=f"2025-10-22T11:01:{k:02d}.000Z"))
+    lines.append(encode_message("training_end", {}, timestamp="2025-10-22T11:02:00.000Z"))
+    run.write_bytes(b"".join(lines))
+    with serving(directory) as server:
+        _open_run(page, server, run.stem)
+        wait_until(lambda: chart_points(page).get("batch:loss", {}).get("loss") == (60, 60), message="live")
+        page.select_option("#replay-speed", "10")
+        page.click("#replay-play")
+        wait_until(lambda: 3 <= view_state(page)["shown"]["messages"] < 40, timeout=10, message="replay under way")
+        page.click("#replay-pause")
+        assert page.locator("#replay-pause").get_attribute("aria-pressed") == "true"
+        held = view_state(page)["shown"]["messages"]
+        time.sleep(1.0)
+        assert view_state(page)["shown"]["messages"] == held  # nothing drawn while paused
+        assert "buffered" in page.locator("#replay-state").inner_text()
+        page.click("#replay-pause")  # resume
+        wait_until(lambda: view_state(page)["shown"]["messages"] > held, message="resumed")
+        page.click("#replay-stop")
+        wait_until(lambda: view_state(page)["replay"] is None, message="stopped")
+        assert chart_points(page)["batch:loss"]["loss"] == (60, 60)
+    console.check()
+
+
+def test_log_reset_drops_the_run_and_starts_again(runs_dir, page_factory):
+    """A truncated log replaces the run's charts with the new content, nothing left over."""
+    page, console = page_factory()
+    run = _find(runs_dir, "centralized")
+    with serving(runs_dir) as server:
+        _open_run(page, server, run.stem)
+        wait_until(lambda: view_state(page)["live"]["messages"] == len(read_messages(run)), message="history")
+        fresh = runs_dir / "fresh.tmp"
+        write_running(fresh, epochs=3)
+        shutil.move(fresh, run)  # replaced, as a rerun with the same id would
+        wait_until(
+            lambda: view_state(page)["live"]["messages"] == 4
+            and chart_points(page).get("epoch:loss") == {"train": (3, 3)}
+            and len(chart_points(page)) == 1,
+            timeout=10,
+            message="reset to the new content",
+        )
+    console.check()
+
+
+def test_token_is_carried_to_every_request(runs_dir, page_factory):
+    """With --token, the page opened as /?token=T carries T on every HTTP and WebSocket request."""
+    page, console = page_factory()
+    token = "s3cret-Token"
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    run = _find(runs_dir, "centralized")
+    with serving(runs_dir, token=token) as server:
+        _open_run(page, server, run.stem)
+        wait_until(lambda: view_state(page)["live"]["messages"] == len(read_messages(run)), message="history")
+        wait_until(lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list")
+        ours = [u for u in requests if u.startswith(server.url)]
+        assert ours and all(f"token={token}" in u for u in ours), ours
+        assert sockets and all(f"token={token}" in u for u in sockets), sockets
+        # Every request stays on this tailer: no CDN, no fonts, nothing outside.
+        assert all(u.startswith((server.url, "data:")) for u in requests), requests
+        # Without the token nothing is served, and the refusal says why.
+        other, _ = page_factory(allowed=(r"401",))
+        response = other.goto(server.url)
+        assert response.status == 401
+        assert "token" in other.content()
+    console.check()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [1280, 390])
+def test_layout_fits_and_follows_colour_scheme(runs_dir, page_factory, scheme, width):
+    """Light and dark, desktop and phone: nothing overflows sideways and charts take the page's colours."""
+    page, console = page_factory(width=width, scheme=scheme)
+    run = _find(runs_dir, "centralized")
+    with serving(runs_dir) as server:
+        page.goto(server.page_url())
+        wait_until(lambda: len(runs_state(page)) > 0, message="list")
+        screenshot(page, f"list-{scheme}-{width}")
+        _open_run(page, server, run.stem)
+        wait_until(lambda: view_state(page)["charts"], message="charts")
+        page.wait_for_function("() => document.querySelector('.plot .main-svg')")
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"page scrolls sideways by {overflow}px"
+        colours = page.evaluate(
+            """() => {
+                const css = getComputedStyle(document.documentElement);
+                const plot = document.querySelector('.plot');
+                return {fg: css.getPropertyValue('--fg').trim(), font: plot._fullLayout.font.color,
+                        bg: getComputedStyle(document.body).backgroundColor};
+            }"""
+        )
+        assert colours["font"].lower() == colours["fg"].lower()
+        dark_bg = colours["bg"] in ("rgb(15, 19, 24)",)
+        assert dark_bg == (scheme == "dark"), colours
+        if width < 700:  # phone: the list gives way to the run, with a way back
+            assert not page.locator("#runs-pane").is_visible()
+            assert page.locator(".back").is_visible()
+        else:
+            assert page.locator("#runs-pane").is_visible()
+        # Every control has an accessible name and is reachable with the keyboard.
+        unnamed = page.evaluate(
+            """() => [...document.querySelectorAll('button, select, input')].filter(e => {
+                const label = e.labels && e.labels.length ? e.labels[0].textContent.trim() : '';
+                return !(label || e.getAttribute('aria-label') || e.textContent.trim());
+            }).map(e => e.id)"""
+        )
+        assert unnamed == []
+        screenshot(page, f"run-{scheme}-{width}")
+    console.check()
+
+
+@pytest.mark.slow
+def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
+    """100,000 batch points load in full, are drawn thinned per pixel, and zooming shows the raw points."""
+    page, console = page_factory()
+    directory = tmp_path / "runs"
+    directory.mkdir()
+    run = directory / "long-run.jsonl"
+    n = 100_000
+    with open(run, "wb") as f:
+        f.write(encode_message("training_start", {}, timestamp="2025-10-22T11:00:00.000Z"))
+        chunk = []
+        for k in range(n):
+            loss = "NaN" if k == 5000 else 1.0 / (1 + k) + (k % 7) * 1e-4
+            chunk.append(
+                b'{"type":"batch_metrics","timestamp":"2025-10-22T11:00:01.000Z","data":{"step":%d,"loss":%s}}\n'
+                % (k, json.dumps(loss).encode())
+            )
+            if len(chunk) == 10_000:
+                f.write(b"".join(chunk))
+                chunk = []
+        f.write(b"".join(chunk))
+    with serving(directory) as server:
+        _open_run(page, server, run.stem)
+        wait_until(
+            lambda: chart_points(page).get("batch:loss", {}).get("loss", (0, 0))[0] == n,
+            timeout=120,
+            interval=0.5,
+            message="100k points loaded",
+        )
+        # The display is thinned, the data is not.
+        page.wait_for_timeout(600)
+        state = view_state(page)["charts"]["batch:loss"]
+        assert state["thinned"]
+        trace = state["traces"]["loss"]
+        assert trace["points"] == n and trace["nonFinite"] == 1
+        assert 100 < trace["drawn"] < 10_000
+        # The page still answers at once, and zooming in shows every raw point of the range.
+        page.evaluate(
+            "() => Plotly.relayout(document.querySelector('[data-chart-id=\"batch:loss\"] .plot'), "
+            "{'xaxis.range': [50000, 50100]})"
+        )
+        xs = page.evaluate(
+            "() => document.querySelector('[data-chart-id=\"batch:loss\"] .plot').data[0].x"
+        )
+        assert [x for x in xs if 50000 <= x <= 50100] == list(range(50000, 50101))
+        screenshot(page, "run-100k")
+    console.check()
