@@ -544,7 +544,15 @@ class _MessageTableBuilder:
             types.append(message["type"])
             stamp = message.get("timestamp")
             if len(message) == 3 and type(stamp) is str and "data" in message:
-                datas.append(dumps(message["data"]))
+                # The recorded text of data, byte for byte, when data is the last key: the first
+                # '"data":' of such a line is that key (type and timestamp are plain strings, and
+                # an unescaped '"' followed by ':' cannot occur inside a JSON string).
+                start = line.find(b'"data":') if next(reversed(message)) == "data" else -1
+                end = line.rfind(b"}")
+                if start > 0 and end > start:
+                    datas.append(line[start + 7 : end].strip(b" \t\r\n"))
+                else:
+                    datas.append(dumps(message["data"]))
                 extras.append(None)
                 stamps.append(stamp)
                 continue
