@@ -449,6 +449,11 @@ async def serve_directory(
                 poll_interval=poll_interval,
             )
         )
+        # The watcher's first step registers the inotify watch; then one more read picks up
+        # whatever was appended between the initial read and that moment.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await hub.refresh()
         try:
             yield app
         finally:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from recorder.format import encode_message
 from websockets.asyncio.client import ClientConnection, connect
+
+from recorder.format import encode_message
 
 ROOT = Path(__file__).resolve().parents[1]
 

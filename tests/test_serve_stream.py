@@ -10,7 +10,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tailer.server import serve_directory
-from tests._tailer_helpers import Writer, aio, assert_silent, http_get, recv_json, recv_n, ws_connect
+from tests._tailer_helpers import (
+    Writer,
+    aio,
+    assert_silent,
+    http_get,
+    recv_json,
+    recv_n,
+    ws_connect,
+)
 
 
 @aio()
@@ -51,13 +59,13 @@ async def test_malformed_lines_count_in_seq_and_are_never_forwarded(tmp_path):
     w = Writer(tmp_path, "m")
     async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as ws:
         w.message("a")
-        w.raw(b"not json\n[1]\n{\"type\": 5}\n" + b'{"type":"x","pad":"' + b"z" * (1 << 20) + b'"}\n')
+        w.raw(b'not json\n[1]\n{"type": 5}\n' + b'{"type":"x","pad":"' + b"z" * (1 << 20) + b'"}\n')
         w.message("b")
         first, second = await recv_n(ws, 2)
         assert (first["type"], first["seq"]) == ("a", 0)
         assert (second["type"], second["seq"]) == ("b", 5)
         await assert_silent(ws, 0.2)
-        status, _, body = await http_get(app.port, "/api/experiments")
+        _, _, body = await http_get(app.port, "/api/experiments")
         (entry,) = orjson.loads(body)
         assert entry["malformed"] == 4 and entry["messages"] == 2
 
@@ -89,7 +97,10 @@ async def test_experiment_endpoint_sends_history_then_live(tmp_path):
 @aio()
 async def test_subscribing_before_the_file_exists(tmp_path):
     """/experiments/{id} for a run not started yet waits, then streams it from seq 0."""
-    async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url + "experiments/later") as ws:
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url + "experiments/later") as ws,
+    ):
         await assert_silent(ws, 0.2)
         Writer(tmp_path, "later").message("training_start")
         assert (await recv_json(ws))["seq"] == 0
@@ -133,16 +144,19 @@ async def test_truncation_sends_log_reset_and_renumbers(tmp_path):
     w = Writer(tmp_path, "t")
     w.message("a")
     w.message("b")
-    async with serve_directory(tmp_path, port=0) as app:
-        async with ws_connect(app.ws_url + "experiments/t") as ws, ws_connect(app.ws_url) as fire:
-            assert len(await recv_n(ws, 2)) == 2
-            os.truncate(w.path, 0)
-            w.message("c")
-            for client in (ws, fire):
-                reset = await recv_json(client)
-                assert reset["type"] == "log_reset" and reset["experiment_id"] == "t"
-                got = await recv_json(client)
-                assert (got["type"], got["seq"]) == ("c", 0)
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url + "experiments/t") as ws,
+        ws_connect(app.ws_url) as fire,
+    ):
+        assert len(await recv_n(ws, 2)) == 2
+        os.truncate(w.path, 0)
+        w.message("c")
+        for client in (ws, fire):
+            reset = await recv_json(client)
+            assert reset["type"] == "log_reset" and reset["experiment_id"] == "t"
+            got = await recv_json(client)
+            assert (got["type"], got["seq"]) == ("c", 0)
 
 
 @aio()
@@ -150,14 +164,21 @@ async def test_replaced_file_sends_log_reset(tmp_path):
     """A file replaced by rename (new inode) is a reset too, even if it is longer."""
     w = Writer(tmp_path, "r")
     w.message("a")
-    async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url + "experiments/r") as ws:
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url + "experiments/r") as ws,
+    ):
         await recv_json(ws)
         fresh = Writer(tmp_path, "r-new")
         for t in ("x", "y", "z"):
             fresh.message(t)
         os.replace(fresh.path, w.path)
         assert (await recv_json(ws))["type"] == "log_reset"
-        assert [(m["type"], m["seq"]) for m in await recv_n(ws, 3)] == [("x", 0), ("y", 1), ("z", 2)]
+        assert [(m["type"], m["seq"]) for m in await recv_n(ws, 3)] == [
+            ("x", 0),
+            ("y", 1),
+            ("z", 2),
+        ]
 
 
 @aio()
@@ -184,17 +205,22 @@ async def test_restart_and_resume_with_since_has_no_gap_or_duplicate(tmp_path):
     w = Writer(tmp_path, "s")
     for i in range(10):
         w.message("m", {"i": i})
-    async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url + "experiments/s") as ws:
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url + "experiments/s") as ws,
+    ):
         seen = await recv_n(ws, 10)
     last = seen[-1]["seq"]
     w.raw(b"oops\n")
     for i in range(10, 15):
         w.message("m", {"i": i})
-    async with serve_directory(tmp_path, port=0) as app:
-        async with ws_connect(app.ws_url + f"experiments/s?since={last}") as ws:
-            rest = await recv_n(ws, 5)
-            w.message("m", {"i": 15})
-            rest.append(await recv_json(ws))
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url + f"experiments/s?since={last}") as ws,
+    ):
+        rest = await recv_n(ws, 5)
+        w.message("m", {"i": 15})
+        rest.append(await recv_json(ws))
     assert [m["data"]["i"] for m in seen + rest] == list(range(16))
     assert [m["seq"] for m in rest] == [11, 12, 13, 14, 15, 16]
 
@@ -214,16 +240,19 @@ async def test_ping_pong_and_other_client_frames(tmp_path):
 @aio()
 async def test_oversized_client_frame_closes_that_connection_only(tmp_path):
     """A frame over the limit closes its connection (1009); the server and others go on."""
-    async with serve_directory(tmp_path, port=0) as app:
-        async with ws_connect(app.ws_url) as good, ws_connect(app.ws_url) as bad:
-            await bad.send("x" * 100_000)
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(bad.recv(), 10)
-            assert closed.value.rcvd.code == 1009
-            Writer(tmp_path, "a").message("ok")
-            assert (await recv_json(good))["type"] == "ok"
-            status, _, _ = await http_get(app.port, "/healthz")
-            assert status == 200
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url) as good,
+        ws_connect(app.ws_url) as bad,
+    ):
+        await bad.send("x" * 100_000)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(bad.recv(), 10)
+        assert closed.value.rcvd.code == 1009
+        Writer(tmp_path, "a").message("ok")
+        assert (await recv_json(good))["type"] == "ok"
+        status, _, _ = await http_get(app.port, "/healthz")
+        assert status == 200
 
 
 @aio()
@@ -232,7 +261,11 @@ async def test_hundred_concurrent_clients_each_get_everything(tmp_path):
     w = Writer(tmp_path, "c")
     w.message("m")
     async with serve_directory(tmp_path, port=0) as app:
-        urls = [app.ws_url] * 40 + [app.ws_url + "?experiment=c"] * 30 + [app.ws_url + "experiments/c?since=0"] * 30
+        urls = (
+            [app.ws_url] * 40
+            + [app.ws_url + "?experiment=c"] * 30
+            + [app.ws_url + "experiments/c?since=0"] * 30
+        )
         clients = [await ws_connect(url).__aenter__() for url in urls]
         try:
             await asyncio.sleep(0.3)
@@ -323,18 +356,31 @@ async def test_api_experiments_lists_every_run_with_its_fields(tmp_path):
     assert entries["c"]["status"] == "unknown"
     a_entry = entries["a"]
     assert a_entry["messages"] == 2 and a_entry["bytes"] == a.path.stat().st_size
-    assert a_entry["first_timestamp"].endswith("Z") and a_entry["last_timestamp"] >= a_entry["first_timestamp"]
-    assert set(a_entry) >= {"experiment_id", "messages", "bytes", "first_timestamp", "last_timestamp", "status", "malformed"}
+    assert (
+        a_entry["first_timestamp"].endswith("Z")
+        and a_entry["last_timestamp"] >= a_entry["first_timestamp"]
+    )
+    assert set(a_entry) >= {
+        "experiment_id",
+        "messages",
+        "bytes",
+        "first_timestamp",
+        "last_timestamp",
+        "status",
+        "malformed",
+    }
 
 
 @aio()
 async def test_poll_mode_sees_appends_without_inotify(tmp_path):
     """--poll (size checks only) still streams appended lines."""
     w = Writer(tmp_path, "n")
-    async with serve_directory(tmp_path, port=0, poll=True, poll_interval=0.05) as app:
-        async with ws_connect(app.ws_url) as ws:
-            w.message("x")
-            assert (await recv_json(ws))["type"] == "x"
+    async with (
+        serve_directory(tmp_path, port=0, poll=True, poll_interval=0.05) as app,
+        ws_connect(app.ws_url) as ws,
+    ):
+        w.message("x")
+        assert (await recv_json(ws))["type"] == "x"
 
 
 @aio()

@@ -6,10 +6,10 @@ import os
 
 import orjson
 import pytest
-from recorder.format import encode_message
 from websockets.frames import Frame
 from websockets.streams import StreamReader
 
+from recorder.format import encode_message
 from tailer.frames import PONG_FRAME, frame_lines, text_frame
 from tailer.index import SparseIndex
 from tailer.reader import FileReader, LineSplitter, StaleHistory

@@ -1,0 +1,174 @@
+"""The real ``tailer serve`` / ``replay`` / ``ls`` commands as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, ws_connect
+
+URL = re.compile(r"on http://127\.0\.0\.1:(\d+)/\S* \(ws://127\.0\.0\.1:(\d+)/\)")
+
+
+@contextlib.asynccontextmanager
+async def tailer(*args: str, log: Path, env: dict[str, str] | None = None):
+    """Start ``python -m tailer ARGS``; yield (process, port) once it printed its URL."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
+    environment.update(PYTHONUNBUFFERED="1", **(env or {}))
+    with open(log, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tailer", *args,
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err, env=environment,
+        )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = URL.search(line)
+        assert match, f"no startup line: {line!r}; stderr: {log.read_text()[-2000:]}"
+        assert match.group(1) == match.group(2) != "0"
+        yield proc, int(match.group(1)), line
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@aio(90)
+async def test_serve_prints_real_port_streams_and_exits_0_on_sigterm(tmp_path):
+    """--port 0 prints the real URL; SIGTERM closes clients with 1001 and exits 0."""
+    runs = tmp_path / "runs"  # created by the command
+    log = tmp_path / "err.log"
+    async with tailer("serve", str(runs), "--port", "0", log=log) as (proc, port, line):
+        assert f"serving {runs}" in line
+        async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+            Writer(runs, "cli").message("epoch_end", {"epoch": 1})
+            got = await recv_json(ws)
+            assert (got["experiment_id"], got["seq"]) == ("cli", 0)
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 1001
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    text = log.read_text()
+    assert "connected" in text and "closed: 1001" in text
+    assert "Traceback" not in text
+
+
+@aio(90)
+async def test_sigint_exits_0(tmp_path):
+    """Ctrl-C (SIGINT) is a clean shutdown too."""
+    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (proc, port, _):
+        assert (await http_get(port, "/healthz"))[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert "Traceback" not in (tmp_path / "err.log").read_text()
+
+
+def test_port_in_use_exits_2_with_one_line(tmp_path):
+    """A taken port gives one line on stderr, exit code 2, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "tailer", "serve", str(tmp_path), "--port", str(port), "-q"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_options_exit_2_without_traceback(tmp_path):
+    """Invalid option values are one-line errors."""
+    for args in (["--port", "70000"], ["--max-clients", "0"], ["--queue-bytes", "10"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "tailer", "serve", str(tmp_path), *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, args
+
+
+@aio(90)
+async def test_token_from_environment(tmp_path):
+    """TAILER_TOKEN protects the server like --token; the printed URL carries it."""
+    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "e.log",
+                      env={"TAILER_TOKEN": "envtok"}) as (proc, port, line):
+        assert "?token=envtok" in line
+        assert (await http_get(port, "/api/experiments"))[0] == 401
+        assert (await http_get(port, "/api/experiments?token=envtok"))[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+def _ls(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tailer", "ls", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_ls_plain_table_and_json(tmp_path):
+    """tailer ls prints an aligned table (not a TTY) and --json the same rows as /api/experiments."""
+    w = Writer(tmp_path, "alpha")
+    w.message("training_start", timestamp=None)
+    w.raw(b"junk\n")
+    w.message("training_end", {"run_id": "alpha"})
+    Writer(tmp_path, "beta-2").message("epoch_start", {"epoch": 0, "total_epochs": 3})
+    result = _ls(str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    header, first, second = result.stdout.strip().splitlines()
+    assert header.split()[:4] == ["EXPERIMENT", "STATUS", "MESSAGES", "MALFORMED"]
+    assert first.split()[:4] == ["alpha", "completed", "2", "1"]
+    assert second.split()[:4] == ["beta-2", "running", "1", "0"]
+    assert "\x1b[" not in result.stdout  # no colour codes in a pipe
+    rows = orjson.loads(_ls(str(tmp_path), "--json").stdout)
+    assert [r["experiment_id"] for r in rows] == ["alpha", "beta-2"]
+    assert rows[0]["bytes"] == w.path.stat().st_size and rows[0]["malformed"] == 1
+    assert rows[0]["first_timestamp"] and rows[0]["last_timestamp"]
+
+
+def test_ls_missing_directory_is_an_error(tmp_path):
+    """A missing directory is a one-line error with exit code 1."""
+    result = _ls(str(tmp_path / "nope"))
+    assert result.returncode == 1 and "no such directory" in result.stderr
+
+
+@aio(120)
+async def test_replay_serves_a_finished_run_on_root(tmp_path):
+    """tailer replay FILE: each client on / gets the whole run from the start, then replay_end and 1000."""
+    pytest.importorskip("replay.pacing")
+    run = tmp_path / "done.jsonl"
+    lines = [
+        b'{"type":"training_start","timestamp":"2025-01-01T00:00:00.000Z","data":{}}\n',
+        b"not json\n",
+        b'{"type":"epoch_end","timestamp":"2025-01-01T00:00:00.200Z","data":{"epoch":0,"phase":"train","metrics":{"loss":1}}}\n',
+        b'{"type":"training_end","timestamp":"2025-01-01T00:00:00.400Z","data":{"run_id":"done"}}\n',
+    ]
+    run.write_bytes(b"".join(lines))
+    async with tailer("replay", str(run), "--port", "0", "--speed", "4", log=tmp_path / "e.log") as (proc, port, line):
+        assert "replaying" in line
+        for _ in range(2):  # every client gets its own replay from the start
+            async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+                got = []
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+                assert closed.value.rcvd.code == 1000
+            assert [m["type"] for m in got] == ["training_start", "epoch_end", "training_end", "replay_end"]
+            assert [m.get("seq") for m in got[:3]] == [0, 2, 3]
+            assert all(m.get("experiment_id") == "done" for m in got)
+        _, _, body = await http_get(port, "/api/experiments")
+        assert orjson.loads(body)[0]["status"] == "completed"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
