@@ -275,3 +275,20 @@ def test_raising_strategy_records_failure_and_reraises(sim):
     assert "Traceback" in error["traceback"] and "aggregate_train" in error["traceback"]
     assert _of(messages, "status")[-1]["status"] == "failed"
     assert [e["round"] for e in _of(messages, "round_end")] == [1]
+
+
+def test_replay_gives_the_per_client_table(sim):
+    """replay.read_metrics pivots client losses into a round x client_id table."""
+    replay = pytest.importorskip("replay")
+    if not hasattr(replay, "read_metrics"):
+        from replay import tables as replay  # the module, until the package re-exports it
+    df = replay.read_metrics(sim["log_dir"] / "wrapped.jsonl")
+    table = df[df.metric == "loss"].pivot_table(index="round", columns="client_id", values="value")
+    messages = _read(sim["log_dir"], "wrapped")
+    expected = {
+        (d["round"], d["client_id"]): d["metrics"]["loss"] for d in _of(messages, "client_complete")
+    }
+    assert list(table.index) == list(range(1, NUM_ROUNDS + 1))
+    assert sorted(table.columns) == sorted(str(n) for n in sim["node_ids"])
+    for (server_round, client_id), loss in expected.items():
+        assert table.loc[server_round, client_id] == loss
