@@ -252,6 +252,25 @@ def expected_epoch_charts(path: Path) -> dict[str, dict[str, int]]:
     return charts
 
 
+def expected_logged_charts(path: Path) -> dict[str, dict[str, int]]:
+    """{"logged:<metric>": {trace: points}} for the JsonlLogger's `metrics` messages."""
+    charts: dict[str, dict[str, int]] = {}
+    for msg in read_messages(path):
+        if msg["type"] != "metrics":
+            continue
+        data = msg.get("data") or {}
+        for name, value in (data.get("metrics") or {}).items():
+            if name in INDEX_KEYS or not _numeric(value):
+                continue
+            phase, base = _split_phase(name)
+            if base.endswith("_epoch") and len(base) > 6:
+                base = base[:-6]
+            traces = charts.setdefault(f"logged:{base}", {})
+            trace = phase or name
+            traces[trace] = traces.get(trace, 0) + 1
+    return charts
+
+
 def expected_batch_charts(path: Path) -> dict[str, dict[str, int]]:
     charts: dict[str, dict[str, int]] = {}
     for msg in read_messages(path):

@@ -17,6 +17,7 @@ from tests._dashboard_helpers import (
     copy_samples,
     expected_batch_charts,
     expected_epoch_charts,
+    expected_logged_charts,
     launch,
     read_messages,
     runs_state,
@@ -183,7 +184,7 @@ def test_centralized_run_draws_each_metric_and_phase(runs_dir, page_factory):
     """Opening the centralized run draws one line per metric and phase with every point."""
     page, console = page_factory()
     run = _find(runs_dir, "centralized")
-    expected = {**expected_epoch_charts(run), **expected_batch_charts(run)}
+    expected = {**expected_epoch_charts(run), **expected_batch_charts(run), **expected_logged_charts(run)}
     assert expected, f"{run} has no epoch or batch metrics"
     with serving(runs_dir) as server:
         _open_run(page, server, run.stem)

@@ -177,7 +177,8 @@ export class ChartBoard {
     const width = Math.max(200, state.plotEl.clientWidth || 600);
     const shown = decimate(series, i0, i1, raw ? Infinity : width);
     const colourIndex = PHASE_COLOURS[series.name] ?? index;
-    const markers = MARKER_SECTIONS.has(state.chart.section);
+    // Markers where points are few or each one matters (a lone test value, epochs, rounds).
+    const markers = MARKER_SECTIONS.has(state.chart.section) || series.length <= 30;
     const trace = {
       type: "scatter",
       mode: markers ? "lines+markers" : "lines",
@@ -194,13 +195,30 @@ export class ChartBoard {
     return trace;
   }
 
+  /** Whole-number axes (epochs, rounds) with a short span get a tick per step, never 1.5. */
+  unitTicks(state) {
+    if (!MARKER_SECTIONS.has(state.chart.section)) return false;
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const s of state.chart.traces.values()) {
+      for (const x of s.xs) {
+        if (!Number.isInteger(x)) return false;
+        if (x < lo) lo = x;
+        if (x > hi) hi = x;
+      }
+    }
+    return hi - lo <= 12;
+  }
+
   layoutFor(state) {
     const chart = state.chart;
+    state.unit = this.unitTicks(state);
+    const ticks = state.unit ? { tickmode: "linear", tick0: 0, dtick: 1 } : { tickmode: "auto" };
     return {
       ...nested(themeLayout()),
       height: 250,
       margin: { l: 52, r: 12, t: chart.traces.size > 1 ? 28 : 8, b: 40 },
-      xaxis: { ...nested(themeLayout()).xaxis, title: { text: chart.xTitle, standoff: 6 }, automargin: true },
+      xaxis: { ...nested(themeLayout()).xaxis, ...ticks, title: { text: chart.xTitle, standoff: 6 }, automargin: true },
       yaxis: { ...nested(themeLayout()).yaxis, automargin: true },
       showlegend: chart.traces.size > 1,
       legend: { ...nested(themeLayout()).legend, orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
@@ -292,6 +310,10 @@ export class ChartBoard {
     if (withText.indices.length) {
       window.Plotly.extendTraces(state.plotEl,
         { x: withText.x, y: withText.y, text: withText.text }, withText.indices);
+    }
+    if (state.unit && !this.unitTicks(state)) {
+      state.unit = false;
+      window.Plotly.relayout(state.plotEl, { "xaxis.tickmode": "auto" });
     }
   }
 

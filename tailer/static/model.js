@@ -238,7 +238,16 @@ const HANDLERS = {
     const x = stepOf(data, model, "__logged__");
     for (const [name, value] of RunModel.numeric(data.metrics)) {
       const [phase, base] = splitPhase(name);
-      const chart = model.chart("logged", base, base, "step");
+      // Lightning names on_epoch values `<name>_epoch` and on_step ones `<name>_step`:
+      // epoch values share a chart with val/test `<name>`; step values get their own.
+      let key = base;
+      let title = base;
+      if (base.endsWith("_epoch") && base.length > 6) {
+        key = title = base.slice(0, -6);
+      } else if (base.endsWith("_step") && base.length > 5) {
+        title = `${base.slice(0, -5)} per step`;
+      }
+      const chart = model.chart("logged", key, title, "step");
       model.point(chart, phase || name, x, value);
     }
   },
