@@ -87,12 +87,15 @@ def test_the_sample_run_is_a_complete_federated_run():
     assert str(ROOT) not in SAMPLE.read_text()  # nothing machine-specific
 
 
-def test_bad_arguments_exit_with_a_message(capsys):
-    """An invalid experiment id or round count ends the command with status 2 and a message."""
+def test_bad_arguments_exit_with_a_message(capsys, tmp_path):
+    """A bad or taken experiment id, or a bad round count, ends the command with status 2."""
     from examples.flower_digits.__main__ import main
 
     assert main(["--experiment-id", "../escape"]) == 2
     assert "invalid experiment id" in capsys.readouterr().err
+    (tmp_path / "taken.jsonl").write_text("")
+    assert main(["--log-dir", str(tmp_path), "--experiment-id", "taken"]) == 2
+    assert "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["--rounds", "0"])
     assert exited.value.code == 2

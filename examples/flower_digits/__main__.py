@@ -68,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         if not is_valid_experiment_id(args.experiment_id):
             print(f"error: invalid experiment id {args.experiment_id!r}", file=sys.stderr)
             return 2
+        existing = args.log_dir / f"{args.experiment_id}.jsonl"
+        if args.record != "none" and existing.exists():
+            # Run files are append-only: a second run would land in the first one's file.
+            print(
+                f"error: {existing} already exists; choose another --experiment-id or remove it",
+                file=sys.stderr,
+            )
+            return 2
 
     import logging
 
