@@ -132,11 +132,11 @@ class LineBlocks:
         self,
         file: BinaryIO,
         *,
-        block_bytes: int = BLOCK_BYTES,
+        block_bytes: int | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.file = file
-        self.block_bytes = block_bytes
+        self.block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         self.max_line_bytes = max_line_bytes
         self.next_seq = 0
         self.bytes_read = 0
