@@ -16,7 +16,7 @@ returns exactly what that strategy returns, while the run's file gets (DESIGN
 §6)::
 
     training_mode {is_federated: true, num_rounds, num_clients}
-    training_start {strategy, num_rounds, num_clients}
+    training_start {strategy, num_rounds, num_clients, strategy_config}
     status {status: "running"}
     round_metrics {round: 0, ...}                  # evaluate_fn on the initial arrays
     per round r = 1..num_rounds:
@@ -81,6 +81,19 @@ def _metrics_dict(record: Mapping[str, Any] | None) -> dict[str, Any]:
     if record is None:
         return {}
     return {str(key): value for key, value in record.items()}
+
+
+def _settings_of(strategy: Strategy) -> dict[str, Any]:
+    """A strategy's plain public settings (fractions, minimum nodes, keys, learning rates)."""
+    try:
+        items = vars(strategy).items()
+    except TypeError:
+        return {}
+    return {
+        name: value
+        for name, value in items
+        if not name.startswith("_") and isinstance(value, (bool, int, float, str))
+    }
 
 
 def _node_id(value: object) -> str:
@@ -402,6 +415,7 @@ class RecordingStrategy(Strategy):
                 "strategy": type(self.strategy).__name__,
                 "num_rounds": num_rounds,
                 "num_clients": num_clients,
+                "strategy_config": _settings_of(self.strategy),
             },
         )
         self._record(

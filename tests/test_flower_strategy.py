@@ -72,6 +72,10 @@ def test_records_the_documented_sequence():
     assert types[4:-2] == expected
     assert types[-2:] == ["training_end", "status"]
     assert rec.messages[0][1] == {"is_federated": True, "num_rounds": 3, "num_clients": 3}
+    start = rec.messages[1][1]
+    assert start["strategy"] == "FedAvg" and start["num_rounds"] == 3
+    assert start["strategy_config"]["fraction_train"] == 1.0
+    assert start["strategy_config"]["weighted_by_key"] == "num-examples"
     assert rec.of("status")[0]["status"] == "running"
     assert rec.of("status")[-1]["status"] == "completed"
     assert [d["round"] for d in rec.of("round_start")] == [1, 2, 3]
