@@ -7,6 +7,7 @@ checks what it makes with the same checks.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import subprocess
@@ -181,6 +182,18 @@ def check_running(path: Path, epochs: int) -> list[dict[str, Any]]:
     return messages
 
 
+def check_same_training(out: Path) -> None:
+    """The three runs share seed and data, so their common epochs have the very same metrics."""
+    runs = {name: read_run(out / f"{name}.jsonl") for name in (CENTRALIZED, FAILED, RUNNING)}
+    complete = runs[CENTRALIZED]
+    for name in (FAILED, RUNNING):
+        for phase in ("train", "val"):
+            partial = epoch_ends(runs[name], phase)
+            assert partial, (name, phase)
+            expected = [d["metrics"] for d in epoch_ends(complete, phase)[: len(partial)]]
+            assert [d["metrics"] for d in partial] == expected, (name, phase)
+
+
 # --------------------------------------------------------------------------- committed samples
 
 
@@ -226,6 +239,11 @@ def test_running_sample_has_no_end() -> None:
     check_running(SAMPLES / f"{RUNNING}.jsonl", EPOCHS)
 
 
+def test_samples_come_from_one_seeded_training() -> None:
+    """The failed and running samples repeat the complete run's first epochs exactly."""
+    check_same_training(SAMPLES)
+
+
 def test_federated_sample_if_present() -> None:
     """The federated sample, once the Flower example made it, is a completed federated run."""
     path = SAMPLES / f"{FEDERATED}.jsonl"
@@ -265,18 +283,34 @@ def test_script_makes_the_three_samples(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{name}.jsonl" for name in (CENTRALIZED, FAILED, RUNNING, FEDERATED)
     )
+    check_same_training(out)
     for name in (CENTRALIZED, FAILED, RUNNING):
         assert f"[{name}] wrote" in result.stdout
 
 
-def test_script_refuses_bad_epochs(tmp_path: Path) -> None:
-    """--epochs 0 is refused with a usage message and exit status 2, before any training."""
+@pytest.mark.slow
+def test_script_makes_one_sample_of_one_epoch(tmp_path: Path) -> None:
+    """--only running-digits --epochs 1 kills the child in its only epoch and writes nothing else."""
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--epochs", "0"],
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--epochs", "1", "--only", RUNNING],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
-    assert result.returncode == 2
-    assert "--epochs" in result.stderr
-    assert not list(tmp_path.iterdir())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [f"{RUNNING}.jsonl"]
+    messages = check_running(tmp_path / f"{RUNNING}.jsonl", 1)
+    assert not of_type(messages, "epoch_end")
+
+
+@pytest.mark.parametrize("epochs", ["0", "-3", "ten"])
+def test_script_refuses_bad_epochs(epochs: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad --epochs is refused with a usage message and exit status 2, before any training."""
+    spec = importlib.util.spec_from_file_location("make_sample_runs", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--epochs", epochs])
+    assert exit_info.value.code == 2
+    assert "--epochs" in capsys.readouterr().err
