@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -511,6 +512,9 @@ def _json_text(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+_DATA_KEY = re.compile(rb'"data"[ \t\r\n]*:')
+
+
 class _MessageTableBuilder:
     """Turns blocks of lines into record batches of the lossless message table."""
 
@@ -547,10 +551,13 @@ class _MessageTableBuilder:
                 # The recorded text of data, byte for byte, when data is the last key: the first
                 # '"data":' of such a line is that key (type and timestamp are plain strings, and
                 # an unescaped '"' followed by ':' cannot occur inside a JSON string).
-                start = line.find(b'"data":') if next(reversed(message)) == "data" else -1
+                start = line.find(b'"data":') + 7 if next(reversed(message)) == "data" else -1
+                if start == 6:  # not found as written by the recorder: allow JSON whitespace
+                    found = _DATA_KEY.search(line)
+                    start = found.end() if found else -1
                 end = line.rfind(b"}")
                 if start > 0 and end > start:
-                    datas.append(line[start + 7 : end].strip(b" \t\r\n"))
+                    datas.append(line[start:end].strip(b" \t\r\n"))
                 else:
                     datas.append(dumps(message["data"]))
                 extras.append(None)
