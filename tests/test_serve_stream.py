@@ -391,3 +391,57 @@ async def test_directory_is_created_if_missing(tmp_path):
         _, _, body = await http_get(app.port, "/api/experiments")
         assert orjson.loads(body) == []
     assert target.is_dir()
+
+
+@aio()
+async def test_watchfiles_is_used_where_direct_inotify_is_unavailable(tmp_path, monkeypatch):
+    """Without direct inotify the watchfiles watcher streams appends just as well."""
+    from tailer import watcher
+
+    def unavailable():
+        raise watcher.NotificationsUnavailable("test")
+
+    monkeypatch.setattr(watcher, "_libc", unavailable)
+    w = Writer(tmp_path, "wf")
+    async with serve_directory(tmp_path, port=0, scan_interval=60) as app, ws_connect(app.ws_url) as ws:
+        await asyncio.sleep(0.2)  # watchfiles' thread starts asynchronously
+        for i in range(3):
+            w.message("m", {"i": i})
+        assert [m["data"]["i"] for m in await recv_n(ws, 3)] == [0, 1, 2]
+
+
+@aio()
+async def test_sweep_alone_catches_changes(tmp_path, monkeypatch):
+    """With notifications failing entirely, the periodic size check still streams appends."""
+    from tailer import watcher
+
+    async def silent(*args, **kwargs):
+        return None  # as if the watch ended at once
+
+    monkeypatch.setattr(watcher, "_inotify", silent)
+    w = Writer(tmp_path, "sw")
+    async with serve_directory(tmp_path, port=0, poll_interval=0.05) as app, ws_connect(app.ws_url) as ws:
+        w.message("m")
+        assert (await recv_json(ws))["type"] == "m"
+
+
+@aio()
+async def test_replay_endpoint_paces_a_run_and_closes_1000(tmp_path):
+    """WS /experiments/{id}/replay?speed=0 sends the run, replay_end, then closes normally."""
+    pytest.importorskip("replay.pacing")
+    w = Writer(tmp_path, "rp")
+    for i in range(5):
+        w.message("epoch_end", {"epoch": i})
+    w.raw(b"bad\n")
+    w.message("training_end")
+    async with serve_directory(tmp_path, port=0) as app:
+        async with ws_connect(app.ws_url + "experiments/rp/replay?speed=0") as ws:
+            got = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+        assert closed.value.rcvd.code == 1000
+        assert [m["seq"] for m in got[:-1]] == [0, 1, 2, 3, 4, 6]
+        assert got[-1]["type"] == "replay_end"
+        status, _, _ = await http_get(app.port, "/experiments/rp/replay?speed=-1", upgrade=True)
+        assert status == 400
