@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
-from recorder.format import encode_message, wire_frame  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
+
+from recorder.format import encode_message, wire_frame  # noqa: E402
 
 MARKER = b'"seq":'
 URL = re.compile(rb"http://127\.0\.0\.1:(\d+)/")
@@ -55,8 +56,21 @@ class Tailer:
     def __enter__(self) -> Tailer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tailer", "serve", str(self.directory), "--port", "0", "-q", *self.extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            [
+                sys.executable,
+                "-m",
+                "tailer",
+                "serve",
+                str(self.directory),
+                "--port",
+                "0",
+                "-q",
+                *self.extra,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         started = time.monotonic()
         line = self.proc.stdout.readline()
@@ -184,7 +198,12 @@ def bench_latency(tmp: Path, seconds: float) -> dict[str, float]:
             def write() -> None:
                 i = 0
                 while not stop.is_set():
-                    os.write(fd, encode_message("batch_metrics", {"step": i, "t": time.monotonic_ns(), "loss": 0.5}))
+                    os.write(
+                        fd,
+                        encode_message(
+                            "batch_metrics", {"step": i, "t": time.monotonic_ns(), "loss": 0.5}
+                        ),
+                    )
                     i += 1
                     time.sleep(0.01)
 
@@ -205,13 +224,22 @@ def bench_latency(tmp: Path, seconds: float) -> dict[str, float]:
     os.close(fd)
     latencies = latencies[20:]  # warm-up
     qs = statistics.quantiles(latencies, n=100)
-    return {"messages": len(latencies), "p50_ms": qs[49], "p90_ms": qs[89], "p99_ms": qs[98], "max_ms": max(latencies)}
+    return {
+        "messages": len(latencies),
+        "p50_ms": qs[49],
+        "p90_ms": qs[89],
+        "p99_ms": qs[98],
+        "max_ms": max(latencies),
+    }
 
 
 def _fanout_lines(n: int) -> list[bytes]:
     lines = [
-        encode_message("batch_metrics", {"step": i, "batch_idx": i % 100, "loss": 0.123456, "accuracy": 0.98765, "epoch": 3},
-                       timestamp="2025-01-01T00:00:00.000000Z")
+        encode_message(
+            "batch_metrics",
+            {"step": i, "batch_idx": i % 100, "loss": 0.123456, "accuracy": 0.98765, "epoch": 3},
+            timestamp="2025-01-01T00:00:00.000000Z",
+        )
         for i in range(n)
     ]
     return lines
@@ -225,14 +253,19 @@ def bench_fanout(tmp: Path, clients: int, messages: int) -> dict[str, float]:
     frames_file.write_bytes(b"\n".join(wire_frame(line, "fan", i) for i, line in enumerate(lines)))
 
     # Baseline: websockets' broadcast() of the same frames.
-    proc = subprocess.Popen([sys.executable, "-c", BASELINE, str(frames_file), str(clients)],
-                            stdout=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BASELINE, str(frames_file), str(clients)],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
     try:
         port = int(proc.stdout.readline())
 
         async def baseline() -> tuple[float, int]:
             conns = await raw_clients(port, "/", clients, messages)
-            start_ns = int(await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline))
+            start_ns = int(
+                await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+            )
             await asyncio.wait_for(asyncio.gather(*(c.done for c in conns)), 120)
             end = max(c.finished_ns for c in conns)
             rss = psutil.Process(proc.pid).memory_info().rss
@@ -288,8 +321,11 @@ def bench_fanout(tmp: Path, clients: int, messages: int) -> dict[str, float]:
 
 def write_big_run(path: Path, lines: int = 0, size_bytes: int = 0) -> int:
     """Append ~150 B batch_metrics lines until `lines` lines or `size_bytes` bytes; returns the line count."""
-    template = encode_message("batch_metrics", {"step": 0, "batch_idx": 0, "loss": 0.123456, "accuracy": 0.98765, "epoch": 1},
-                              timestamp="2025-01-01T00:00:00.000000Z")
+    template = encode_message(
+        "batch_metrics",
+        {"step": 0, "batch_idx": 0, "loss": 0.123456, "accuracy": 0.98765, "epoch": 1},
+        timestamp="2025-01-01T00:00:00.000000Z",
+    )
     head, _, tail = template.partition(b'"step":0')
     count = 0
     written = 0
@@ -297,7 +333,10 @@ def write_big_run(path: Path, lines: int = 0, size_bytes: int = 0) -> int:
         while (lines and count < lines) or (size_bytes and written < size_bytes):
             chunk = b"".join(head + b'"step":%d' % i + tail for i in range(count, count + 100_000))
             if lines:
-                chunk = b"".join(head + b'"step":%d' % i + tail for i in range(count, min(lines, count + 100_000)))
+                chunk = b"".join(
+                    head + b'"step":%d' % i + tail
+                    for i in range(count, min(lines, count + 100_000))
+                )
             f.write(chunk)
             written += len(chunk)
             count += chunk.count(b"\n")
@@ -325,11 +364,18 @@ def bench_history(tmp: Path, lines: int) -> dict[str, float]:
             rates.append(asyncio.run(once()))
         rss = tailer.rss()
     shutil.rmtree(run)
-    return {"lines": lines, "file_mb": size / 2**20, "startup_scan_s": startup,
-            "messages_per_s": statistics.median(rates), "tailer_rss_mb": rss / 2**20}
+    return {
+        "lines": lines,
+        "file_mb": size / 2**20,
+        "startup_scan_s": startup,
+        "messages_per_s": statistics.median(rates),
+        "tailer_rss_mb": rss / 2**20,
+    }
 
 
-def bench_memory(tmp: Path, size_mb: int, clients: int = 100, catching_up: int = 10) -> dict[str, float]:
+def bench_memory(
+    tmp: Path, size_mb: int, clients: int = 100, catching_up: int = 10
+) -> dict[str, float]:
     """Peak RSS of the tailer holding a `size_mb` MB log while serving `clients` clients.
 
     `catching_up` of them read the whole history from disk at full speed while the
@@ -350,7 +396,13 @@ def bench_memory(tmp: Path, size_mb: int, clients: int = 100, catching_up: int =
             deadline = time.monotonic() + 20
             step = 0
             while time.monotonic() < deadline:
-                os.write(fd, b"".join(encode_message("batch_metrics", {"step": step + i, "loss": 0.5}) for i in range(10)))
+                os.write(
+                    fd,
+                    b"".join(
+                        encode_message("batch_metrics", {"step": step + i, "loss": 0.5})
+                        for i in range(10)
+                    ),
+                )
                 step += 10
                 peak = max(peak, tailer.rss())
                 await asyncio.sleep(0.01)
@@ -362,37 +414,59 @@ def bench_memory(tmp: Path, size_mb: int, clients: int = 100, catching_up: int =
 
         peak, got = asyncio.run(main())
     shutil.rmtree(run)
-    return {"file_mb": size / 2**20, "lines": lines, "clients": clients, "history_clients": catching_up,
-            "history_messages_sent_in_20s": got, "idle_rss_mb": idle / 2**20, "peak_rss_mb": peak / 2**20}
+    return {
+        "file_mb": size / 2**20,
+        "lines": lines,
+        "clients": clients,
+        "history_clients": catching_up,
+        "history_messages_sent_in_20s": got,
+        "idle_rss_mb": idle / 2**20,
+        "peak_rss_mb": peak / 2**20,
+    }
 
 
 def table(title: str, rows: list[dict[str, float]]) -> None:
     print(f"\n{title}")
     keys = list(rows[0])
-    cells = [[f"{r[k]:,.2f}" if isinstance(r[k], float) else f"{r[k]:,}" for k in keys] for r in rows]
+    cells = [
+        [f"{r[k]:,.2f}" if isinstance(r[k], float) else f"{r[k]:,}" for k in keys] for r in rows
+    ]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)))
     for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (memory: 100 MB log)")
-    parser.add_argument("--only", choices=["latency", "fanout", "history", "memory"], action="append")
-    parser.add_argument("--memory-mb", type=int, default=None, help="log size of the memory run (default 1024)")
+    parser.add_argument(
+        "--only", choices=["latency", "fanout", "history", "memory"], action="append"
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=None, help="log size of the memory run (default 1024)"
+    )
     args = parser.parse_args()
     only = set(args.only or ["latency", "fanout", "history", "memory"])
     tmp = Path(tempfile.mkdtemp(prefix="bench_tailer_"))
     try:
         if "latency" in only:
-            table("write -> client latency (1 message / 10 ms)", [bench_latency(tmp, 10 if args.quick else 30)])
+            table(
+                "write -> client latency (1 message / 10 ms)",
+                [bench_latency(tmp, 10 if args.quick else 30)],
+            )
         if "fanout" in only:
-            rows = [bench_fanout(tmp / f"f{n}", n, 2000 if args.quick else 5000) for n in (100, 500)
-                    if not (tmp / f"f{n}").mkdir()]
+            rows = [
+                bench_fanout(tmp / f"f{n}", n, 2000 if args.quick else 5000)
+                for n in (100, 500)
+                if not (tmp / f"f{n}").mkdir()
+            ]
             table("fan-out (~200 B messages, median of one run each)", rows)
         if "history" in only:
-            table("history catch-up from seq 0, one client (median of 3)", [bench_history(tmp, 200_000 if args.quick else 1_000_000)])
+            table(
+                "history catch-up from seq 0, one client (median of 3)",
+                [bench_history(tmp, 200_000 if args.quick else 1_000_000)],
+            )
         if "memory" in only:
             size = args.memory_mb or (100 if args.quick else 1024)
             table("tailer RSS serving a big log to 100 clients", [bench_memory(tmp, size)])

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="G",
-        help="wait at most G seconds between two messages (after --speed)",
+        help="cap any recorded gap at G seconds (before dividing by --speed)",
     )
     add_network_arguments(parser)
 
