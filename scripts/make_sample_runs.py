@@ -423,19 +423,27 @@ def make_running(out: Path, epochs: int, seed: int) -> Path:
                 return
 
     threading.Thread(target=watch, daemon=True).start()
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    while not paused.wait(0.2):
-        if child.poll() is not None or time.monotonic() > deadline:
+    try:
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while not paused.wait(0.2):
+            if child.poll() is not None:
+                raise RuntimeError(
+                    f"{RUNNING}: the child process exited with status {child.returncode} "
+                    "before it reached its kill point (its output is above)"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{RUNNING}: the child process did not reach its kill point "
+                    f"in {CHILD_TIMEOUT_S:.0f} s"
+                )
+        child.send_signal(signal.SIGKILL)  # what `kill -9` does: no handler, no cleanup
+        returncode = child.wait()
+    finally:
+        if child.poll() is None:  # an error or Ctrl-C above: never leave the child behind
             child.kill()
             child.wait()
-            raise RuntimeError(
-                f"{RUNNING}: the child process exited with {child.returncode} "
-                "before it reached its kill point"
-            )
-    child.send_signal(signal.SIGKILL)  # what `kill -9` does: no handler, no cleanup
-    returncode = child.wait()
-    child.stdin.close()
-    child.stdout.close()
+        child.stdin.close()
+        child.stdout.close()
     log(f"[{RUNNING}] child process {child.pid} killed (exit status {returncode})")
     return path
 
