@@ -295,13 +295,16 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
     run = _find(runs_dir, "running")
 
     def metric(k):
-        return encode_message("batch_metrics", {"step": 10_000 + k, "batch_idx": k, "loss": 1 / (k + 1), "epoch": 0})
+        return encode_message("batch_metrics", {"step": 10_000 + k, "batch_idx": k, "restart_probe": 1 / (k + 1), "epoch": 0})
 
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
     server = Server(runs_dir).start()
     try:
         _open_run(page, server, run.stem)
         _append(run, *(metric(k) for k in range(50)))
-        wait_until(lambda: chart_points(page).get("batch:loss", {}).get("loss") == (50, 50), message="first 50")
+        wait_until(lambda: chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (50, 50), message="first 50")
+        last_seq = view_state(page)["live"]["lastSeq"]
         server.kill()
         wait_until(
             lambda: page.evaluate("window.__runtail.connection()") in ("reconnecting", "offline"),
@@ -312,15 +315,22 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
         server.start()
         _append(run, *(metric(k) for k in range(80, 100)))
         wait_until(lambda: page.evaluate("window.__runtail.connection()") == "connected", timeout=20, message="reconnected")
-        wait_until(lambda: chart_points(page).get("batch:loss", {}).get("loss") == (100, 100), timeout=10, message="100 points")
+        wait_until(lambda: chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (100, 100), timeout=10, message="100 points")
         time.sleep(0.5)  # anything duplicated would land now
         state = view_state(page)
-        assert chart_points(page)["batch:loss"]["loss"] == (100, 100)
+        assert chart_points(page)["batch:restart_probe"]["restart_probe"] == (100, 100)
         assert state["live"]["messages"] == len(read_messages(run))
         xs = page.evaluate(
-            "() => document.querySelector('[data-chart-id=\"batch:loss\"] .plot').data[0].x"
+            "() => document.querySelector('[data-chart-id=\"batch:restart_probe\"] .plot').data[0].x"
         )
         assert xs == [10_000 + k for k in range(100)]
+        # It asked for what it lacked (since=<its last seq>), not for the whole run again.
+        assert any(f"/experiments/{run.stem}?since={last_seq}" in u for u in sockets), sockets
+        # The runs list caught up too.
+        wait_until(
+            lambda: {r["id"]: r["messages"] for r in runs_state(page)}.get(run.stem) == len(read_messages(run)),
+            message="list count after the restart",
+        )
     finally:
         server.stop()
     console.check()
@@ -366,6 +376,7 @@ def test_replay_pause_and_stop(tmp_path, page_factory):
         wait_until(lambda: 3 <= view_state(page)["shown"]["messages"] < 40, timeout=10, message="replay under way")
         page.click("#replay-pause")
         assert page.locator("#replay-pause").get_attribute("aria-pressed") == "true"
+        assert page.locator("#replay-pause").inner_text() == "Resume"
         held = view_state(page)["shown"]["messages"]
         time.sleep(1.0)
         assert view_state(page)["shown"]["messages"] == held  # nothing drawn while paused

@@ -513,6 +513,7 @@ class RunView {
         else replay.model.apply(message);
       }
     }
+    this.renderMeta(); // the button's state at once, not on the next frame
     scheduleRender();
   }
 
