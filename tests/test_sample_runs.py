@@ -76,6 +76,8 @@ def check_well_formed(path: Path) -> list[dict[str, Any]]:
         previous = moment
         if "experiment_id" in message:
             assert message["experiment_id"] == path.stem, where
+        if message["type"] == "training_start" and "experiment_id" in message["data"]:
+            assert message["data"]["experiment_id"] == path.stem, where
     return messages
 
 
@@ -106,6 +108,7 @@ def check_numbers(metrics: dict[str, Any], where: str) -> None:
 def check_training_prefix(messages: list[dict[str, Any]], epochs: int) -> None:
     """What every run records from its start: training_start, status running, epoch messages."""
     assert messages[0]["type"] == "training_start"
+    assert messages[0]["data"]["model"] == "DigitsMLP"
     assert messages[1]["type"] == "status" and messages[1]["data"]["status"] == "running"
     for start in of_type(messages, "epoch_start"):
         assert start["total_epochs"] == epochs
