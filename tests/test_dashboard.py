@@ -450,6 +450,14 @@ def test_layout_fits_and_follows_colour_scheme(runs_dir, page_factory, scheme, w
         page.wait_for_function("() => document.querySelector('.plot .main-svg')")
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"page scrolls sideways by {overflow}px"
+        # Every plot fits its card (cards narrow as neighbours arrive; plots must follow).
+        wait_until(
+            lambda: page.evaluate(
+                """() => [...document.querySelectorAll('.plot')].every(
+                    (p) => p._fullLayout && p._fullLayout.width <= p.clientWidth + 1)"""
+            ),
+            message="plots sized to their cards",
+        )
         colours = page.evaluate(
             """() => {
                 const css = getComputedStyle(document.documentElement);

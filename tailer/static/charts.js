@@ -84,6 +84,22 @@ export class ChartBoard {
     this.sections = new Map();
     this.model = null;
     this.deferred = new Set(); // thinned charts waiting for their next redraw slot
+    // Plotly sizes a plot when it is drawn and, with `responsive`, on window
+    // resizes only; cards also change width when a neighbour arrives in the
+    // grid or a panel opens, so each plot follows its own box.
+    this.resizing = new Set();
+    this.observer = new ResizeObserver((entries) => {
+      for (const entry of entries) this.resizing.add(entry.target);
+      requestAnimationFrame(() => {
+        for (const plotEl of this.resizing) {
+          const width = Math.round(plotEl.clientWidth);
+          if (plotEl._fullLayout && width && Math.abs(plotEl._fullLayout.width - width) > 1) {
+            window.Plotly.Plots.resize(plotEl);
+          }
+        }
+        this.resizing.clear();
+      });
+    });
   }
 
   /** Show `model`, dropping every plot of the previous one. */
@@ -95,6 +111,8 @@ export class ChartBoard {
   }
 
   clear() {
+    this.observer.disconnect();
+    this.resizing.clear();
     for (const state of this.states.values()) {
       if (state.plotted) window.Plotly.purge(state.plotEl);
     }
@@ -217,6 +235,7 @@ export class ChartBoard {
     return {
       ...nested(themeLayout()),
       height: 250,
+      autosize: true,
       margin: { l: 52, r: 12, t: chart.traces.size > 1 ? 28 : 8, b: 40 },
       xaxis: { ...nested(themeLayout()).xaxis, ...ticks, title: { text: chart.xTitle, standoff: 6 }, automargin: true },
       yaxis: { ...nested(themeLayout()).yaxis, automargin: true },
@@ -240,6 +259,7 @@ export class ChartBoard {
     if (!state.plotted) {
       window.Plotly.newPlot(state.plotEl, data, this.layoutFor(state), config);
       state.plotted = true;
+      this.observer.observe(state.plotEl);
       state.plotEl.on("plotly_relayout", (event) => this.onRelayout(state, event));
     } else {
       window.Plotly.react(state.plotEl, data, this.layoutFor(state), config);
