@@ -271,6 +271,30 @@ def expected_logged_charts(path: Path) -> dict[str, dict[str, int]]:
     return charts
 
 
+def expected_round_charts(path: Path) -> dict[str, dict[str, int]]:
+    """{"round:<metric>": {stage line: points}} for round_end and round_metrics messages."""
+    charts: dict[str, dict[str, int]] = {}
+    for msg in read_messages(path):
+        data = msg.get("data") or {}
+        if msg["type"] == "round_end":
+            groups = [("fit", data.get("fit_metrics")), ("eval", data.get("eval_metrics"))]
+        elif msg["type"] == "round_metrics":
+            groups = [("server", data.get("metrics"))]
+        else:
+            continue
+        if not isinstance(data.get("round"), (int, float)):
+            continue
+        for stage, metrics in groups:
+            for name, value in (metrics or {}).items():
+                if name in INDEX_KEYS or name == "num-examples" or not _numeric(value):
+                    continue
+                phase, base = _split_phase(name, "eval" if stage == "eval" else None)
+                trace = stage if not phase or phase == stage else f"{stage} {phase}"
+                traces = charts.setdefault(f"round:{base}", {})
+                traces[trace] = traces.get(trace, 0) + 1
+    return charts
+
+
 def expected_batch_charts(path: Path) -> dict[str, dict[str, int]]:
     charts: dict[str, dict[str, int]] = {}
     for msg in read_messages(path):

@@ -17,7 +17,9 @@ const HEAVY_INTERVAL_MS = 400;
 const MARKER_SECTIONS = new Set(["epoch", "round", "client"]);
 
 const PHASE_COLOURS = {
-  train: 0, fit: 0, val: 1, eval: 1, test: 2, "server eval": 3,
+  train: 0, val: 1, test: 2,
+  fit: 0, "fit train": 0, "fit val": 1, "fit test": 2,
+  eval: 4, "eval val": 4, "eval test": 6, server: 3, "server test": 3, "server val": 7,
   total_norm: 0, max_norm: 1, min_norm: 2,
 };
 // Readable on both the light and the dark background.

@@ -217,6 +217,20 @@ function stepOf(data, model, counterKey) {
   return n;
 }
 
+/**
+ * Aggregated metrics of a round, one chart per metric with a line per stage:
+ * fit `train_loss` and `val_loss` and eval `eval_loss` all land on "loss" as
+ * "fit train", "fit val" and "eval"; a server-side `test_loss` as "server test".
+ */
+function roundPoints(model, stage, metrics, round) {
+  for (const [name, value] of RunModel.numeric(metrics)) {
+    if (name === "num-examples") continue;
+    const [phase, base] = splitPhase(name, stage === "eval" ? "eval" : undefined);
+    const trace = !phase || phase === stage ? stage : `${stage} ${phase}`;
+    model.point(model.chart("round", base, base, "round"), trace, round, value);
+  }
+}
+
 function clientLabel(id) {
   return `client ${id}`;
 }
@@ -267,16 +281,12 @@ const HANDLERS = {
   round_end(model, data) {
     model.progress.round = data.round;
     if (data.total_rounds != null) model.progress.totalRounds = data.total_rounds;
-    for (const [stage, metrics] of [["fit", data.fit_metrics], ["eval", data.eval_metrics]]) {
-      for (const [name, value] of RunModel.numeric(metrics)) {
-        model.point(model.chart("round", name, name, "round"), stage, data.round, value);
-      }
-    }
+    roundPoints(model, "fit", data.fit_metrics, data.round);
+    roundPoints(model, "eval", data.eval_metrics, data.round);
   },
   round_metrics(model, data) {
-    for (const [name, value] of RunModel.numeric(data.metrics)) {
-      model.point(model.chart("round", name, name, "round"), "server eval", data.round, value);
-    }
+    // A server-side evaluate_fn: Flower calls it before round 1 too (round 0).
+    roundPoints(model, "server", data.metrics, data.round);
   },
   client_complete(model, data, message) {
     const client = String(data.client_id);
@@ -287,6 +297,7 @@ const HANDLERS = {
       });
     }
     for (const [name, value] of RunModel.numeric(data.metrics)) {
+      if (name === "num-examples") continue; // Flower's weighting count, not a measurement
       const chart = model.chart("client", `round:${name}`, `${name} per client`, "round");
       model.point(chart, clientLabel(client), data.round, value);
     }
