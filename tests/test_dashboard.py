@@ -530,3 +530,27 @@ def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
         assert [x for x in xs if 50000 <= x <= 50100] == list(range(50000, 50101))
         screenshot(page, "run-100k")
     console.check()
+
+
+def test_keyboard_reaches_a_run_and_opens_it(runs_dir, page_factory):
+    """Tab reaches the runs' links and Enter opens the run at its own URL."""
+    page, console = page_factory()
+    run = _find(runs_dir, "centralized")
+    with serving(runs_dir) as server:
+        page.goto(server.page_url())
+        wait_until(lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list")
+        target = f"#/runs/{run.stem}"
+        for _ in range(20):
+            page.keyboard.press("Tab")
+            if page.evaluate("() => document.activeElement.getAttribute('href')") == target:
+                break
+        else:
+            raise AssertionError("Tab never reached the run's link")
+        page.keyboard.press("Enter")
+        wait_until(lambda: (view_state(page) or {}).get("id") == run.stem, message="run opened")
+        assert page.url.endswith(target)
+        # The replay controls are reachable too.
+        page.focus("#replay-speed")
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.id") == "replay-play"
+    console.check()

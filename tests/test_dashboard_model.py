@@ -1,0 +1,160 @@
+"""The dashboard's data layer (tailer/static/model.js), run in Chromium against Python's reference."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from recorder.format import status_of
+from tests._dashboard_helpers import ConsoleWatch, launch, serving, wait_until
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path("/usr/bin/chromium").exists():  # pragma: no cover
+    pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """A page with model.js imported as `window.M`, served by a real tailer."""
+    directory = tmp_path_factory.mktemp("runs")
+    with sync_api.sync_playwright() as p, serving(directory) as server:
+        browser = launch(p)
+        page = browser.new_page()
+        console = ConsoleWatch(page)
+        page.goto(server.page_url())
+        page.evaluate("async () => { window.M = await import('/static/model.js'); }")
+        yield page
+        console.check()
+        browser.close()
+
+
+STATUS_MESSAGES = [
+    {"type": "training_end", "data": {}},
+    {"type": "error", "data": {"error": "x"}},
+    {"type": "training_start", "data": {}},
+    {"type": "epoch_start", "data": {"epoch": 0}},
+    {"type": "round_start", "data": {"round": 1}},
+    {"type": "epoch_end", "data": {}},
+    {"type": "status", "data": "not a dict"},
+    {"type": "status", "data": {}},
+    *({"type": "status", "data": {"status": s}} for s in [
+        "completed", "failed", "running", "started", "starting", "training", "in_progress",
+        "error", "crashed", "finished", "done", "success", "paused", "COMPLETED", None, 3,
+    ]),
+]
+
+
+def test_status_of_matches_the_recorder(page):
+    """The page derives a run's status from a message exactly as recorder.format.status_of does."""
+    got = page.evaluate("(ms) => ms.map((m) => M.statusOf(m))", STATUS_MESSAGES)
+    assert got == [status_of(m) for m in STATUS_MESSAGES]
+
+
+def test_non_finite_values_are_kept_and_drawn_as_gaps(page):
+    """"NaN"/"Infinity"/"-Infinity" become points in the data, counted, and gaps on the chart."""
+    result = page.evaluate(
+        """() => {
+            const model = new M.RunModel('x');
+            const values = [1.0, 'NaN', 2.0, 'Infinity', '-Infinity', 3.0, 'not a number'];
+            values.forEach((v, i) => model.apply({type: 'epoch_end', seq: i,
+                data: {epoch: i, phase: 'train', metrics: {loss: v}}}));
+            const s = model.charts.get('epoch:loss').traces.get('train');
+            const shown = M.decimate(s, 0, s.length, Infinity);
+            return {ys: s.ys.map(String), nonFinite: s.nonFinite, shown: shown.y};
+        }"""
+    )
+    assert result["ys"] == ["1", "NaN", "2", "Infinity", "-Infinity", "3"]
+    assert result["nonFinite"] == 3
+    assert result["shown"] == [1, None, 2, None, None, 3]
+
+
+def test_duplicate_and_stale_seqs_are_ignored(page):
+    """A frame whose seq the model already has is dropped, so a resent history adds nothing."""
+    counts = page.evaluate(
+        """() => {
+            const model = new M.RunModel('x');
+            const frame = (seq) => ({type: 'batch_metrics', seq, data: {step: seq, loss: 1}});
+            const applied = [0, 1, 2, 1, 2, 3, 0].map((s) => model.apply(frame(s)));
+            return {applied, points: model.charts.get('batch:loss').points, lastSeq: model.lastSeq};
+        }"""
+    )
+    assert counts == {"applied": [True, True, True, False, False, True, False], "points": 4, "lastSeq": 3}
+
+
+@pytest.mark.parametrize("n, buckets", [(10, 100), (100_000, 800), (12_345, 7)])
+def test_decimate_keeps_every_extreme(page, n, buckets):
+    """Thinning keeps each bucket's minimum and maximum (so no spike disappears) and returns few points."""
+    result = page.evaluate(
+        """([n, buckets]) => {
+            const s = new M.Series('loss');
+            for (let i = 0; i < n; i++) s.push(i, Math.sin(i / 7) + (i % 997 === 0 ? 10 : 0));
+            const d = M.decimate(s, 0, n, buckets);
+            return {x: d.x, y: d.y};
+        }""",
+        [n, buckets],
+    )
+    ys = [math.sin(i / 7) + (10 if i % 997 == 0 else 0) for i in range(n)]
+    if n <= 2 * buckets:
+        assert result["x"] == list(range(n))
+        return
+    assert len(result["x"]) <= 2 * buckets
+    assert result["x"] == sorted(result["x"])  # still in order
+    size = n / buckets
+    kept = dict(zip(result["x"], result["y"]))
+    for b in range(buckets):
+        start, end = math.floor(b * size), math.floor((b + 1) * size)
+        chunk = ys[start:end]
+        lo = start + chunk.index(min(chunk))
+        hi = start + chunk.index(max(chunk))
+        assert lo in kept and hi in kept
+        assert kept[hi] == pytest.approx(ys[hi])
+    assert max(result["y"]) == pytest.approx(max(ys))
+
+
+def test_phase_names_group_into_one_chart(page):
+    """train_loss, val_loss and Lightning's train_loss_epoch share one chart, a line per phase."""
+    charts = page.evaluate(
+        """() => {
+            const model = new M.RunModel('x');
+            let seq = 0;
+            const log = (step, metrics) => model.apply({type: 'metrics', seq: seq++, data: {step, metrics}});
+            log(1, {train_loss_step: 1.0});
+            log(2, {val_loss: 0.9, 'val/acc': 0.5});
+            log(3, {train_loss_epoch: 0.8, epoch: 0});
+            model.apply({type: 'epoch_end', seq: seq++, data: {epoch: 0, phase: 'validation', metrics: {val_loss: 0.7}}});
+            const out = {};
+            for (const [id, c] of model.charts) out[id] = [...c.traces.keys()];
+            return out;
+        }"""
+    )
+    assert charts == {
+        "logged:loss_step": ["train"],
+        "logged:loss": ["val", "train"],
+        "logged:acc": ["val"],
+        "epoch:loss": ["val"],
+    }
+
+
+def test_failed_run_error_reaches_the_model(page):
+    """An error message becomes the run's last error with its traceback, and the status turns failed."""
+    got = page.evaluate(
+        """(frames) => {
+            const model = new M.RunModel('x');
+            frames.forEach((f) => model.apply(f));
+            return {status: model.status, error: model.lastError, kinds: model.timeline.map((e) => e.kind)};
+        }""",
+        [
+            {"type": "training_start", "seq": 0, "data": {}},
+            {"type": "error", "seq": 1, "data": {"error": "boom", "error_type": "ValueError", "traceback": "Traceback..."}},
+            {"type": "status", "seq": 2, "data": {"status": "failed", "message": "boom"}},
+        ],
+    )
+    assert got == {
+        "status": "failed",
+        "error": {"error": "boom", "type": "ValueError", "traceback": "Traceback..."},
+        "kinds": ["training_start", "error", "status"],
+    }
