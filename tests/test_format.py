@@ -246,7 +246,7 @@ def test_valid_experiment_ids_pass_unchanged(good: str) -> None:
 def test_timestamps_are_rfc3339_utc_with_z() -> None:
     """utc_timestamp and format_timestamp write RFC 3339 UTC ending in Z that parses back."""
     stamp = utc_timestamp()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
     parsed = parse_timestamp(stamp)
     assert parsed.tzinfo is not None
     assert abs((datetime.now(timezone.utc) - parsed).total_seconds()) < 60
@@ -261,12 +261,13 @@ def test_timestamps_are_rfc3339_utc_with_z() -> None:
 
 def test_timestamps_follow_the_clock_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cached second is replaced when the clock moves on (and back)."""
-    for now, want in [
-        (1761131416.25, "2025-10-22T11:10:16.250000Z"),
-        (1761131417.5, "2025-10-22T11:10:17.500000Z"),
-        (1761131416.75, "2025-10-22T11:10:16.750000Z"),
+    for now_ns, want in [
+        (1761131416_250_999_000, "2025-10-22T11:10:16.250Z"),
+        (1761131416_250_999_999, "2025-10-22T11:10:16.250Z"),
+        (1761131417_005_000_000, "2025-10-22T11:10:17.005Z"),
+        (1761131416_750_000_000, "2025-10-22T11:10:16.750Z"),
     ]:
-        monkeypatch.setattr(fmt, "_time", lambda now=now: now)
+        monkeypatch.setattr(fmt, "_time_ns", lambda now_ns=now_ns: now_ns)
         assert utc_timestamp() == want
         assert decode_line(encode_message("x"))["timestamp"] == want
 

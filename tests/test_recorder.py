@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recorder import MetricsRecorder
-from recorder.format import MAX_LINE_BYTES, decode_line, restore_non_finite
+from recorder.format import MAX_LINE_BYTES, decode_line, encode_message, restore_non_finite
 from recorder.recorder import default_rank, new_experiment_id
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -632,3 +634,34 @@ def test_repr_names_the_file_and_state(tmp_path: Path) -> None:
     rec.close()
     assert "closed" in repr(rec)
     json.dumps(repr(rec))
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=json_values, kind=st.sampled_from(["epoch_end", "x", "null", "a" * 60]))
+def test_the_recorders_fast_path_writes_what_encode_message_writes(
+    tmp_path: Path, data: Any, kind: str
+) -> None:
+    """record() (with its inlined encoder) writes the same line as encode_message, bar the timestamp."""
+    path = tmp_path / "same.jsonl"
+    path.unlink(missing_ok=True)
+    with MetricsRecorder(tmp_path, "same") as rec:
+        assert rec.record(kind, data)
+    (raw,) = path.read_bytes().split(b"\n")[:-1]
+    written = decode_line(raw)
+    assert raw + b"\n" == encode_message(kind, data, timestamp=written["timestamp"])
+    json.loads(raw, parse_constant=lambda token: pytest.fail(f"non-standard token {token}"))
