@@ -29,8 +29,9 @@ __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 #: What ``src`` may be: a path, or an iterable of paths.
 Source = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]]]
 
-#: Bytes read at a time; a block of typical lines is tens of thousands of messages.
-BLOCK_BYTES = 8 << 20
+#: Bytes read at a time (about ten thousand typical messages). Peak memory grows with it:
+#: the Python objects of one block dwarf its Arrow rows.
+BLOCK_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ __all__ = ["ExportError", "ExportResult", "add_arguments", "export", "run"]
 
 PARTITION_KEY = "experiment_id"
 PART_NAME = "part-0.parquet"
+#: Rows gathered into one Parquet row group (a few MB of Arrow data).
+ROW_GROUP_ROWS = 256 * 1024
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 
 
@@ -121,16 +123,28 @@ def _write_run(
     """Write one run's batches to the Parquet file ``path``; return the rows written."""
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     rows = 0
+    pending: list[Any] = []
+    pending_rows = 0
     with pq.ParquetWriter(
         path,
         schema,
         compression=None if compression == "none" else compression,
         write_statistics=True,
     ) as writer:
+        # Blocks are small (to bound memory); row groups are gathered from several of them.
         for batch in batches:
-            writer.write_batch(batch)
-            rows += batch.num_rows
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+                rows += pending_rows
+                pending, pending_rows = [], 0
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+            rows += pending_rows
     return rows
 
 

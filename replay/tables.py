@@ -15,7 +15,7 @@ seq        int64                   0-based index of the line in its file (every 
 timestamp  datetime64[us, UTC]     the message's timestamp (NaT when missing or unparsable)
 type       str                     the message type
 phase      str                     ``data.phase`` (``train``, ``val``, ...) when it is a string
-epoch      Int64                   ``data.epoch``, else ``data.local_epoch``, else ``data.metrics.epoch``
+epoch      Int64                   ``data.epoch``, else ``data.local_epoch``, else the same in ``data.metrics``
 step       Int64                   ``data.step``, else ``data.metrics.step``
 round      Int64                   ``data.round``, else ``data.round_num``, else the same in ``data.metrics``
 client_id  str                     ``data.client_id`` as text (names, or integers of any size)
@@ -56,6 +56,7 @@ import pyarrow as pa
 
 from recorder.format import NON_FINITE, MalformedLine, decode_line, parse_timestamp, restore_non_finite
 
+from replay._plans import EPOCH_KEYS, MAX_PLANS, MISS, ROUND_KEYS, STEP_KEYS, PlanCompiler
 from replay._source import LineBlocks, Run, SkipCounts, Source, resolve_sources
 
 __all__ = [
@@ -236,6 +237,15 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _first_int(mapping: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    """The first of ``keys`` in ``mapping`` that is not null, as an index value."""
+    for key in keys:
+        value = mapping.get(key)
+        if value is not None:
+            return value if type(value) is int else _as_int(value)
+    return None
+
+
 def _int_array(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.int64())
@@ -274,19 +284,22 @@ def _client_text(value: Any) -> str | None:
 class _Node:
     """One level of metric paths: key -> code of the leaf there, key -> child level."""
 
-    __slots__ = ("children", "codes", "prefix")
+    __slots__ = ("children", "codes", "plans", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.codes: dict[Any, int] = {}
         self.children: dict[Any, _Node] = {}
+        self.plans: dict[tuple[Any, ...], Any] = {}  # key tuple -> compiled plan, or False
 
 
 class _MetricsBuilder:
     """Turns blocks of lines into record batches of the metrics table.
 
-    The walk over ``data`` is the hot loop: per value it does one type check,
-    one dict lookup (the path's interned code) and two list appends. The
+    The walk over ``data`` is the hot loop. Shapes of ``data`` seen before
+    run a compiled plan (:mod:`replay._plans`); anything else takes the
+    general walk, which per value does one type check, one dict lookup (the
+    path's interned code) and two list appends. Both give the same rows. The
     message-level columns are gathered once per message and spread over that
     message's rows by Arrow's ``take``.
     """
@@ -303,6 +316,24 @@ class _MetricsBuilder:
         self.codes: list[int] = []
         self.values: list[Any] = []
         self._walk, self._walk_list, self._walk_data = self._make_walkers()
+        self.top_plans: dict[tuple[str, ...], Any] = {}
+        self._compiler = PlanCompiler(
+            self._register,
+            self._child,
+            self.root,
+            {
+                "ve": self.values.extend,
+                "ce": self.codes.extend,
+                "va": self.values.append,
+                "ca": self.codes.append,
+                "nf": NON_FINITE.get,
+                "walk": self._walk,
+                "walk_list": self._walk_list,
+                "as_int": _as_int,
+                "client_text": _client_text,
+                "metrics_int": _first_int,
+            },
+        )
 
     # Paths are interned: each distinct path gets a code once; the rows hold codes.
     def _register(self, node: _Node, key: Any) -> int:
@@ -331,6 +362,15 @@ class _MetricsBuilder:
         non_finite = NON_FINITE.get
 
         def walk(mapping: dict[str, Any], node: _Node) -> None:
+            shape = tuple(mapping)
+            plan = node.plans.get(shape)
+            if plan is None and len(node.plans) < MAX_PLANS:
+                plan = node.plans[shape] = self._compiler.nested(mapping, node) or False
+            if plan and plan(mapping) is not MISS:
+                return
+            walk_general(mapping, node)
+
+        def walk_general(mapping: dict[str, Any], node: _Node) -> None:
             codes_get = node.codes.get
             for key, value in mapping.items():
                 kind = type(value)
@@ -395,6 +435,7 @@ class _MetricsBuilder:
         """The rows of one block of lines, or None when it has none."""
         codes, values = self.codes, self.values
         walk_data = self._walk_data
+        top_plans = self.top_plans
         decode = decode_line
         counts: list[int] = []
         counts_append = counts.append
@@ -420,6 +461,17 @@ class _MetricsBuilder:
                     counts_append(len(values) - before)
                     rows_append((seq, message.get("timestamp"), message["type"], None, None, None, None, None))
                 continue
+            shape = tuple(data)
+            plan = top_plans.get(shape)
+            if plan is None and len(top_plans) < MAX_PLANS:
+                plan = top_plans[shape] = self._compiler.top(data) or False
+            if plan:
+                row = plan(data, seq, message.get("timestamp"), message["type"])
+                if row is not MISS:
+                    if len(values) > before:
+                        counts_append(len(values) - before)
+                        rows_append(row)
+                    continue
             walk_data(data)
             if len(values) == before:
                 continue
@@ -436,13 +488,11 @@ class _MetricsBuilder:
                 metrics = get("metrics")
                 if type(metrics) is dict:
                     if epoch is None:
-                        epoch = metrics.get("epoch")
+                        epoch = _first_int(metrics, EPOCH_KEYS)
                     if step is None:
-                        step = metrics.get("step")
+                        step = _first_int(metrics, STEP_KEYS)
                     if round_ is None:
-                        round_ = metrics.get("round")
-                        if round_ is None:
-                            round_ = metrics.get("round_num")
+                        round_ = _first_int(metrics, ROUND_KEYS)
             phase = get("phase")
             client = get("client_id")
             if type(epoch) is not int and epoch is not None:

@@ -49,8 +49,11 @@ def test_file_export_reads_back_equal_to_read_metrics(tmp_path: Path) -> None:
 
 def test_file_export_in_many_row_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A log read in many blocks is written as many row groups with the same content."""
+    import replay.export as export_module
+
     run = mixed_run(tmp_path / "run-a.jsonl", epochs=40)
     monkeypatch.setattr(source, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 30)
     export(run, tmp_path / "a.parquet")
     assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups > 5
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), read_metrics(run))
