@@ -436,3 +436,35 @@ def test_rows_follow_the_naming_rules(tmp_path: Path, datas: list[Any]) -> None:
         expected = reference_rows(recorded)
         got = rows(df[df["seq"] == seq])
         assert same(got, expected), (data, got, expected)
+
+
+SHAPED = st.fixed_dictionaries(
+    {
+        "epoch": st.one_of(st.none(), st.integers(0, 3), st.just(2.0), st.just("1")),
+        "phase": st.one_of(st.none(), st.sampled_from(["train", "val"]), st.just(5)),
+        "loss": st.one_of(st.floats(allow_nan=False), st.integers(), st.none(), st.just("NaN"), st.booleans()),
+        "client_id": st.one_of(st.none(), st.just("c1"), st.integers(0, 2**64 - 1)),
+        "metrics": st.one_of(
+            st.fixed_dictionaries({"acc": st.one_of(st.floats(0, 1), st.none(), st.just("-Infinity")),
+                                   "step": st.one_of(st.integers(0, 9), st.none())}),
+            st.none(),
+            st.just(1.5),
+        ),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(datas=st.lists(SHAPED, min_size=2, max_size=12))
+def test_compiled_plans_match_the_general_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, datas: list[dict[str, Any]]
+) -> None:
+    """Messages of one shape whose value types vary give the same table with and without plans."""
+    import replay.tables as tables
+
+    path = write_run(tmp_path / "shapes.jsonl", [line("epoch_end", data) for data in datas])
+    planned = read_metrics(path)
+    with monkeypatch.context() as patch:
+        patch.setattr(tables, "MAX_PLANS", 0)
+        general = read_metrics(path)
+    pd.testing.assert_frame_equal(planned, general)
