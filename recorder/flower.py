@@ -113,8 +113,9 @@ class RecordingStrategy(Strategy):
             ``record(type, data)`` method.
         num_clients: the ``num_clients`` of the ``training_mode`` message.
             By default the number of nodes connected when :meth:`start`
-            begins (or the strategy's ``min_available_nodes`` if none has
-            connected yet, since the strategy waits for that many).
+            begins, or the strategy's ``min_available_nodes`` if that is
+            more (the strategy waits for that many; nodes may still be
+            connecting). Pass it when you know how many nodes take part.
 
     Raises:
         TypeError: ``strategy`` is not a Flower message-API strategy, or
@@ -398,10 +399,10 @@ class RecordingStrategy(Strategy):
             connected = len(list(grid.get_node_ids()))
         except Exception:
             connected = 0
-        if connected:
-            return connected
+        # The strategy waits for min_available_nodes before its first round; nodes may
+        # still be connecting when start() begins.
         minimum = getattr(self.strategy, "min_available_nodes", 0)
-        return minimum if isinstance(minimum, int) else 0
+        return max(connected, minimum if isinstance(minimum, int) else 0)
 
     def _record_start(self, grid: Grid, num_rounds: int) -> None:
         num_clients = self._count_clients(grid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,13 @@ NUM_ROUNDS = 2
 EXAMPLES = (1, 1, 2)
 BACKEND_CONFIG = {
     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-    "init_args": {"num_cpus": 1, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": False},
+    "init_args": {
+        "num_cpus": 1,
+        "num_gpus": 0,
+        "object_store_memory": 128 * 1024 * 1024,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+    },
 }
 
 client_app = ClientApp()
@@ -84,7 +91,7 @@ def _initial_arrays() -> ArrayRecord:
 
 
 def _fedavg(**kwargs: Any) -> FedAvg:
-    return FedAvg(min_available_nodes=NUM_NODES, min_train_nodes=2, **kwargs)
+    return FedAvg(min_available_nodes=NUM_NODES, min_train_nodes=NUM_NODES, **kwargs)
 
 
 class _StrategyBoom(RuntimeError):
@@ -101,6 +108,11 @@ class _FailsInRound2(FedAvg):
 def _run_everything(grid: Grid, log_dir: Path, out: dict[str, Any]) -> None:
     """The ServerApp body: four strategy runs on one grid, results into ``out``."""
     kwargs = dict(num_rounds=NUM_ROUNDS, timeout=120, evaluate_fn=_server_eval)
+    # The ServerApp starts while the runtime still registers its nodes; FedAvg sizes its
+    # sample from the nodes connected at that moment, so wait for all of them first.
+    deadline = time.monotonic() + 60
+    while len(list(grid.get_node_ids())) < NUM_NODES and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     random.seed(2024)
     out["plain"] = _fedavg().start(grid=grid, initial_arrays=_initial_arrays(), **kwargs)
@@ -121,7 +133,8 @@ def _run_everything(grid: Grid, log_dir: Path, out: dict[str, Any]) -> None:
 
     with MetricsRecorder(log_dir, "strategy-fails") as rec:
         try:
-            RecordingStrategy(_FailsInRound2(min_available_nodes=NUM_NODES), rec).start(
+            strategy = _FailsInRound2(min_available_nodes=NUM_NODES, min_train_nodes=NUM_NODES)
+            RecordingStrategy(strategy, rec).start(
                 grid=grid, initial_arrays=_initial_arrays(), **kwargs
             )
         except _StrategyBoom as exc:

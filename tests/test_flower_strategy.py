@@ -374,3 +374,20 @@ def test_arrays_stay_numerically_identical_through_the_wrapper():
         plain.arrays.to_numpy_ndarrays(), wrapped.arrays.to_numpy_ndarrays(), strict=True
     ):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_num_clients_counts_nodes_still_connecting():
+    """With nodes still connecting at start(), training_mode counts the strategy's minimum."""
+
+    class ConnectingGrid(InProcessGrid):
+        calls = 0
+
+        def get_node_ids(self):
+            self.calls += 1
+            return list(self.node_ids) if self.calls > 1 else list(self.node_ids[:1])
+
+    rec = ListRecorder()
+    RecordingStrategy(_fedavg(), rec).start(
+        grid=ConnectingGrid(), initial_arrays=initial_arrays(), num_rounds=1
+    )
+    assert rec.of("training_mode")[0]["num_clients"] == 3

@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             "init_args": {
                 "num_cpus": args.parallel,
                 "num_gpus": 0,
+                # Models here are kilobytes: a small object store spares /dev/shm and RAM.
+                "object_store_memory": 128 * 1024 * 1024,
                 "logging_level": "ERROR",
                 "log_to_driver": False,
             },
