@@ -109,7 +109,7 @@ def validate_experiment_id(experiment_id: object) -> str:
 # cache is one tuple swapped in whole, so a thread never pairs a key with
 # another key's text.
 _second_prefix: tuple[int, str] = (-1, "")
-_milli_stamp: tuple[int, str] = (-1, "")
+_milli_stamp: tuple[int, int, str] = (0, 0, "")  # [start, end) in ns, and its text
 
 
 def _prefix_of(whole: int) -> str:
@@ -120,12 +120,13 @@ def _prefix_of(whole: int) -> str:
     return cached[1]
 
 
-def _stamp_of(millis: int) -> str:
-    """The timestamp text of a POSIX time in whole milliseconds; cached for the last one."""
+def _stamp_at(now_ns: int) -> str:
+    """The timestamp text of a POSIX time in ns, to the millisecond; cached until the next one."""
     global _milli_stamp
+    millis = now_ns // 1_000_000
     seconds, fraction = divmod(millis, 1000)
     text = "%s%03dZ" % (_prefix_of(seconds), fraction)  # noqa: UP031 (faster than format)
-    _milli_stamp = (millis, text)
+    _milli_stamp = (millis * 1_000_000, (millis + 1) * 1_000_000, text)
     return text
 
 
@@ -144,9 +145,9 @@ def utc_timestamp() -> str:
     Milliseconds, as the setup runtail replaces wrote them; a line's position
     in its file (``seq``) orders messages within one millisecond.
     """
-    millis = _time_ns() // 1_000_000
+    now = _time_ns()
     cached = _milli_stamp
-    return cached[1] if cached[0] == millis else _stamp_of(millis)
+    return cached[2] if cached[0] <= now < cached[1] else _stamp_at(now)
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -315,9 +316,9 @@ def encode_message(
     # Every recorded message passes here, so utc_timestamp and encode_line
     # are inlined: a Python call costs a tenth of the whole message.
     if timestamp is None:
-        millis = _time_ns() // 1_000_000
+        now = _time_ns()
         cached = _milli_stamp
-        timestamp = cached[1] if cached[0] == millis else _stamp_of(millis)
+        timestamp = cached[2] if cached[0] <= now < cached[1] else _stamp_at(now)
     message: dict[str, Any] = {
         "type": type,
         "timestamp": timestamp,
