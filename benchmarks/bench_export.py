@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import subprocess
@@ -80,7 +79,11 @@ def generate(path: Path, lines: int, *, seed: int = 0) -> int:
                     "round": round_,
                     "total_rounds": 1_000_000,
                     "fit_metrics": {"loss": rng.random(), "accuracy": rng.random()},
-                    "eval_metrics": {"loss": rng.random(), "accuracy": rng.random(), "f1": rng.random()},
+                    "eval_metrics": {
+                        "loss": rng.random(),
+                        "accuracy": rng.random(),
+                        "f1": rng.random(),
+                    },
                 }
                 round_ += 1
                 line = encode_message("round_end", data, timestamp=timestamp)
@@ -156,21 +159,50 @@ def main() -> int:
         out = tmp / "out.parquet"
         runs: dict[str, list[str]] = {
             "tailer export (metrics)": [
-                sys.executable, "-m", "tailer", "export", str(log), "--out", str(out), "--force",
-                "--compression", args.compression,
+                sys.executable,
+                "-m",
+                "tailer",
+                "export",
+                str(log),
+                "--out",
+                str(out),
+                "--force",
+                "--compression",
+                args.compression,
             ],
             "tailer export --table messages": [
-                sys.executable, "-m", "tailer", "export", str(log), "--out", str(out), "--force",
-                "--table", "messages", "--compression", args.compression,
+                sys.executable,
+                "-m",
+                "tailer",
+                "export",
+                str(log),
+                "--out",
+                str(out),
+                "--force",
+                "--table",
+                "messages",
+                "--compression",
+                args.compression,
             ],
-            "pyarrow.json.read_json": [sys.executable, "-c", SNIPPETS["pyarrow.json.read_json"], str(log)],
+            "pyarrow.json.read_json": [
+                sys.executable,
+                "-c",
+                SNIPPETS["pyarrow.json.read_json"],
+                str(log),
+            ],
             "replay.read_metrics": [
-                sys.executable, "-c", SNIPPETS["replay.read_metrics"].format(root=str(ROOT)), str(log),
+                sys.executable,
+                "-c",
+                SNIPPETS["replay.read_metrics"].format(root=str(ROOT)),
+                str(log),
             ],
         }
         if not args.skip_pandas:
             runs["pandas.read_json(lines=True)"] = [
-                sys.executable, "-c", SNIPPETS["pandas.read_json(lines=True)"], str(log),
+                sys.executable,
+                "-c",
+                SNIPPETS["pandas.read_json(lines=True)"],
+                str(log),
             ]
         results: dict[str, tuple[float, float, str]] = {}
         for name, argv in runs.items():
@@ -182,7 +214,7 @@ def main() -> int:
             assert best is not None
             results[name] = best
 
-        base_t, base_rss, _ = results["pyarrow.json.read_json"]
+        base_t, _, _ = results["pyarrow.json.read_json"]
         print()
         print(f"{'what':34} {'seconds':>8} {'peak RSS MB':>12} {'x read_json':>12}  output")
         for name, (seconds, rss, stdout) in results.items():

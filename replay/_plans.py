@@ -108,7 +108,11 @@ class PlanCompiler:
             elif kind is dict or kind is list:
                 guards.append(f"type({var}) is {kind.__name__}")
                 flush()
-                target = self.root if (top and key == "metrics" and kind is dict) else self.child(node, key)
+                target = (
+                    self.root
+                    if (top and key == "metrics" and kind is dict)
+                    else self.child(node, key)
+                )
                 env[f"n{i}"] = target
                 stmts.append(f"{'walk' if kind is dict else 'walk_list'}({var}, n{i})")
             elif value is None:
@@ -120,10 +124,12 @@ class PlanCompiler:
         flush()
         return loads, guards, stmts, env, seen
 
-    def _compile(self, name: str, params: str, lines: list[str], env: dict[str, Any]) -> Callable[..., Any]:
+    def _compile(
+        self, name: str, params: str, lines: list[str], env: dict[str, Any]
+    ) -> Callable[..., Any]:
         source = f"def {name}({params}):\n" + "\n".join(f"    {line}" for line in lines) + "\n"
         namespace: dict[str, Any] = {**self.env, **env, "MISS": MISS}
-        exec(compile(source, f"<runtail plan {name}>", "exec"), namespace)  # noqa: S102
+        exec(compile(source, f"<runtail plan {name}>", "exec"), namespace)
         return namespace[name]  # type: ignore[no-any-return]
 
     def nested(self, mapping: dict[str, Any], node: Any) -> Callable[[dict[str, Any]], Any] | None:

@@ -69,7 +69,9 @@ class SkipCounts:
         if self.torn:
             parts.append(f"{self.torn} torn last line{'s' if self.torn != 1 else ''}")
         names = self.files or []
-        where = ", ".join(names[:5]) + (f" and {len(names) - 5} more files" if len(names) > 5 else "")
+        where = ", ".join(names[:5]) + (
+            f" and {len(names) - 5} more files" if len(names) > 5 else ""
+        )
         return f"{' and '.join(parts)} (in {where})"
 
 

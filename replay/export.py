@@ -22,6 +22,7 @@ flavor="hive")``; DuckDB: ``hive_types={'experiment_id': VARCHAR}``; Polars:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -67,9 +68,7 @@ def _looks_like_dataset(path: Path) -> bool:
         entries = list(path.iterdir())
     except OSError:
         return False
-    return all(
-        entry.is_dir() and entry.name.startswith(f"{PARTITION_KEY}=") for entry in entries
-    )
+    return all(entry.is_dir() and entry.name.startswith(f"{PARTITION_KEY}=") for entry in entries)
 
 
 def _check_destination(dest: Path, *, dataset: bool, force: bool) -> None:
@@ -105,10 +104,8 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 # --------------------------------------------------------------------------- writing
@@ -121,9 +118,8 @@ def _write_run(
     compression: str,
 ) -> int:
     """Write one run's batches to the Parquet file ``path``; return the rows written."""
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rows = 0
     pending: list[Any] = []
@@ -139,7 +135,9 @@ def _write_run(
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= ROW_GROUP_ROWS:
-                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+                writer.write_table(
+                    pa.Table.from_batches(pending, schema), row_group_size=pending_rows
+                )
                 rows += pending_rows
                 pending, pending_rows = [], 0
         if pending:
@@ -182,7 +180,9 @@ def export(
     if table not in ("metrics", "messages"):
         raise ExportError(f"unknown table {table!r}: expected 'metrics' or 'messages'")
     if compression not in COMPRESSIONS:
-        raise ExportError(f"unknown compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+        raise ExportError(
+            f"unknown compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}"
+        )
     src_path, dest_path = Path(src), Path(dest)
     result = ExportResult()
     if not src_path.exists():
@@ -191,7 +191,9 @@ def export(
     if dataset:
         runs = resolve_sources(src_path, skipped=result.ignored)
         if not runs:
-            raise ExportError(f"{src_path} holds no runs (no *.jsonl file named by a valid experiment id)")
+            raise ExportError(
+                f"{src_path} holds no runs (no *.jsonl file named by a valid experiment id)"
+            )
     else:
         runs = [Run(src_path.stem, src_path)]
     if dest_path.exists() and dest_path.resolve() == src_path.resolve():
@@ -224,7 +226,9 @@ def export(
                 target = part_dir / PART_NAME
             else:
                 target = tmp
-            batches = batches_of(run, result.skips, with_experiment_id=not dataset, on_bytes=on_bytes)
+            batches = batches_of(
+                run, result.skips, with_experiment_id=not dataset, on_bytes=on_bytes
+            )
             try:
                 result.rows += _write_run(target, batches, schema, compression)
             except OSError as exc:
@@ -270,7 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(enabled: bool) -> tuple[AbstractContextManager[Any], Callable[[int], None], Callable[[int], None]]:
+def _progress(
+    enabled: bool,
+) -> tuple[AbstractContextManager[Any], Callable[[int], None], Callable[[int], None]]:
     """A rich progress bar on stderr, or do-nothing callbacks."""
     if not enabled:
         return nullcontext(), lambda total: None, lambda n: None

@@ -32,7 +32,6 @@ from recorder.format import (
     validate_experiment_id,
     wire_frame,
 )
-
 from replay._source import LineBlocks
 
 __all__ = ["iter_frames", "paced_frames", "replay_end_frame"]

@@ -54,8 +54,13 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from recorder.format import NON_FINITE, MalformedLine, decode_line, parse_timestamp, restore_non_finite
-
+from recorder.format import (
+    NON_FINITE,
+    MalformedLine,
+    decode_line,
+    parse_timestamp,
+    restore_non_finite,
+)
 from replay._plans import EPOCH_KEYS, MAX_PLANS, MISS, ROUND_KEYS, STEP_KEYS, PlanCompiler
 from replay._source import LineBlocks, Run, SkipCounts, Source, resolve_sources
 
@@ -459,7 +464,18 @@ class _MetricsBuilder:
                 self._walk_other(data)
                 if len(values) > before:
                     counts_append(len(values) - before)
-                    rows_append((seq, message.get("timestamp"), message["type"], None, None, None, None, None))
+                    rows_append(
+                        (
+                            seq,
+                            message.get("timestamp"),
+                            message["type"],
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                        )
+                    )
                 continue
             shape = tuple(data)
             plan = top_plans.get(shape)
@@ -505,7 +521,9 @@ class _MetricsBuilder:
                 phase = None
             if type(client) is not str and client is not None:
                 client = _client_text(client)
-            rows_append((seq, message.get("timestamp"), message["type"], phase, epoch, step, round_, client))
+            rows_append(
+                (seq, message.get("timestamp"), message["type"], phase, epoch, step, round_, client)
+            )
         self.malformed += malformed
         if not values:
             return None
@@ -528,7 +546,7 @@ class _MetricsBuilder:
         if len(self._names_array) != len(self.names):
             self._names_array = pa.array(self.names, pa.string())
         owner = pa.array(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
-        seqs, stamps, types, phases, epochs, steps, rounds, clients = zip(*rows)
+        seqs, stamps, types, phases, epochs, steps, rounds, clients = zip(*rows, strict=True)
         per_message = pa.table(
             {
                 "seq": pa.array(seqs, pa.int64()),
@@ -545,7 +563,9 @@ class _MetricsBuilder:
         columns = []
         if self.with_experiment_id:
             columns.append(pa.repeat(self.experiment_id, rows))  # type: ignore[attr-defined]
-        columns.extend(per_message.column(i).combine_chunks() for i in range(per_message.num_columns))
+        columns.extend(
+            per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
+        )
         columns.append(self._names_array.take(pa.array(self.codes, pa.int32())))
         columns.append(_float_array(self.values))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
@@ -690,7 +710,9 @@ def message_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
     schema = message_table_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MessageTableBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes)
+    return _run_batches(
+        run, _MessageTableBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes
+    )
 
 
 def _warn_skipped(skips: SkipCounts, skipped_names: list[str]) -> None:
@@ -699,7 +721,9 @@ def _warn_skipped(skips: SkipCounts, skipped_names: list[str]) -> None:
         parts.append(f"skipped {skips.describe()}")
     if skipped_names:
         shown = ", ".join(skipped_names[:5]) + ("..." if len(skipped_names) > 5 else "")
-        parts.append(f"ignored {len(skipped_names)} file(s) whose name is not an experiment id ({shown})")
+        parts.append(
+            f"ignored {len(skipped_names)} file(s) whose name is not an experiment id ({shown})"
+        )
     if parts:
         warnings.warn("replay: " + "; ".join(parts), SkippedLinesWarning, stacklevel=3)
 

@@ -13,7 +13,9 @@ SAMPLE_RUNS = ROOT / "sample_runs"
 START = 1_761_131_416.0  # 2025-10-22T11:10:16Z
 
 
-def line(kind: str, data: Any = None, *, at: float = 0.0, extra: dict[str, Any] | None = None) -> bytes:
+def line(
+    kind: str, data: Any = None, *, at: float = 0.0, extra: dict[str, Any] | None = None
+) -> bytes:
     """One encoded message, ``at`` seconds after :data:`START`."""
     return encode_message(kind, data, timestamp=format_timestamp(START + at), extra=extra)
 
@@ -38,23 +40,44 @@ def mixed_run(path: Path, *, epochs: int = 3, rounds: int = 2) -> Path:
             lines.append(
                 line(
                     "batch_metrics",
-                    {"step": epoch * 2 + step, "batch_idx": step, "loss": 1.0 / (epoch + step + 1),
-                     "accuracy": 0.5, "recall": None, "f1": None, "epoch": epoch},
+                    {
+                        "step": epoch * 2 + step,
+                        "batch_idx": step,
+                        "loss": 1.0 / (epoch + step + 1),
+                        "accuracy": 0.5,
+                        "recall": None,
+                        "f1": None,
+                        "epoch": epoch,
+                    },
                     at=at,
                 )
             )
         for phase in ("train", "val"):
             at += 0.05
             lines.append(
-                line("epoch_end", {"epoch": epoch, "phase": phase,
-                                   "metrics": {"loss": 0.5 / (epoch + 1), "accuracy": 0.8}}, at=at)
+                line(
+                    "epoch_end",
+                    {
+                        "epoch": epoch,
+                        "phase": phase,
+                        "metrics": {"loss": 0.5 / (epoch + 1), "accuracy": 0.8},
+                    },
+                    at=at,
+                )
             )
     for round_ in range(1, rounds + 1):
         at += 0.05
         lines.append(
-            line("round_end", {"round": round_, "total_rounds": rounds,
-                               "fit_metrics": {"loss": 0.3}, "eval_metrics": {"loss": 0.4, "accuracy": 0.9}},
-                 at=at)
+            line(
+                "round_end",
+                {
+                    "round": round_,
+                    "total_rounds": rounds,
+                    "fit_metrics": {"loss": 0.3},
+                    "eval_metrics": {"loss": 0.4, "accuracy": 0.9},
+                },
+                at=at,
+            )
         )
     lines.append(line("training_end", {"run_id": "r1", "best_loss": 0.1}, at=at + 0.05))
     lines.append(line("status", {"status": "completed", "message": ""}, at=at + 0.06))

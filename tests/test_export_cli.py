@@ -35,8 +35,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, t
 
 def test_export_file_prints_summary_and_no_progress(tmp_path: Path) -> None:
     """A file exports to Parquet; stdout has one summary line, stderr stays empty off a terminal."""
-    run = write_run(tmp_path / "run-1.jsonl", [line("epoch_end", {"epoch": 0, "metrics": {"loss": 0.5}}),
-                                               b"oops\n"])
+    run = write_run(
+        tmp_path / "run-1.jsonl",
+        [line("epoch_end", {"epoch": 0, "metrics": {"loss": 0.5}}), b"oops\n"],
+    )
     out = tmp_path / "run-1.parquet"
     result = tailer(run, "--out", out)
     assert result.returncode == 0, result.stderr
@@ -75,7 +77,9 @@ def test_refuses_overwrite_without_force(tmp_path: Path) -> None:
 
 def test_missing_source(tmp_path: Path) -> None:
     """A source that does not exist: one line on stderr, exit 1, no traceback."""
-    assert_one_line_error(tailer(tmp_path / "nope.jsonl", "--out", tmp_path / "x.parquet"), 1, "nope.jsonl")
+    assert_one_line_error(
+        tailer(tmp_path / "nope.jsonl", "--out", tmp_path / "x.parquet"), 1, "nope.jsonl"
+    )
     assert not (tmp_path / "x.parquet").exists()
 
 

@@ -28,7 +28,9 @@ def spanning_run(path: Path, seconds: float = 2.0, count: int = 21) -> Path:
     """``count`` messages evenly over ``seconds``, with a malformed line after the fourth."""
     lines = []
     for i in range(count):
-        lines.append(line("batch_metrics", {"step": i, "loss": 1.0 / (i + 1)}, at=i * seconds / (count - 1)))
+        lines.append(
+            line("batch_metrics", {"step": i, "loss": 1.0 / (i + 1)}, at=i * seconds / (count - 1))
+        )
         if i == 3:
             lines.append(b"this is not json\n")
     return write_run(path, lines)

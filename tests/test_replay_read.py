@@ -51,7 +51,7 @@ MESSAGE_DTYPES = {
 def rows(df: pd.DataFrame, kind: str | None = None) -> list[tuple[str, float]]:
     if kind is not None:
         df = df[df["type"] == kind]
-    return list(zip(df["metric"], df["value"]))
+    return list(zip(df["metric"], df["value"], strict=True))
 
 
 def metrics_of(tmp_path: Path, *lines: bytes) -> pd.DataFrame:
@@ -93,7 +93,7 @@ def test_messages_columns_dtypes_and_values(tmp_path: Path) -> None:
     lines = path.read_bytes().split(b"\n")[:-1]
     assert len(df) == len(lines)
     assert list(df["seq"]) == list(range(len(lines)))
-    for row, raw in zip(df.itertuples(), lines):
+    for row, raw in zip(df.itertuples(), lines, strict=True):
         message = decode_line(raw)
         assert row.type == message["type"]
         assert row.data == message["data"]
@@ -127,7 +127,8 @@ def test_sample_runs_read(tmp_path: Path) -> None:
 def test_epoch_end_metrics_drop_the_metrics_prefix(tmp_path: Path) -> None:
     """epoch_end's data.metrics.loss is the metric 'loss', indexed by epoch and phase."""
     df = metrics_of(
-        tmp_path, line("epoch_end", {"epoch": 2, "phase": "val", "metrics": {"loss": 0.5, "acc": 1}})
+        tmp_path,
+        line("epoch_end", {"epoch": 2, "phase": "val", "metrics": {"loss": 0.5, "acc": 1}}),
     )
     assert rows(df) == [("loss", 0.5), ("acc", 1.0)]
     assert list(df["epoch"]) == [2, 2] and list(df["phase"]) == ["val", "val"]
@@ -138,8 +139,15 @@ def test_round_end_metrics_keep_their_dict_name(tmp_path: Path) -> None:
     """round_end values are fit_metrics.* and eval_metrics.*, indexed by round."""
     df = metrics_of(
         tmp_path,
-        line("round_end", {"round": 3, "total_rounds": 5, "fit_metrics": {"loss": 0.25},
-                           "eval_metrics": {"loss": 0.5, "accuracy": 0.75}}),
+        line(
+            "round_end",
+            {
+                "round": 3,
+                "total_rounds": 5,
+                "fit_metrics": {"loss": 0.25},
+                "eval_metrics": {"loss": 0.5, "accuracy": 0.75},
+            },
+        ),
         line("round_metrics", {"round_num": 4, "total_rounds": 5, "metrics": {"accuracy": 0.8}}),
     )
     assert rows(df) == [
@@ -155,8 +163,20 @@ def test_batch_metrics_index_keys_and_nulls_are_not_metrics(tmp_path: Path) -> N
     """batch_metrics' step, batch_idx and epoch index the row; null recall/f1 give no rows."""
     df = metrics_of(
         tmp_path,
-        line("batch_metrics", {"step": 7, "batch_idx": 3, "loss": 0.5, "accuracy": 0.25,
-                               "recall": None, "f1": None, "epoch": 1, "client_id": 9, "round_num": 2}),
+        line(
+            "batch_metrics",
+            {
+                "step": 7,
+                "batch_idx": 3,
+                "loss": 0.5,
+                "accuracy": 0.25,
+                "recall": None,
+                "f1": None,
+                "epoch": 1,
+                "client_id": 9,
+                "round_num": 2,
+            },
+        ),
     )
     assert rows(df) == [("loss", 0.5), ("accuracy", 0.25)]
     assert list(df["step"]) == [7, 7] and list(df["epoch"]) == [1, 1]
@@ -167,9 +187,16 @@ def test_nested_dicts_are_dotted_and_lists_indexed(tmp_path: Path) -> None:
     """Nested dicts give dotted paths, list elements their position, and index keys deeper down count."""
     df = metrics_of(
         tmp_path,
-        line("gradient_stats", {"step": 1, "total_norm": 2.0,
-                                "layer_norms": {"fc1": {"weight": 0.5, "bias": 0.25}},
-                                "per_class": [0.1, 0.2], "fit_metrics": {"epoch": 4}}),
+        line(
+            "gradient_stats",
+            {
+                "step": 1,
+                "total_norm": 2.0,
+                "layer_norms": {"fc1": {"weight": 0.5, "bias": 0.25}},
+                "per_class": [0.1, 0.2],
+                "fit_metrics": {"epoch": 4},
+            },
+        ),
     )
     assert rows(df) == [
         ("total_norm", 2.0),
@@ -209,8 +236,15 @@ def test_local_epoch_pivots_per_client(tmp_path: Path) -> None:
     """local_epoch rows carry round, client_id and epoch (= local_epoch) and pivot per client."""
     big = 2**64 - 1  # node ids are unsigned 64-bit
     lines = [
-        line("local_epoch", {"client_id": client, "round": round_, "local_epoch": 0,
-                             "metrics": {"loss": round_ + i / 10}})
+        line(
+            "local_epoch",
+            {
+                "client_id": client,
+                "round": round_,
+                "local_epoch": 0,
+                "metrics": {"loss": round_ + i / 10},
+            },
+        )
         for round_ in (1, 2)
         for i, client in enumerate(["alice", big])
     ]
@@ -244,8 +278,16 @@ def test_non_finite_values_are_kept(tmp_path: Path) -> None:
     """NaN and +-inf are written as strings and come back as floats, in both tables."""
     path = write_run(
         tmp_path / "nf.jsonl",
-        [line("epoch_end", {"epoch": 0, "phase": "train",
-                            "metrics": {"loss": math.nan, "a": math.inf, "b": -math.inf, "c": "NaNx"}})],
+        [
+            line(
+                "epoch_end",
+                {
+                    "epoch": 0,
+                    "phase": "train",
+                    "metrics": {"loss": math.nan, "a": math.inf, "b": -math.inf, "c": "NaNx"},
+                },
+            )
+        ],
     )
     assert b'"NaN"' in path.read_bytes()
     df = read_metrics(path)
@@ -264,8 +306,10 @@ def test_torn_last_line_is_skipped_with_one_warning(tmp_path: Path) -> None:
     """A last line without its newline is not a message; one warning per call says so."""
     path = write_run(
         tmp_path / "torn.jsonl",
-        [line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}}),
-         line("epoch_end", {"epoch": 1, "phase": "train", "metrics": {"loss": 0.5}})[:-20]],
+        [
+            line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}}),
+            line("epoch_end", {"epoch": 1, "phase": "train", "metrics": {"loss": 0.5}})[:-20],
+        ],
     )
     with pytest.warns(SkippedLinesWarning, match="1 torn last line") as caught:
         df = read_metrics(path)
@@ -292,7 +336,9 @@ def test_malformed_lines_are_counted_in_seq(tmp_path: Path) -> None:
         assert read_messages(path)["seq"].tolist() == [0, 5]
 
 
-def test_over_long_line_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_over_long_line_is_skipped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A line over the line limit is skipped without being buffered whole, and still takes a seq."""
     monkeypatch.setattr(source, "BLOCK_BYTES", 4096)
     huge = b'{"type":"x","data":{"pad":"' + b"y" * (1 << 20) + b'"}}\n'
@@ -358,7 +404,7 @@ def test_list_of_sources(tmp_path: Path) -> None:
 
 def test_missing_source_raises(tmp_path: Path) -> None:
     """A path that does not exist raises FileNotFoundError naming it."""
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         read_metrics(tmp_path / "nope.jsonl")
     with pytest.raises(TypeError):
         read_messages(42)  # type: ignore[arg-type]
@@ -403,7 +449,18 @@ def reference_rows(data: Any) -> list[tuple[str, float]]:
 
 
 KEYS = st.sampled_from(
-    ["loss", "acc", "metrics", "epoch", "step", "round", "client_id", "total_rounds", "fit_metrics", "x"]
+    [
+        "loss",
+        "acc",
+        "metrics",
+        "epoch",
+        "step",
+        "round",
+        "client_id",
+        "total_rounds",
+        "fit_metrics",
+        "x",
+    ]
 )
 LEAVES = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**64 - 1),
@@ -414,19 +471,28 @@ LEAVES = st.one_of(
 )
 VALUES = st.recursive(
     LEAVES,
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(KEYS, children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(KEYS, children, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 def same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
     return len(a) == len(b) and all(
-        x[0] == y[0] and (x[1] == y[1] or (math.isnan(x[1]) and math.isnan(y[1]))) for x, y in zip(a, b)
+        x[0] == y[0] and (x[1] == y[1] or (math.isnan(x[1]) and math.isnan(y[1])))
+        for x, y in zip(a, b, strict=True)
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(datas=st.lists(st.one_of(st.dictionaries(KEYS, VALUES, max_size=6), VALUES), min_size=1, max_size=5))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    datas=st.lists(
+        st.one_of(st.dictionaries(KEYS, VALUES, max_size=6), VALUES), min_size=1, max_size=5
+    )
+)
 def test_rows_follow_the_naming_rules(tmp_path: Path, datas: list[Any]) -> None:
     """For any data, read_metrics gives exactly the rows the plainly written rules give, per message."""
     path = write_run(tmp_path / "prop.jsonl", [line("custom", data) for data in datas])
@@ -442,11 +508,17 @@ SHAPED = st.fixed_dictionaries(
     {
         "epoch": st.one_of(st.none(), st.integers(0, 3), st.just(2.0), st.just("1")),
         "phase": st.one_of(st.none(), st.sampled_from(["train", "val"]), st.just(5)),
-        "loss": st.one_of(st.floats(allow_nan=False), st.integers(), st.none(), st.just("NaN"), st.booleans()),
+        "loss": st.one_of(
+            st.floats(allow_nan=False), st.integers(), st.none(), st.just("NaN"), st.booleans()
+        ),
         "client_id": st.one_of(st.none(), st.just("c1"), st.integers(0, 2**64 - 1)),
         "metrics": st.one_of(
-            st.fixed_dictionaries({"acc": st.one_of(st.floats(0, 1), st.none(), st.just("-Infinity")),
-                                   "step": st.one_of(st.integers(0, 9), st.none())}),
+            st.fixed_dictionaries(
+                {
+                    "acc": st.one_of(st.floats(0, 1), st.none(), st.just("-Infinity")),
+                    "step": st.one_of(st.integers(0, 9), st.none()),
+                }
+            ),
             st.none(),
             st.just(1.5),
         ),
@@ -454,7 +526,9 @@ SHAPED = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(datas=st.lists(SHAPED, min_size=2, max_size=12))
 def test_compiled_plans_match_the_general_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, datas: list[dict[str, Any]]
