@@ -20,6 +20,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ast
+import os
 import random
 import shutil
 import subprocess
@@ -116,8 +118,6 @@ SNIPPETS = {
 
 def measure(argv: list[str]) -> tuple[float, float, str]:
     """Run ``argv`` in a child; return (seconds, peak RSS in MB, its stdout)."""
-    import resource
-
     # RUSAGE_CHILDREN's ru_maxrss is the largest of all children waited for so far,
     # so each measurement runs under a fresh intermediate process that reports it.
     wrapper = (
@@ -129,14 +129,13 @@ def measure(argv: list[str]) -> tuple[float, float, str]:
         "sys.stderr.write(p.stderr);"
         "print(dt, rss, p.returncode, repr(p.stdout.strip()))"
     )
-    del resource
     out = subprocess.run(
         [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=True
     )
     seconds, rss_kb, code, stdout = out.stdout.split(" ", 3)
     if int(code) != 0:
         raise RuntimeError(f"{argv} failed ({code}): {out.stderr}")
-    return float(seconds), int(rss_kb) / 1024, eval(stdout)
+    return float(seconds), int(rss_kb) / 1024, ast.literal_eval(stdout)
 
 
 def main() -> int:
@@ -216,6 +215,9 @@ def main() -> int:
 
         base_t, _, _ = results["pyarrow.json.read_json"]
         print()
+        print(
+            f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)"
+        )
         print(f"{'what':34} {'seconds':>8} {'peak RSS MB':>12} {'x read_json':>12}  output")
         for name, (seconds, rss, stdout) in results.items():
             print(f"{name:34} {seconds:8.2f} {rss:12.0f} {seconds / base_t:12.2f}  {stdout[-60:]}")
