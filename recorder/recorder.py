@@ -146,6 +146,7 @@ class MetricsRecorder:
         if experiment_id is None:
             experiment_id = new_experiment_id()
         self.experiment_id: str = validate_experiment_id(experiment_id)
+        self._rank_given = rank
         self.rank: int = default_rank() if rank is None else int(rank)
         self.per_rank = bool(per_rank)
         stem = self.experiment_id
@@ -204,6 +205,30 @@ class MetricsRecorder:
             text = f"runtail: {lost} message(s) could not be written to {self.path}"
             log.warning(text)
             warnings.warn(text, RuntimeWarning, stacklevel=2)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (multiprocessing "spawn", DDP spawn), a recorder travels as
+        # its settings and opens the same file again on the other side; the
+        # rank is read there again unless it was given.
+        return {
+            "log_dir": self.log_dir,
+            "experiment_id": self.experiment_id,
+            "fsync": self._fsync,
+            "per_rank": self.per_rank,
+            "rank": self._rank_given,
+            "closed": self._closed,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["log_dir"],
+            state["experiment_id"],
+            fsync=state["fsync"],
+            per_rank=state["per_rank"],
+            rank=state["rank"],
+        )
+        if state["closed"]:
+            self.close()
 
     def __enter__(self) -> MetricsRecorder:
         return self

@@ -665,3 +665,28 @@ def test_the_recorders_fast_path_writes_what_encode_message_writes(
     written = decode_line(raw)
     assert raw + b"\n" == encode_message(kind, data, timestamp=written["timestamp"])
     json.loads(raw, parse_constant=lambda token: pytest.fail(f"non-standard token {token}"))
+
+
+def _spawned_child(rec: MetricsRecorder) -> None:
+    rec.send_status("running", "from a spawned process")
+    rec.close()
+
+
+def test_a_pickled_recorder_reopens_its_file(tmp_path: Path) -> None:
+    """A recorder sent to a 'spawn' process (as DDP spawn does) appends to the same file there."""
+    import multiprocessing
+    import pickle
+
+    with MetricsRecorder(tmp_path, "spawned") as rec:
+        rec.send_status("running", "parent")
+        clone = pickle.loads(pickle.dumps(rec))
+        assert clone.path == rec.path and clone.experiment_id == "spawned"
+        clone.send_status("running", "clone")
+        clone.close()
+        child = multiprocessing.get_context("spawn").Process(target=_spawned_child, args=(rec,))
+        child.start()
+        child.join(timeout=120)
+        assert child.exitcode == 0
+        rec.send_status("completed", "parent again")
+    messages = [m["data"]["message"] for m in read_messages(tmp_path / "spawned.jsonl")]
+    assert messages == ["parent", "clone", "from a spawned process", "parent again"]
