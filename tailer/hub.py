@@ -160,8 +160,13 @@ class Hub:
                 if not result.more or reader.deleted:
                     break
                 await asyncio.sleep(0)
-            if is_new and not reader.deleted and reader.next_seq:
-                log.info("experiment %s: %d messages", experiment_id, reader.messages)
+            if is_new:
+                if not reader.exists:
+                    # Named by an event for a file already gone: no experiment.
+                    if self.readers.get(experiment_id) is reader:
+                        del self.readers[experiment_id]
+                elif not reader.deleted:
+                    log.info("experiment %s: %d messages", experiment_id, reader.messages)
 
     def poll_once(self, experiment_id: str) -> bool:
         """One read of one experiment (synchronous); whether more bytes are waiting."""
@@ -188,6 +193,11 @@ class Hub:
                 del self.readers[experiment_id]
             for client in list(subscribers or ()):
                 client.close(1000, f"experiment {experiment_id} was deleted")
+            # The firehose stays open; log_reset tells it to forget the experiment (a file
+            # created again under that name starts from seq 0).
+            frames = log_reset_frame(experiment_id)
+            for client in self.firehose:
+                client.write(frames)
             return
         if subscribers:
             for client in subscribers:
@@ -242,7 +252,7 @@ class Hub:
                 return True
             generation, end_offset, end_seq = reader.generation, reader.consumed, reader.next_seq
             try:
-                for chunk in reader.history(start, end_offset):
+                for chunk in reader.history(start, end_offset, chunk_bytes=HISTORY_CHUNK):
                     client.write(frame_lines(chunk, experiment_id))
                     start = chunk[-1][0] + 1
                     await client.drain()
@@ -263,5 +273,5 @@ class Hub:
         return [
             self.readers[experiment_id].summary()
             for experiment_id in sorted(self.readers)
-            if not self.readers[experiment_id].deleted
+            if self.readers[experiment_id].exists
         ]

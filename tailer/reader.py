@@ -44,6 +44,10 @@ log = logging.getLogger("tailer")
 #: Largest single read; bounds the memory and the event-loop time of one poll.
 READ_CHUNK = 1 << 20
 
+#: Malformed lines whose seq is remembered (8 bytes each), so history can skip them
+#: without decoding again; past this, history decodes every line instead.
+MAX_TRACKED_MALFORMED = 1 << 20
+
 
 class StaleHistory(Exception):
     """The file was truncated, replaced or deleted while its history was being read."""
@@ -176,6 +180,7 @@ class FileReader:
         self.index.clear()
         self.splitter = LineSplitter(index=self.index, max_line_bytes=self.max_line_bytes)
         self.malformed_seqs = array("q")
+        self.malformed_untracked = 0  # malformed lines beyond MAX_TRACKED_MALFORMED
         self.messages = 0
         self.first_timestamp: str | None = None
         self.last_timestamp: str | None = None
@@ -192,14 +197,19 @@ class FileReader:
 
     @property
     def malformed(self) -> int:
-        return len(self.malformed_seqs)
+        return len(self.malformed_seqs) + self.malformed_untracked
+
+    @property
+    def exists(self) -> bool:
+        """Whether the file has been seen and not deleted since."""
+        return self._identity is not None and not self.deleted
 
     def summary(self) -> dict[str, object]:
         """The experiment's entry in ``/api/experiments`` and ``tailer ls``."""
         return {
             "experiment_id": self.experiment_id,
             "messages": self.messages,
-            "malformed": len(self.malformed_seqs),
+            "malformed": self.malformed,
             "lines": self.splitter.next_seq,
             "bytes": self.size,
             "first_timestamp": self.first_timestamp,
@@ -277,6 +287,10 @@ class FileReader:
                         status = found
             seq += 1
         self.messages += len(out)
+        excess = len(malformed) - MAX_TRACKED_MALFORMED
+        if excess > 0:
+            del malformed[MAX_TRACKED_MALFORMED:]
+            self.malformed_untracked += excess
         if last_ts is not None:
             self.last_timestamp = last_ts
         if status is not None:
@@ -305,7 +319,9 @@ class FileReader:
 
     # ------------------------------------------------------------------ history
 
-    def history(self, start_seq: int, end_offset: int) -> Iterator[list[tuple[int, bytes]]]:
+    def history(
+        self, start_seq: int, end_offset: int, *, chunk_bytes: int = READ_CHUNK
+    ) -> Iterator[list[tuple[int, bytes]]]:
         """Valid ``(seq, line)`` pairs with ``seq >= start_seq`` below ``end_offset``, from disk.
 
         Seeks with the sparse index, skips lines this reader found malformed
@@ -331,8 +347,11 @@ class FileReader:
             malformed = self.malformed_seqs
             m = bisect_left(malformed, start_seq)
             next_bad = malformed[m] if m < len(malformed) else -1
+            # Past the tracked malformed lines, validity must be decoded again.
+            untracked_from = malformed[-1] + 1 if self.malformed_untracked else -1
+            limit = self.max_line_bytes
             while splitter.consumed < end_offset:
-                want = min(READ_CHUNK, end_offset - splitter.read_pos)
+                want = min(chunk_bytes, end_offset - splitter.read_pos)
                 data = os.pread(fd, want, splitter.read_pos) if want > 0 else b""
                 if not data:
                     break  # cannot happen for an append-only file; stop rather than spin
@@ -344,7 +363,11 @@ class FileReader:
                     if seq == next_bad:
                         m += 1
                         next_bad = malformed[m] if m < len(malformed) else -1
-                    elif seq >= start_seq and line is not None:
+                    elif (
+                        seq >= start_seq
+                        and line is not None
+                        and (untracked_from < 0 or seq < untracked_from or _valid(line, limit))
+                    ):
                         append((seq, line))
                     seq += 1
                 if out:
@@ -353,6 +376,14 @@ class FileReader:
                     raise StaleHistory(self.experiment_id)
         finally:
             os.close(fd)
+
+
+def _valid(line: bytes, limit: int) -> bool:
+    try:
+        decode_line(line, max_bytes=limit)
+    except MalformedLine:
+        return False
+    return True
 
 
 def scan_file(path: str | os.PathLike[str], experiment_id: str) -> dict[str, object]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote
 
 from tailer import config
-from tailer.server import TailerServer, serve_directory
+from tailer.server import ListenError, TailerServer, serve_directory
 
 __all__ = ["add_arguments", "add_network_arguments", "run", "run_server"]
 
@@ -159,7 +160,7 @@ def run_server(
 
     try:
         asyncio.run(main())
-    except OSError as exc:
+    except ListenError as exc:
         if exc.errno == errno.EADDRINUSE:
             reason = "address already in use (is another tailer running? try --port)"
         else:
@@ -191,6 +192,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"tailer: {exc}", file=sys.stderr)
         return 2
     directory = args.directory
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.R_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as exc:
+        print(f"tailer: cannot use {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
     def start(
         on_listen: Callable[[TailerServer], None],
@@ -205,10 +213,4 @@ def run(args: argparse.Namespace) -> int:
             **options,  # type: ignore[arg-type]
         )
 
-    try:
-        return run_server(
-            start, lambda app: f"serving {directory}", options["host"], options["port"]
-        )  # type: ignore[arg-type]
-    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
-        print(f"tailer: cannot use {directory}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    return run_server(start, lambda app: f"serving {directory}", options["host"], options["port"])  # type: ignore[arg-type]

@@ -61,7 +61,7 @@ from tailer.routes import (
 )
 from tailer.watcher import watch_directory
 
-__all__ = ["MAX_CLIENT_FRAME", "TailerServer", "serve_directory", "serve_replay"]
+__all__ = ["MAX_CLIENT_FRAME", "ListenError", "TailerServer", "serve_directory", "serve_replay"]
 
 log = logging.getLogger("tailer")
 
@@ -358,6 +358,10 @@ class TailerServer:
         await connection.close(1000, "replay finished")
 
 
+class ListenError(OSError):
+    """The server could not bind its address (port in use, address not available...)."""
+
+
 def _warn_exposed(host: str, token: str | None) -> None:
     if not is_loopback_host(host) and not token:
         log.warning(
@@ -369,7 +373,21 @@ def _warn_exposed(host: str, token: str | None) -> None:
 
 @contextlib.asynccontextmanager
 async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Server]:
-    server = await serve(
+    try:
+        server = await _start(app, host, port)
+    except OSError as exc:
+        raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
+    app.server = server
+    app.port = server.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        server.close(close_connections=True)  # closes every client with 1001 (going away)
+        await server.wait_closed()
+
+
+async def _start(app: TailerServer, host: str, port: int) -> Server:
+    return await serve(
         app.handler,
         host,
         port,
@@ -383,13 +401,6 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
         close_timeout=5,
         logger=logging.getLogger("tailer.websockets"),
     )
-    app.server = server
-    app.port = server.sockets[0].getsockname()[1]
-    try:
-        yield server
-    finally:
-        server.close(close_connections=True)  # closes every client with 1001 (going away)
-        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -422,6 +433,7 @@ async def serve_directory(
     directory.mkdir(parents=True, exist_ok=True)
     hub = Hub(directory, queue_bytes=queue_bytes, index_every=index_every)
     await hub.refresh()
+    log.info("%d experiments in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
         host=host,

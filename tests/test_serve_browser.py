@@ -56,7 +56,9 @@ def test_chromium_websocket_receives_appended_lines(tmp_path):
     writer = Writer(tmp_path, "browser-run")
     writer.message("training_start")
     with _ServerThread(tmp_path) as server, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
         try:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.port}/healthz")  # same origin as the socket
@@ -72,8 +74,13 @@ def test_chromium_websocket_receives_appended_lines(tmp_path):
             )
             page.wait_for_function("window.received.some(m => m.type === 'pong')", timeout=10_000)
             for epoch in range(3):
-                writer.message("epoch_end", {"epoch": epoch, "phase": "train", "metrics": {"loss": 1 / (epoch + 1)}})
-            page.wait_for_function("window.received.filter(m => m.type === 'epoch_end').length === 3", timeout=10_000)
+                writer.message(
+                    "epoch_end",
+                    {"epoch": epoch, "phase": "train", "metrics": {"loss": 1 / (epoch + 1)}},
+                )
+            page.wait_for_function(
+                "window.received.filter(m => m.type === 'epoch_end').length === 3", timeout=10_000
+            )
             epochs = page.evaluate("window.received.filter(m => m.type === 'epoch_end')")
             assert [m["data"]["epoch"] for m in epochs] == [0, 1, 2]
             assert [m["seq"] for m in epochs] == [1, 2, 3]

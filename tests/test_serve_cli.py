@@ -28,8 +28,14 @@ async def tailer(*args: str, log: Path, env: dict[str, str] | None = None):
     environment.update(PYTHONUNBUFFERED="1", **(env or {}))
     with open(log, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tailer", *args,
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err, env=environment,
+            sys.executable,
+            "-m",
+            "tailer",
+            *args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env=environment,
         )
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
@@ -67,7 +73,11 @@ async def test_serve_prints_real_port_streams_and_exits_0_on_sigterm(tmp_path):
 @aio(90)
 async def test_sigint_exits_0(tmp_path):
     """Ctrl-C (SIGINT) is a clean shutdown too."""
-    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (proc, port, _):
+    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (
+        proc,
+        port,
+        _,
+    ):
         assert (await http_get(port, "/healthz"))[0] == 200
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
@@ -83,7 +93,11 @@ def test_port_in_use_exits_2_with_one_line(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
         result = subprocess.run(
             [sys.executable, "-m", "tailer", "serve", str(tmp_path), "--port", str(port), "-q"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
         )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
@@ -95,7 +109,10 @@ def test_bad_options_exit_2_without_traceback(tmp_path):
     for args in (["--port", "70000"], ["--max-clients", "0"], ["--queue-bytes", "10"]):
         result = subprocess.run(
             [sys.executable, "-m", "tailer", "serve", str(tmp_path), *args],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
 
@@ -103,8 +120,14 @@ def test_bad_options_exit_2_without_traceback(tmp_path):
 @aio(90)
 async def test_token_from_environment(tmp_path):
     """TAILER_TOKEN protects the server like --token; the printed URL carries it."""
-    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "e.log",
-                      env={"TAILER_TOKEN": "envtok"}) as (proc, port, line):
+    async with tailer(
+        "serve",
+        str(tmp_path),
+        "--port",
+        "0",
+        log=tmp_path / "e.log",
+        env={"TAILER_TOKEN": "envtok"},
+    ) as (proc, port, line):
         assert "?token=envtok" in line
         assert (await http_get(port, "/api/experiments"))[0] == 401
         assert (await http_get(port, "/api/experiments?token=envtok"))[0] == 200
@@ -114,7 +137,11 @@ async def test_token_from_environment(tmp_path):
 
 def _ls(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tailer", "ls", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tailer", "ls", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -156,7 +183,9 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
         b'{"type":"training_end","timestamp":"2025-01-01T00:00:00.400Z","data":{"run_id":"done"}}\n',
     ]
     run.write_bytes(b"".join(lines))
-    async with tailer("replay", str(run), "--port", "0", "--speed", "4", log=tmp_path / "e.log") as (proc, port, line):
+    async with tailer(
+        "replay", str(run), "--port", "0", "--speed", "4", log=tmp_path / "e.log"
+    ) as (proc, port, line):
         assert "replaying" in line
         for _ in range(2):  # every client gets its own replay from the start
             async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
@@ -165,7 +194,12 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
                     while True:
                         got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
                 assert closed.value.rcvd.code == 1000
-            assert [m["type"] for m in got] == ["training_start", "epoch_end", "training_end", "replay_end"]
+            assert [m["type"] for m in got] == [
+                "training_start",
+                "epoch_end",
+                "training_end",
+                "replay_end",
+            ]
             assert [m.get("seq") for m in got[:3]] == [0, 2, 3]
             assert all(m.get("experiment_id") == "done" for m in got)
         _, _, body = await http_get(port, "/api/experiments")

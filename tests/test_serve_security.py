@@ -58,7 +58,13 @@ async def test_origins_are_checked(tmp_path):
             assert await ws_status(app.ws_url, origin=origin) == 403, origin
             status, _, _ = await http_get(app.port, "/api/experiments", {"Origin": origin})
             assert status == 403
-        for origin in [None, "http://localhost:3000", "http://127.0.0.1:8765", "http://[::1]:1", "https://dash.example.org"]:
+        for origin in [
+            None,
+            "http://localhost:3000",
+            "http://127.0.0.1:8765",
+            "http://[::1]:1",
+            "https://dash.example.org",
+        ]:
             assert await ws_status(app.ws_url, origin=origin) == 101, origin
 
 
@@ -70,7 +76,13 @@ async def test_host_header_is_checked_against_dns_rebinding(tmp_path):
             for upgrade in (False, True):
                 status, _, _ = await http_get(app.port, "/", host=host, upgrade=upgrade)
                 assert status == 403, (host, upgrade)
-        for host in ["localhost", f"localhost:{app.port}", "127.0.0.1", "[::1]:9", "tailer.lan:8765"]:
+        for host in [
+            "localhost",
+            f"localhost:{app.port}",
+            "127.0.0.1",
+            "[::1]:9",
+            "tailer.lan:8765",
+        ]:
             status, _, _ = await http_get(app.port, "/api/experiments", host=host)
             assert status == 200, host
 
@@ -84,14 +96,19 @@ async def test_token_is_required_everywhere_but_healthz(tmp_path):
         assert await ws_status(app.ws_url + "?token=wrong") == 401
         assert await ws_status(app.ws_url + "experiments/t?token=s3cre") == 401
         assert await ws_status(app.ws_url + "?token=s3cret") == 101
-        assert await ws_status(app.ws_url, additional_headers={"Authorization": "Bearer s3cret"}) == 101
+        assert (
+            await ws_status(app.ws_url, additional_headers={"Authorization": "Bearer s3cret"})
+            == 101
+        )
         async with ws_connect(app.ws_url + "experiments/t?token=s3cret&since=-1") as ws:
             assert (await recv_json(ws))["type"] == "m"
         for target in ["/", "/api/experiments", "/static/vendor/plotly.min.js"]:
             status, headers, _ = await http_get(app.port, target)
             assert status == 401 and headers["www-authenticate"].startswith("Bearer"), target
         assert (await http_get(app.port, "/api/experiments?token=s3cret"))[0] == 200
-        assert (await http_get(app.port, "/api/experiments", {"Authorization": "Bearer s3cret"}))[0] == 200
+        assert (await http_get(app.port, "/api/experiments", {"Authorization": "Bearer s3cret"}))[
+            0
+        ] == 200
         assert (await http_get(app.port, "/healthz"))[0] == 200
         # The dashboard page sets a cookie so its own static and API requests pass.
         status, headers, _ = await http_get(app.port, "/?token=s3cret")
@@ -153,12 +170,18 @@ async def test_http_endpoints(tmp_path):
         status, headers, body = await http_get(app.port, "/static/js/app.js")
         assert status == 200 and body == b"console.log(1)"
         assert headers["content-type"].startswith("text/javascript")
-        assert headers["cache-control"] == "no-cache" and headers["x-content-type-options"] == "nosniff"
+        assert (
+            headers["cache-control"] == "no-cache"
+            and headers["x-content-type-options"] == "nosniff"
+        )
         status, headers, _ = await http_get(app.port, "/static/style.css")
         assert headers["content-type"].startswith("text/css")
         status, headers, body = await http_get(app.port, "/static/vendor/plotly.min.js")
         assert status == 200 and len(body) > 1_000_000 and b"plotly" in body[:2000].lower()
-        assert headers["content-type"].startswith("text/javascript") and "max-age" in headers["cache-control"]
+        assert (
+            headers["content-type"].startswith("text/javascript")
+            and "max-age" in headers["cache-control"]
+        )
         status, _, body = await http_get(app.port, "/static/missing.js")
         assert status == 404
     async with serve_directory(runs, port=0, static_dir=tmp_path / "nothing") as app:

@@ -183,7 +183,7 @@ async def test_replaced_file_sends_log_reset(tmp_path):
 
 @aio()
 async def test_deleted_file_ends_its_streams_with_close_1000(tmp_path):
-    """Deleting a file closes its experiment's subscribers (1000); the firehose stays open."""
+    """Deleting a file closes its experiment's subscribers (1000); the firehose gets log_reset."""
     w = Writer(tmp_path, "d")
     w.message("a")
     async with serve_directory(tmp_path, port=0) as app:
@@ -193,6 +193,8 @@ async def test_deleted_file_ends_its_streams_with_close_1000(tmp_path):
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)
             assert closed.value.rcvd.code == 1000 and "deleted" in closed.value.rcvd.reason
+            reset = await recv_json(fire)  # the firehose is told to forget the experiment
+            assert (reset["type"], reset["experiment_id"]) == ("log_reset", "d")
             Writer(tmp_path, "e").message("still")
             assert (await recv_json(fire))["experiment_id"] == "e"
         _, _, body = await http_get(app.port, "/api/experiments")
@@ -403,7 +405,10 @@ async def test_watchfiles_is_used_where_direct_inotify_is_unavailable(tmp_path, 
 
     monkeypatch.setattr(watcher, "_libc", unavailable)
     w = Writer(tmp_path, "wf")
-    async with serve_directory(tmp_path, port=0, scan_interval=60) as app, ws_connect(app.ws_url) as ws:
+    async with (
+        serve_directory(tmp_path, port=0, scan_interval=60) as app,
+        ws_connect(app.ws_url) as ws,
+    ):
         await asyncio.sleep(0.2)  # watchfiles' thread starts asynchronously
         for i in range(3):
             w.message("m", {"i": i})
@@ -420,7 +425,10 @@ async def test_sweep_alone_catches_changes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(watcher, "_inotify", silent)
     w = Writer(tmp_path, "sw")
-    async with serve_directory(tmp_path, port=0, poll_interval=0.05) as app, ws_connect(app.ws_url) as ws:
+    async with (
+        serve_directory(tmp_path, port=0, poll_interval=0.05) as app,
+        ws_connect(app.ws_url) as ws,
+    ):
         w.message("m")
         assert (await recv_json(ws))["type"] == "m"
 

@@ -19,7 +19,16 @@ from tailer.routes import (
 
 @pytest.mark.parametrize(
     "header",
-    ["localhost", "localhost:8765", "127.0.0.1:1", "[::1]:8765", "[::1]", "LOCALHOST", "app.localhost:80", "127.0.0.2"],
+    [
+        "localhost",
+        "localhost:8765",
+        "127.0.0.1:1",
+        "[::1]:8765",
+        "[::1]",
+        "LOCALHOST",
+        "app.localhost:80",
+        "127.0.0.2",
+    ],
 )
 def test_loopback_hosts_are_allowed(header):
     """Loopback names and addresses pass the DNS-rebinding check on any port."""
@@ -27,7 +36,17 @@ def test_loopback_hosts_are_allowed(header):
 
 
 @pytest.mark.parametrize(
-    "header", [None, "", "evil.example", "evil.example:8765", "10.0.0.5", "[::1", "localhost:abc", "127.0.0.1:80:90"]
+    "header",
+    [
+        None,
+        "",
+        "evil.example",
+        "evil.example:8765",
+        "10.0.0.5",
+        "[::1",
+        "localhost:abc",
+        "127.0.0.1:80:90",
+    ],
 )
 def test_other_hosts_are_refused(header):
     """A Host that is not loopback, not served and not allowed is refused."""
@@ -42,12 +61,23 @@ def test_served_address_extra_names_and_wildcard_bind():
     assert host_allowed("192.168.1.5:8765", "0.0.0.0")
     assert not host_allowed("rebind.attacker.example", "0.0.0.0")
     assert host_allowed("anything.example", "127.0.0.1", ["*"])
-    assert is_loopback_host("::1") and is_loopback_host("127.0.0.1") and not is_loopback_host("0.0.0.0")
+    assert (
+        is_loopback_host("::1")
+        and is_loopback_host("127.0.0.1")
+        and not is_loopback_host("0.0.0.0")
+    )
 
 
 @pytest.mark.parametrize(
     "origin",
-    [None, "http://localhost", "http://localhost:3000", "https://127.0.0.1:8765", "http://[::1]:5173", "HTTP://LOCALHOST:1"],
+    [
+        None,
+        "http://localhost",
+        "http://localhost:3000",
+        "https://127.0.0.1:8765",
+        "http://[::1]:5173",
+        "HTTP://LOCALHOST:1",
+    ],
 )
 def test_local_origins_are_allowed(origin):
     """No Origin and http(s) loopback origins on any port are allowed."""
@@ -56,8 +86,16 @@ def test_local_origins_are_allowed(origin):
 
 @pytest.mark.parametrize(
     "origin",
-    ["null", "https://evil.example", "http://localhost.evil.example", "file://", "ws://localhost",
-     "http://localhost:abc", "http://127.0.0.1.evil.example", "http://user@evil.example"],
+    [
+        "null",
+        "https://evil.example",
+        "http://localhost.evil.example",
+        "file://",
+        "ws://localhost",
+        "http://localhost:abc",
+        "http://127.0.0.1.evil.example",
+        "http://user@evil.example",
+    ],
 )
 def test_other_origins_are_refused(origin):
     """Foreign, opaque and malformed origins are refused."""
@@ -90,7 +128,9 @@ def test_ws_routes():
     assert parse_ws_route("/", {"experiment": ["a"]}) == Route("firehose", "a", None)
     assert parse_ws_route("/experiments/run-1.x", {}) == Route("experiment", "run-1.x", -1)
     assert parse_ws_route("/experiments/r", {"since": ["41"]}) == Route("experiment", "r", 41)
-    assert parse_ws_route("/experiments/r/replay", {"speed": ["0"]}) == Route("replay", "r", speed=0.0)
+    assert parse_ws_route("/experiments/r/replay", {"speed": ["0"]}) == Route(
+        "replay", "r", speed=0.0
+    )
     assert parse_ws_route("/experiments/r/replay", {"max_gap": ["2.5"]}).max_gap == 2.5
 
 
@@ -138,7 +178,19 @@ def test_static_file_refuses_traversal(tmp_path):
     (root / "link.txt").symlink_to(tmp_path / "secret.txt")
     assert static_file(root, "css/a.css") == (root / "css" / "a.css").resolve()
     assert static_file(root, "css%2Fa.css") == (root / "css" / "a.css").resolve()
-    for bad in ["../secret.txt", "%2E%2E/secret.txt", "..%2Fsecret.txt", "css/../../secret.txt",
-                "/etc/passwd", "%2Fetc%2Fpasswd", "css", "link.txt", "css\\a.css", "a%00b", ".hidden", ""]:
+    for bad in [
+        "../secret.txt",
+        "%2E%2E/secret.txt",
+        "..%2Fsecret.txt",
+        "css/../../secret.txt",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "css",
+        "link.txt",
+        "css\\a.css",
+        "a%00b",
+        ".hidden",
+        "",
+    ]:
         with pytest.raises(RequestError):
             static_file(root, bad)
