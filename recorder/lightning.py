@@ -232,9 +232,8 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self._reset_run()
 
     def _reset_run(self) -> None:
-        self._pending_train: int | None = (
-            None  # epoch whose train message waits for its hooks to end
-        )
+        # The epoch whose train message waits for the epoch's last hooks.
+        self._pending_train: int | None = None
         self._pending_val: list[tuple[int, dict[str, Any]]] = []
         self._batches = 0
         self._failed = False
@@ -304,7 +303,8 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
 
     @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._active = bool(trainer.is_global_zero or self._per_rank)
+        per_rank = self._per_rank or (self._given is not None and self._given.per_rank)
+        self._active = bool(trainer.is_global_zero or per_rank)
         if self._recorder is None and self._active:
             self._recorder = MetricsRecorder(
                 self.log_dir,

@@ -180,6 +180,13 @@ class MetricsRecorder:
             return
         self._fd = fd
         self._finalizer = weakref.finalize(self, _close_fd, fd)
+        if self._fsync:  # make the new file's directory entry durable too
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(self.log_dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
     @property
     def closed(self) -> bool:

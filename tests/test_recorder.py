@@ -599,7 +599,7 @@ def test_per_rank_refuses_an_id_that_would_grow_too_long(tmp_path: Path) -> None
 
 
 def test_fsync_syncs_every_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fsync=True calls os.fsync on the run file after each message."""
+    """fsync=True calls os.fsync on the run file after each message (and on its directory once)."""
     synced: list[int] = []
     real_fsync = os.fsync
 
@@ -609,9 +609,10 @@ def test_fsync_syncs_every_message(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(os, "fsync", spy)
     with MetricsRecorder(tmp_path, "sync", fsync=True) as rec:
+        assert len(synced) == 1  # the directory, for the new file's entry
         for i in range(3):
             rec.send_epoch_start(i, 3)
-    assert len(synced) == 3
+    assert len(synced) == 4
     assert len(read_messages(tmp_path / "sync.jsonl")) == 3
 
 
