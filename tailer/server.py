@@ -204,7 +204,7 @@ class TailerServer:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
             return None
-        return self._http(path, query)
+        return self._http(path, query, headers.get("If-None-Match"))
 
     def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
         route = parse_ws_route(path, query)
@@ -237,7 +237,9 @@ class TailerServer:
         assert self.hub is not None and experiment_id is not None
         return self.hub.directory / f"{experiment_id}.jsonl"
 
-    def _http(self, path: str, query: dict[str, list[str]]) -> Response:
+    def _http(
+        self, path: str, query: dict[str, list[str]], if_none_match: str | None = None
+    ) -> Response:
         if path == "/":
             index = self.static_dir / "index.html"
             body = index.read_bytes() if index.is_file() else _PLACEHOLDER
@@ -259,19 +261,24 @@ class TailerServer:
             plotly = _plotly_js()
             if plotly is None:
                 raise RequestError(404, "plotly is not installed")
-            return self._file(plotly, cache="public, max-age=86400")
+            return self._file(plotly, if_none_match, cache="public, max-age=86400")
         if path.startswith("/static/"):
-            return self._file(static_file(self.static_dir, path[len("/static/") :]))
+            return self._file(static_file(self.static_dir, path[len("/static/") :]), if_none_match)
         if path == "/favicon.ico":
             return _response(204, b"", "image/x-icon", cache="public, max-age=86400")
         raise RequestError(404, "not found")
 
-    def _file(self, path: Path, *, cache: str = "no-cache") -> Response:
+    def _file(self, path: Path, if_none_match: str | None, *, cache: str = "no-cache") -> Response:
+        """A static file; ``no-cache`` makes browsers revalidate, and an unchanged file is a 304."""
         try:
+            st = path.stat()
+            etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+            if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
+                return _response(304, b"", content_type(path), cache=cache, extra=[("ETag", etag)])
             body = path.read_bytes()
         except OSError:
             raise RequestError(404, "not found") from None
-        return _response(200, body, content_type(path), cache=cache)
+        return _response(200, body, content_type(path), cache=cache, extra=[("ETag", etag)])
 
     def summaries(self) -> list[dict[str, object]]:
         """The ``/api/experiments`` list."""

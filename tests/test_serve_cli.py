@@ -206,3 +206,18 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
         assert orjson.loads(body)[0]["status"] == "completed"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+def test_unusable_directory_exits_2(tmp_path):
+    """DIR that is a file is a one-line error with exit code 2."""
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "tailer", "serve", str(target), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "cannot use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -176,6 +176,10 @@ async def test_http_endpoints(tmp_path):
         )
         status, headers, _ = await http_get(app.port, "/static/style.css")
         assert headers["content-type"].startswith("text/css")
+        status, _, body = await http_get(
+            app.port, "/static/style.css", {"If-None-Match": headers["etag"]}
+        )
+        assert status == 304 and body == b""
         status, headers, body = await http_get(app.port, "/static/vendor/plotly.min.js")
         assert status == 200 and len(body) > 1_000_000 and b"plotly" in body[:2000].lower()
         assert (

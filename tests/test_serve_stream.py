@@ -453,3 +453,17 @@ async def test_replay_endpoint_paces_a_run_and_closes_1000(tmp_path):
         assert got[-1]["type"] == "replay_end"
         status, _, _ = await http_get(app.port, "/experiments/rp/replay?speed=-1", upgrade=True)
         assert status == 400
+
+
+@aio()
+async def test_events_for_vanished_files_do_not_create_experiments(tmp_path):
+    """A file created and deleted between two reads never shows up in /api/experiments."""
+    async with serve_directory(tmp_path, port=0) as app:
+        for i in range(20):
+            path = tmp_path / f"blink-{i}.jsonl"
+            path.write_bytes(b'{"type":"x"}\n')
+            path.unlink()
+        await asyncio.sleep(0.3)
+        _, _, body = await http_get(app.port, "/api/experiments")
+        assert orjson.loads(body) == []
+        assert app.hub is not None and app.hub.readers == {}

@@ -198,3 +198,25 @@ def test_frame_lines_splices_id_and_seq_once_per_line():
     assert decoded[0]["seq"] == 4 and decoded[0]["experiment_id"] == "exp"
     assert decoded[1] == {"type": "x", "seq": 9, "experiment_id": "exp"}
     assert decoded[2] == {"type": "pong", "data": {}}
+
+
+def test_history_stays_correct_past_the_tracked_malformed_lines(tmp_path, monkeypatch):
+    """Beyond the remembered malformed seqs, history decodes lines again instead of forwarding junk."""
+    from tailer import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "MAX_TRACKED_MALFORMED", 3)
+    path = tmp_path / "r.jsonl"
+    lines = [(_line(i) if i % 4 else b"junk\n") for i in range(40)]
+    path.write_bytes(b"".join(lines))
+    reader = FileReader(path, "r", index_every=8)
+    reader.read_all()
+    assert reader.malformed == 10 and len(reader.malformed_seqs) == 3
+    got = [seq for chunk in reader.history(0, reader.consumed) for seq, _ in chunk]
+    assert got == [i for i in range(40) if i % 4]
+
+
+def test_a_file_never_seen_does_not_exist(tmp_path):
+    """A reader for a name whose file is gone before the first read reports nothing."""
+    reader = FileReader(tmp_path / "ghost.jsonl", "ghost")
+    assert reader.poll().kind == "none"
+    assert not reader.exists
