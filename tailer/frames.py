@@ -28,22 +28,30 @@ def text_frame(payload: bytes) -> bytes:
     return _pack_long(0x81, 127, n) + payload
 
 
+# Headers of frames shorter than 64 KiB, built on first use (at most 64 Ki small objects).
+_HEADERS: list[bytes | None] = [bytes((0x81, n)) for n in range(126)] + [None] * (65536 - 126)
+
+
 def frame_lines(lines: list[tuple[int, bytes]], experiment_id: str) -> bytes:
     """The frames of ``(seq, line)`` pairs of one experiment, joined into one buffer.
 
     Each line becomes its wire message (:func:`recorder.format.wire_frame`) in
     its own text frame; the frames are concatenated so a batch costs one
-    ``transport.write`` per client.
+    ``transport.write`` per client. This is the hot path of history catch-up,
+    hence the cached headers and local names.
     """
     parts: list[bytes] = []
     append = parts.append
+    headers = _HEADERS
+    splice = wire_frame
     for seq, line in lines:
-        payload = wire_frame(line, experiment_id, seq)
+        payload = splice(line, experiment_id, seq)
         n = len(payload)
-        if n < 126:
-            append(bytes((0x81, n)))
-        elif n < 65536:
-            append(_pack_short(0x81, 126, n))
+        if n < 65536:
+            header = headers[n]
+            if header is None:
+                header = headers[n] = _pack_short(0x81, 126, n)
+            append(header)
         else:
             append(_pack_long(0x81, 127, n))
         append(payload)
