@@ -23,11 +23,13 @@ returns exactly what that strategy returns, while the run's file gets (DESIGN
       round_start {round, total_rounds}
       client_training_start {round, client_id}    # one per sampled node
       client_complete {round, client_id, metrics, num_examples}  # one per train reply
-                                                  # (error instead of metrics on failure)
+                                                  # (error instead of metrics for an error
+                                                  # reply, or no reply before the timeout)
       round_end {round, total_rounds, fit_metrics, eval_metrics}
       round_metrics {round, total_rounds, metrics}  # each evaluate_fn result
     training_end {run_id, ...}, status {status: "completed"}
-    (on an exception: error {error, error_type, traceback}, status {status: "failed"})
+    (on an exception: error {error, error_type, traceback, round}, status {status: "failed"};
+     the round it interrupted gets no round_end, and the exception goes on unchanged)
 
 ``client_id`` is Flower's node id as a decimal string: node ids are unsigned
 64-bit integers, beyond int64 and beyond JavaScript's exact integers.
