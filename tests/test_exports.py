@@ -61,3 +61,13 @@ def test_importing_recorder_loads_no_torch_lightning_or_flower() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_submodule_all_names_resolve() -> None:
+    """recorder.recorder.__all__ and recorder.lightning.__all__ name what the modules define."""
+    import recorder.lightning
+    import recorder.recorder
+
+    for module in (recorder.recorder, recorder.lightning):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
