@@ -554,3 +554,17 @@ def test_keyboard_reaches_a_run_and_opens_it(runs_dir, page_factory):
         page.keyboard.press("Tab")
         assert page.evaluate("() => document.activeElement.id") == "replay-play"
     console.check()
+
+
+def test_link_to_a_run_not_there_yet_waits_for_it(runs_dir, page_factory):
+    """A link to a run with no file says so without alarming, then opens the run when its file appears."""
+    page, console = page_factory(allowed=(r"WebSocket connection to .* failed",))
+    with serving(runs_dir) as server:
+        page.goto(server.page_url("#/runs/not-started-yet"))
+        wait_until(lambda: "no run" in page.locator("#no-charts").inner_text().lower(), message="absent notice")
+        assert page.locator("#conn").get_attribute("data-state") == "connected"
+        (runs_dir / "not-started-yet.jsonl").write_bytes(
+            encode_message("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}})
+        )
+        wait_until(lambda: chart_points(page).get("epoch:loss") == {"train": (1, 1)}, message="run opened")
+    console.check()

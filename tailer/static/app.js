@@ -82,8 +82,9 @@ const sockets = new Set();
  * end on a normal close instead of reconnecting.
  */
 class Stream {
-  constructor(name, path, onMessage, { finite = false, onOpen, onEnd } = {}) {
+  constructor(name, path, onMessage, { finite = false, onOpen, onEnd, absent } = {}) {
     this.name = name;
+    this.absent = absent; // () => true while the server is known to have nothing here
     this.path = path;
     this.onMessage = onMessage;
     this.finite = finite;
@@ -150,8 +151,15 @@ class Stream {
     this.attempt += 1;
     // 0.5 s, 1 s, 2 s, ... capped at 10 s, with jitter so many tabs do not stampede.
     const base = Math.min(10000, 500 * 2 ** (this.attempt - 1));
-    const delay = base * (0.75 + Math.random() * 0.5);
-    this.setState(this.attempt > 5 || navigator.onLine === false ? "offline" : "reconnecting");
+    let delay = base * (0.75 + Math.random() * 0.5);
+    if (this.absent && this.absent()) {
+      // Not a lost connection: the run does not exist (yet). Discovery kicks us
+      // when its file appears; until then, a slow retry and no alarm.
+      this.setState("waiting");
+      delay = 5000;
+    } else {
+      this.setState(this.attempt > 5 || navigator.onLine === false ? "offline" : "reconnecting");
+    }
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.connect(), delay);
   }
@@ -166,6 +174,10 @@ class Stream {
   setState(state) {
     this.state = state;
     renderConnection();
+    if (view) { // the run view words its empty state after its stream's
+      view.live.metaDirty = true;
+      scheduleRender();
+    }
   }
 
   stop() {
@@ -183,7 +195,7 @@ class Stream {
 }
 
 function connectionState() {
-  const states = [...sockets].map((s) => s.state);
+  const states = [...sockets].map((s) => s.state).filter((state) => state !== "waiting");
   if (!states.length) return "offline";
   if (states.includes("offline")) return "offline";
   if (states.includes("reconnecting")) return "reconnecting";
@@ -213,7 +225,9 @@ const runs = new Map();
 let listLoading = null; // the pending /api/experiments request
 let listBuffer = []; // firehose frames that arrived while it was pending
 let listDirty = true;
+let listLoaded = false; // the list has been read from the server at least once
 let authProblem = false;
+let firehose = null;
 
 let listAgain = false; // another request was asked for while one was pending
 
@@ -244,6 +258,7 @@ async function loadExperiments() {
       authProblem = false;
       showNotice("");
       mergeExperiments(entries);
+      listLoaded = true;
     } while (listAgain);
   })();
   try {
@@ -282,6 +297,7 @@ function mergeExperiments(entries) {
     if (run.status === "failed" && !run.error && !run.errorFetched) fetchLastError(run);
   }
   for (const id of [...runs.keys()]) if (!seen.has(id)) runs.delete(id);
+  if (view && runs.has(view.id)) view.stream.kick();
   listDirty = true;
   scheduleRender();
 }
@@ -289,17 +305,40 @@ function mergeExperiments(entries) {
 /**
  * A failed run's error text when the list endpoint does not carry it: read
  * the end of the run once over its WebSocket and keep the last `error`.
+ * One run at a time, so a directory of many failed runs opens one socket.
  */
+const errorQueue = [];
+let errorReading = false;
+
 function fetchLastError(run) {
   run.errorFetched = true;
+  errorQueue.push(run);
+  if (!errorReading) readNextError();
+}
+
+function readNextError() {
+  const run = errorQueue.shift();
+  if (!run) {
+    errorReading = false;
+    return;
+  }
+  errorReading = true;
   const since = Math.max(-1, (run.lastSeq ?? run.messages) - 200);
   let ws;
   try {
     ws = new WebSocket(serverUrl(`/experiments/${encodeURIComponent(run.id)}`, { since }, true));
   } catch {
+    readNextError();
     return;
   }
-  const done = () => { try { ws.close(1000); } catch { /* closed already */ } };
+  let finished = false;
+  const done = () => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(quiet);
+    try { ws.close(1000); } catch { /* closed already */ }
+    readNextError();
+  };
   let quiet = setTimeout(done, 3000);
   ws.onmessage = (event) => {
     let message;
@@ -314,6 +353,7 @@ function fetchLastError(run) {
     quiet = setTimeout(done, 300);
   };
   ws.onerror = () => {};
+  ws.onclose = done;
 }
 
 /** Update the list from one firehose frame; `late` when replaying buffered frames. */
@@ -333,6 +373,7 @@ function applyToList(message, late = false) {
     run = { id, messages: 0, status: "unknown", lastTimestamp: null, lastSeq: null, error: null };
     runs.set(id, run);
     loadExperiments(); // a new experiment: learn its real counts
+    if (view && view.id === id) view.stream.kick(); // it was waiting for this file
   } else if (run.lastSeq !== null && typeof message.seq === "number") {
     // Counted already (by the list response, or by the other socket).
     if (message.seq <= run.lastSeq) return;
@@ -430,11 +471,17 @@ class RunView {
       () => [`/experiments/${encodeURIComponent(id)}`,
         this.live.lastSeq >= 0 ? { since: this.live.lastSeq } : {}],
       (message) => this.onLive(message),
+      { absent: () => this.absent() },
     );
     $("#run-title").textContent = id;
     $("#run").hidden = false;
     $("#welcome").hidden = true;
     this.renderMeta();
+  }
+
+  /** Whether the server is up and lists no such run (a stale link, or a run not started yet). */
+  absent() {
+    return listLoaded && !runs.has(this.id) && firehose !== null && firehose.state === "connected";
   }
 
   onLive(message) {
@@ -599,7 +646,11 @@ class RunView {
     }
 
     $("#no-charts").hidden = model.charts.size > 0;
-    $("#no-charts").textContent = model.messages ? "No metrics in this run yet." : "Loading…";
+    $("#no-charts").textContent = model.messages
+      ? "No metrics in this run yet."
+      : this.stream.state === "waiting" || (listLoaded && !runs.has(this.id))
+        ? `There is no run “${this.id}” in this directory (yet). It opens here as soon as its file appears.`
+        : "Loading…";
     this.renderHparams(model);
     this.renderTimeline(model);
   }
@@ -704,7 +755,7 @@ function start() {
   setInterval(() => { listDirty = true; scheduleRender(); }, 5000);
 
   let firehoseOpened = false;
-  new Stream("firehose", () => ["/", {}], (message) => applyToList(message), {
+  firehose = new Stream("firehose", () => ["/", {}], (message) => applyToList(message), {
     onOpen: () => {
       // At load, and after a reconnect: what happened while we were away.
       if (firehoseOpened || !listLoading) loadExperiments();

@@ -298,12 +298,17 @@ export class ChartBoard {
       return;
     }
     if (thinned) {
-      if (now - state.lastHeavy < HEAVY_INTERVAL_MS) {
+      // A thinned redraw costs tens of milliseconds: keep them to at most about a
+      // fifth of the main thread, so a burst of history never starves the page.
+      const wait = Math.max(HEAVY_INTERVAL_MS, 5 * (state.heavyCost || 0));
+      if (now - state.lastHeavy < wait) {
         this.deferred.add(chart.id);
         return;
       }
       state.lastHeavy = now;
+      const started = performance.now();
       this.redraw(state);
+      state.heavyCost = performance.now() - started;
       return;
     }
     // Raw mode: hand Plotly only the new points (lines with hover text apart,
