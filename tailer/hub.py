@@ -256,6 +256,9 @@ class Hub:
                     client.write(frame_lines(chunk, experiment_id))
                     start = chunk[-1][0] + 1
                     await client.drain()
+                    # drain() returns without yielding while the kernel takes everything; yield
+                    # anyway so one fast catch-up never starves live dispatch or other clients.
+                    await asyncio.sleep(0)
                     if client.closing:
                         return False
                 start = end_seq

@@ -209,9 +209,15 @@ class TailerServer:
     def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
         route = parse_ws_route(path, query)
         if self.replay_path is not None:
-            # `tailer replay FILE`: `/` replays the file; so does /experiments/<its id>/replay.
+            # `tailer replay FILE`: `/` (and `?experiment=<its id>`) replays the file at the
+            # command's pace, as does `/experiments/<its id>` so the dashboard's run view works;
+            # `/experiments/<its id>/replay?speed=S` picks its own pace. Each connection
+            # starts from the beginning (`since` does not apply to a replay).
             replay_id = self._replay_id()
-            if route.kind == "firehose" and route.experiment_id in (None, replay_id):
+            if route.experiment_id in (None, replay_id) and route.kind in (
+                "firehose",
+                "experiment",
+            ):
                 speed = query.get("speed")
                 return Route(
                     "replay",

@@ -202,6 +202,10 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
             ]
             assert [m.get("seq") for m in got[:3]] == [0, 2, 3]
             assert all(m.get("experiment_id") == "done" for m in got)
+        async with ws_connect(f"ws://127.0.0.1:{port}/experiments/done?since=5") as ws:
+            assert (await recv_json(ws))["seq"] == 0  # the dashboard's run view gets the replay too
+        status, _, _ = await http_get(port, "/experiments/other", upgrade=True)
+        assert status == 404
         _, _, body = await http_get(port, "/api/experiments")
         assert orjson.loads(body)[0]["status"] == "completed"
         proc.send_signal(signal.SIGTERM)

@@ -106,6 +106,7 @@ async def test_subscribing_before_the_file_exists(tmp_path):
         assert (await recv_json(ws))["seq"] == 0
 
 
+@pytest.mark.slow
 @aio(120)
 async def test_history_to_live_switch_neither_drops_nor_repeats(tmp_path):
     """Lines appended while a long history is being sent arrive exactly once, in order."""

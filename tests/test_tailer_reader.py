@@ -6,6 +6,8 @@ import os
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame
 from websockets.streams import StreamReader
 
@@ -220,3 +222,35 @@ def test_a_file_never_seen_does_not_exist(tmp_path):
     reader = FileReader(tmp_path / "ghost.jsonl", "ghost")
     assert reader.poll().kind == "none"
     assert not reader.exists
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")),
+    st.lists(st.integers(min_value=1, max_value=50), max_size=40),
+    st.integers(min_value=1, max_value=5),
+)
+def test_splitter_is_independent_of_chunking(lines, tail, cuts, every):
+    """Whatever the chunk boundaries, the same lines, seqs, offsets and index come out."""
+    data = b"".join(line + b"\n" for line in lines) + tail
+    index = SparseIndex(every)
+    splitter = LineSplitter(index=index, max_line_bytes=25)
+    got: list[bytes | None] = []
+    pos = 0
+    for cut in cuts:
+        got += splitter.feed(data[pos : pos + cut])
+        pos += cut
+    got += splitter.feed(data[pos:])
+    # A line over the limit comes back whole if one feed completed it, else as None.
+    for g, line in zip(got, lines, strict=True):
+        assert g == line or (g is None and len(line) > 25)
+    assert splitter.next_seq == len(lines)
+    assert splitter.consumed == len(data) - len(tail)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line) + 1)
+    assert [index.seek(k * every)[1] for k in range(len(index))] == [
+        offsets[k * every] for k in range(len(index))
+    ]
+    assert len(index) == (len(lines) + every - 1) // every
