@@ -105,3 +105,54 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     run = mixed_run(tmp_path / "run.jsonl")
     assert tailer(run).returncode == 2
     assert tailer(run, "--out", tmp_path / "x", "--table", "nope").returncode == 2
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal a progress bar is drawn there; --no-progress turns it off."""
+    import os
+    import pty
+
+    run = mixed_run(tmp_path / "run.jsonl")
+
+    def stderr_on_tty(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tailer",
+                    "export",
+                    str(run),
+                    "--out",
+                    str(tmp_path / "o.parquet"),
+                    "--force",
+                    *extra,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=follower,
+                timeout=120,
+                env={**os.environ, "COLUMNS": "100"},
+            )
+            os.close(follower)
+            follower = -1
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO once the terminal has no writer left
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            if follower >= 0:
+                os.close(follower)
+            os.close(leader)
+        assert proc.returncode == 0
+        assert b"exported" in proc.stdout
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "exporting" in stderr_on_tty()
+    assert "exporting" not in stderr_on_tty("--no-progress")
