@@ -542,3 +542,18 @@ def test_compiled_plans_match_the_general_walk(
         patch.setattr(tables, "MAX_PLANS", 0)
         general = read_metrics(path)
     pd.testing.assert_frame_equal(planned, general)
+
+
+def test_federated_sample_pivots_per_client() -> None:
+    """The committed federated sample gives a full rounds x clients loss table from local_epoch rows."""
+    path = SAMPLE_RUNS / "federated-digits.jsonl"
+    if not path.exists():
+        pytest.skip("no federated sample committed yet")
+    df = read_metrics(path)
+    local = df[(df["type"] == "local_epoch") & (df["metric"] == "loss")]
+    assert len(local) > 0
+    assert local["client_id"].notna().all() and local["round"].notna().all()
+    table = local.pivot_table(index="round", columns="client_id", values="value")
+    assert table.shape[0] >= 2 and table.shape[1] >= 2
+    assert not table.isna().any().any()
+    assert all(c.isdigit() for c in table.columns)  # Flower node ids, as decimal text
