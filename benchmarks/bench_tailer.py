@@ -187,8 +187,29 @@ def bench_latency(tmp: Path, seconds: float) -> dict[str, float]:
     """write -> client latency, one message every 10 ms, MetricsRecorder-style appends."""
     run = tmp / "latency"
     run.mkdir()
-    path = run / "lat.jsonl"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        from recorder import MetricsRecorder
+
+        recorder = MetricsRecorder(run, "lat")
+
+        def record(step: int) -> None:
+            recorder.record("batch_metrics", {"step": step, "t": time.monotonic_ns(), "loss": 0.5})
+
+        close = recorder.close
+    except ImportError:  # before recorder.MetricsRecorder existed: the same append by hand
+        fd = os.open(run / "lat.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+        def record(step: int) -> None:
+            os.write(
+                fd,
+                encode_message(
+                    "batch_metrics", {"step": step, "t": time.monotonic_ns(), "loss": 0.5}
+                ),
+            )
+
+        def close() -> None:
+            os.close(fd)
+
     latencies: list[float] = []
 
     async def main(port: int) -> None:
@@ -198,12 +219,7 @@ def bench_latency(tmp: Path, seconds: float) -> dict[str, float]:
             def write() -> None:
                 i = 0
                 while not stop.is_set():
-                    os.write(
-                        fd,
-                        encode_message(
-                            "batch_metrics", {"step": i, "t": time.monotonic_ns(), "loss": 0.5}
-                        ),
-                    )
+                    record(i)
                     i += 1
                     time.sleep(0.01)
 
@@ -221,7 +237,7 @@ def bench_latency(tmp: Path, seconds: float) -> dict[str, float]:
 
     with Tailer(run) as tailer:
         asyncio.run(main(tailer.port))
-    os.close(fd)
+    close()
     latencies = latencies[20:]  # warm-up
     qs = statistics.quantiles(latencies, n=100)
     return {

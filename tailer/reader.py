@@ -220,7 +220,24 @@ class FileReader:
     # ------------------------------------------------------------------ reading
 
     def poll(self, max_bytes: int = READ_CHUNK) -> PollResult:
-        """Read what was appended since the last poll (at most ``max_bytes``)."""
+        """Read what was appended since the last poll (at most ``max_bytes``).
+
+        Truncation and replacement race with this read; how each case is caught:
+
+        1. The file is opened by name and ``fstat``-ed on that descriptor, so
+           the identity, the size and the bytes read all belong to one file,
+           even if the name is replaced a moment later.
+        2. Another inode under the name: the file was replaced (``os.replace``,
+           log rotation, delete and re-create) -> ``reset``.
+        3. Same inode, size below ``read_pos``: truncated -> ``reset``.
+        4. Same inode, size not smaller, but the byte before ``consumed`` is
+           no longer the ``\n`` read there: truncated and re-grown past our
+           offset between two polls -> ``reset``. (A rewrite that happens to
+           keep a newline at exactly that byte is indistinguishable from an
+           append; append-only writers never do that.)
+        5. The name is gone: ``deleted`` once; a file created again later under
+           that name gets a new reader, numbered from 0.
+        """
         if self.deleted:
             return PollResult("none")
         try:
