@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -230,7 +231,7 @@ def export(
         raise ExportError(f"cannot create {dest_path}: {blocker} is not a directory") from None
     except OSError as exc:
         raise ExportError(f"cannot create {dest_path}: {exc.strerror or exc}") from None
-    tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
+    tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     if on_start is not None:
         on_start(sum(run.path.stat().st_size for run in runs))
     try:
