@@ -200,7 +200,8 @@ class TailerServer:
             )
         if upgrade:
             route = self._ws_route(path, query)
-            if len(self.clients) >= self.max_clients:
+            # Handshakes accepted but whose handler has not started yet count too.
+            if len(self.clients) + len(self._routes) >= self.max_clients:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
             return None
