@@ -44,6 +44,8 @@ Naming rules for ``metric``:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import re
@@ -663,6 +665,23 @@ class _MessageTableBuilder:
 # --------------------------------------------------------------------------- batches
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a block is decoded.
+
+    A block allocates tens of thousands of dicts and tuples, none of them in a
+    cycle (reference counting frees them all), yet each allocation burst
+    triggers collections that cost 10-20 % of the reading time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _run_batches(
     run: Run,
     builder: _MetricsBuilder | _MessageTableBuilder,
@@ -677,7 +696,8 @@ def _run_batches(
             if on_bytes is not None:
                 on_bytes(blocks.bytes_read - done)
                 done = blocks.bytes_read
-            batch = builder.add(first_seq, lines)
+            with _gc_paused():
+                batch = builder.add(first_seq, lines)
             if batch is not None:
                 yield batch
         if on_bytes is not None and blocks.bytes_read > done:
@@ -797,34 +817,37 @@ def read_messages(src: Source) -> Any:
     datas: list[Any] = []
     decode = decode_line
     restore = restore_non_finite
-    for run in runs:
-        count = 0
-        malformed = 0
-        with open(run.path, "rb") as file:
-            blocks = LineBlocks(file)
-            for first_seq, lines in blocks:
-                seq = first_seq - 1
-                for line in lines:
-                    seq += 1
-                    if line is None:
-                        malformed += 1
-                        continue
-                    try:
-                        message = decode(line)
-                    except MalformedLine:
-                        malformed += 1
-                        continue
-                    seqs.append(seq)
-                    stamps.append(message.get("timestamp"))
-                    types.append(message["type"])
-                    data = message.get("data")
-                    # Only a line that spells a non-finite value (or escapes one) needs the walk.
-                    if b'NaN"' in line or b'Infinity"' in line or b"\\u" in line:
-                        data = restore(data)
-                    datas.append(data)
-                    count += 1
-        skips.add(run.path, malformed, blocks.torn)
-        ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
+    # The decoded messages stay alive (they are the data column) and hold no cycles:
+    # collections would only rescan them, more often the more there are.
+    with _gc_paused():
+        for run in runs:
+            count = 0
+            malformed = 0
+            with open(run.path, "rb") as file:
+                blocks = LineBlocks(file)
+                for first_seq, lines in blocks:
+                    seq = first_seq - 1
+                    for line in lines:
+                        seq += 1
+                        if line is None:
+                            malformed += 1
+                            continue
+                        try:
+                            message = decode(line)
+                        except MalformedLine:
+                            malformed += 1
+                            continue
+                        seqs.append(seq)
+                        stamps.append(message.get("timestamp"))
+                        types.append(message["type"])
+                        data = message.get("data")
+                        # Only a line that spells a non-finite value (or escapes one) needs the walk.
+                        if b'NaN"' in line or b'Infinity"' in line or b"\\u" in line:
+                            data = restore(data)
+                        datas.append(data)
+                        count += 1
+            skips.add(run.path, malformed, blocks.torn)
+            ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
     schema = pa.schema([pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]])
     table = pa.Table.from_arrays(
         [
