@@ -97,3 +97,23 @@ def make_trainer(pl: Any, **kwargs: Any) -> Any:
 
 def import_pl(name: str) -> Any:
     return importlib.import_module(name)
+
+
+def ddp_module(package: str) -> Any:
+    """A tiny classifier whose class is module-level here (so picklable, for DDP spawn)."""
+    name = f"Tiny_{package.replace('.', '_')}"
+    cls = globals().get(name)
+    if cls is None:
+        cls = type(make_module(importlib.import_module(package)))
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__ = name
+        globals()[name] = cls
+    return cls()
+
+
+def __getattr__(name: str) -> Any:
+    # Unpickling in a spawned DDP process looks the class up before anything made it.
+    for package in PACKAGES:
+        if name == f"Tiny_{package.replace('.', '_')}":
+            return type(ddp_module(package))
+    raise AttributeError(name)

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).parent))
 from _recorder_helpers import (
     PACKAGES,
+    ddp_module,
     import_pl,
     make_loader,
     make_module,
@@ -404,3 +405,34 @@ def test_split_metrics_turns_tensors_into_floats() -> None:
     out = split_metrics({"val_loss": torch.tensor(0.25)})
     assert out["val"] == {"loss": 0.25}
     assert type(out["val"]["loss"]) is float
+
+
+@pytest.mark.slow
+def test_under_ddp_only_rank_zero_writes_unless_per_rank(tmp_path: Path) -> None:
+    """A 2-process DDP (spawn, gloo, CPU) fit writes one set of messages, or one file per rank with per_rank."""
+    pl = import_pl("lightning.pytorch")
+    single = RecorderCallback(tmp_path, "single")
+    per_rank = RecorderCallback(tmp_path, "ranked", per_rank=True)
+    trainer = make_trainer(
+        pl,
+        callbacks=[single, per_rank],
+        logger=JsonlLogger(tmp_path, "single"),
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=2,
+    )
+    trainer.fit(ddp_module("lightning.pytorch"), make_loader(), make_loader())
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [
+        "ranked.rank0.jsonl",
+        "ranked.rank1.jsonl",
+        "single.jsonl",
+    ]
+    types = kinds(read_messages(tmp_path / "single.jsonl"))
+    assert types.count("training_start") == 1
+    assert types.count("hparams") == 1
+    assert types.count("epoch_end:train") == 2 and types.count("epoch_end:val") == 2
+    assert types[-2:] == ["training_end", "status"]
+    for rank in (0, 1):
+        ranked = kinds(read_messages(tmp_path / f"ranked.rank{rank}.jsonl"))
+        assert ranked[0] == "training_start" and ranked[-2:] == ["training_end", "status"]
+        assert ranked.count("epoch_end:train") == 2
