@@ -7,21 +7,21 @@ can write any size of log in bounded memory.
 
 The metrics table (one row per numeric value of a message's ``data``):
 
-========== ======================= =====================================================
-column     dtype (pandas)          meaning
-========== ======================= =====================================================
-experiment_id  str                 the run file's stem
-seq        int64                   0-based index of the line in its file (every line counts)
-timestamp  datetime64[us, UTC]     the message's timestamp (NaT when missing or unparsable)
-type       str                     the message type
-phase      str                     ``data.phase`` (``train``, ``val``, ...) when it is a string
-epoch      Int64                   ``data.epoch``, else ``data.local_epoch``, else the same in ``data.metrics``
-step       Int64                   ``data.step``, else ``data.metrics.step``
-round      Int64                   ``data.round``, else ``data.round_num``, else the same in ``data.metrics``
-client_id  str                     ``data.client_id`` as text (names, or integers of any size)
-metric     str                     the dotted path of the value (naming rules below)
-value      float64                 the value; ``NaN``, ``inf`` and ``-inf`` are kept
-========== ======================= =====================================================
+============= =================== ============================================================================
+column        dtype (pandas)      meaning
+============= =================== ============================================================================
+experiment_id str                 the run file's stem
+seq           int64               0-based index of the line in its file (every line counts)
+timestamp     datetime64[us, UTC] the message's timestamp (NaT when missing or unparsable)
+type          str                 the message type
+phase         str                 ``data.phase`` (``train``, ``val``, ...) when it is a string
+epoch         Int64               ``data.epoch``, else ``data.local_epoch``, else the same in ``data.metrics``
+step          Int64               ``data.step``, else ``data.metrics.step``
+round         Int64               ``data.round``, else ``data.round_num``, else the same in ``data.metrics``
+client_id     str                 ``data.client_id`` as text (names, or integers of any size)
+metric        str                 the dotted path of the value (naming rules below)
+value         float64             the value; ``NaN``, ``inf`` and ``-inf`` are kept
+============= =================== ============================================================================
 
 Naming rules for ``metric``:
 
