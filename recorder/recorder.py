@@ -163,7 +163,9 @@ class MetricsRecorder:
         self._warned = False
         self._torn = False  # a line was cut off by a failed write: start the next on a new line
         self._finalizer: weakref.finalize | None = None
-        self._plain = False  # the hot path applies: open, no fsync, nothing torn
+        # The descriptor while the hot path applies (open, no fsync, nothing
+        # torn), else -1: one attribute to test under the lock.
+        self._fast_fd = -1
         _live.add(self)
         if self.enabled:
             self._open()
@@ -202,7 +204,7 @@ class MetricsRecorder:
             if self._closed:
                 return
             self._closed = True
-            self._plain = False
+            self._fast_fd = -1
             if self._finalizer is not None:
                 self._finalizer()  # closes the descriptor exactly once
                 self._finalizer = None
@@ -288,10 +290,11 @@ class MetricsRecorder:
             lock = self._lock
             lock.acquire()  # acquire/release: half the cost of ``with``
             try:
-                if not self._plain:  # closed, torn, fsync'ing or disabled
+                fd = self._fast_fd
+                if fd < 0:  # closed, torn, fsync'ing or disabled
                     return self._careful(line)
                 try:
-                    written = _os_write(self._fd, line)  # type: ignore[arg-type]
+                    written = _os_write(fd, line)
                 except OSError as exc:
                     self._lose(f"cannot write {self.path} ({_describe(exc)})")
                     return False
@@ -358,13 +361,8 @@ class MetricsRecorder:
         return True
 
     def _update_plain(self) -> None:
-        self._plain = (
-            self.enabled
-            and self._fd is not None
-            and not self._fsync
-            and not self._torn
-            and not self._closed
-        )
+        plain = self.enabled and not (self._fsync or self._torn or self._closed)
+        self._fast_fd = self._fd if plain and self._fd is not None else -1
 
     def _write_rest(self, fd: int, line: bytes, written: int) -> None:
         # A short write (a signal, RLIMIT_FSIZE, a nearly full disk): finish the
