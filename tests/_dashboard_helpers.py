@@ -61,7 +61,10 @@ def serve_command() -> list[str]:
     global _serve_command
     if _serve_command is None:
         probe = subprocess.run(
-            [sys.executable, "-m", "tailer", "serve", "--help"], cwd=ROOT, capture_output=True, timeout=60
+            [sys.executable, "-m", "tailer", "serve", "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
         )
         if probe.returncode == 0:
             _serve_command = [sys.executable, "-m", "tailer", "serve"]
@@ -99,13 +102,20 @@ class Server:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        wait_until(self._healthy, timeout=20, message=f"tailer serve on port {self.port} (log {self.log})")
+        wait_until(
+            self._healthy, timeout=20, message=f"tailer serve on port {self.port} (log {self.log})"
+        )
         return self
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"tailer serve exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+            raise AssertionError(
+                f"tailer serve exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
+        ):
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             return s.recv(64).startswith(b"HTTP/1.1 200")
         return False
@@ -197,8 +207,16 @@ def chart_points(page) -> dict[str, dict[str, tuple[int, int]]]:
 PHASES = ["train", "training", "val", "valid", "validation", "test", "predict"]
 ALIASES = {"training": "train", "valid": "val", "validation": "val"}
 INDEX_KEYS = {
-    "epoch", "step", "round", "round_num", "total_epochs", "total_rounds",
-    "batch_idx", "local_epoch", "client_id", "num_examples",
+    "epoch",
+    "step",
+    "round",
+    "round_num",
+    "total_epochs",
+    "total_rounds",
+    "batch_idx",
+    "local_epoch",
+    "client_id",
+    "num_examples",
 }
 
 
@@ -218,7 +236,9 @@ def read_messages(path: Path) -> list[dict]:
 
 def _numeric(value) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in (
-        "NaN", "Infinity", "-Infinity",
+        "NaN",
+        "Infinity",
+        "-Infinity",
     )
 
 
@@ -332,20 +352,34 @@ def ts(i: int) -> str:
 def write_centralized(path: Path, epochs: int = 4, batches_per_epoch: int = 5) -> None:
     i = 0
     lines = [
-        encode_message("training_mode", {"is_federated": False, "num_rounds": 0, "num_clients": 0}, timestamp=ts(i)),
-        encode_message("training_start", {"run_id": path.stem, "max_epochs": epochs}, timestamp=ts(i)),
+        encode_message(
+            "training_mode",
+            {"is_federated": False, "num_rounds": 0, "num_clients": 0},
+            timestamp=ts(i),
+        ),
+        encode_message(
+            "training_start", {"run_id": path.stem, "max_epochs": epochs}, timestamp=ts(i)
+        ),
         encode_message("status", {"status": "running", "message": "training"}, timestamp=ts(i)),
     ]
     step = 0
     for epoch in range(epochs):
         i += 1
-        lines.append(encode_message("epoch_start", {"epoch": epoch, "total_epochs": epochs}, timestamp=ts(i)))
+        lines.append(
+            encode_message("epoch_start", {"epoch": epoch, "total_epochs": epochs}, timestamp=ts(i))
+        )
         for b in range(batches_per_epoch):
             step += 1
             lines.append(
                 encode_message(
                     "batch_metrics",
-                    {"step": step, "batch_idx": b, "loss": 2.0 / step, "accuracy": step / 100, "epoch": epoch},
+                    {
+                        "step": step,
+                        "batch_idx": b,
+                        "loss": 2.0 / step,
+                        "accuracy": step / 100,
+                        "epoch": epoch,
+                    },
                     timestamp=ts(i),
                 )
             )
@@ -353,25 +387,46 @@ def write_centralized(path: Path, epochs: int = 4, batches_per_epoch: int = 5) -
             lines.append(
                 encode_message(
                     "epoch_end",
-                    {"epoch": epoch, "phase": phase, "metrics": {f"{phase}_loss": 1.0 / (epoch + 1), f"{phase}_acc": 0.5 + epoch / 10}},
+                    {
+                        "epoch": epoch,
+                        "phase": phase,
+                        "metrics": {
+                            f"{phase}_loss": 1.0 / (epoch + 1),
+                            f"{phase}_acc": 0.5 + epoch / 10,
+                        },
+                    },
                     timestamp=ts(i),
                 )
             )
-    lines.append(encode_message("training_end", {"run_id": path.stem, "best_val_acc": 0.8}, timestamp=ts(i + 1)))
-    lines.append(encode_message("status", {"status": "completed", "message": "done"}, timestamp=ts(i + 1)))
+    lines.append(
+        encode_message(
+            "training_end", {"run_id": path.stem, "best_val_acc": 0.8}, timestamp=ts(i + 1)
+        )
+    )
+    lines.append(
+        encode_message("status", {"status": "completed", "message": "done"}, timestamp=ts(i + 1))
+    )
     path.write_bytes(b"".join(lines))
 
 
 def write_failed(path: Path) -> None:
     lines = [
         encode_message("training_start", {}, timestamp=ts(0)),
-        encode_message("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": "NaN"}}, timestamp=ts(1)),
+        encode_message(
+            "epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": "NaN"}}, timestamp=ts(1)
+        ),
         encode_message(
             "error",
-            {"error": "loss became NaN", "error_type": "FloatingPointError", "traceback": "Traceback (most recent call last):\n  File x\nFloatingPointError: loss became NaN"},
+            {
+                "error": "loss became NaN",
+                "error_type": "FloatingPointError",
+                "traceback": "Traceback (most recent call last):\n  File x\nFloatingPointError: loss became NaN",
+            },
             timestamp=ts(2),
         ),
-        encode_message("status", {"status": "failed", "message": "loss became NaN"}, timestamp=ts(2)),
+        encode_message(
+            "status", {"status": "failed", "message": "loss became NaN"}, timestamp=ts(2)
+        ),
     ]
     path.write_bytes(b"".join(lines))
 
@@ -379,23 +434,76 @@ def write_failed(path: Path) -> None:
 def write_running(path: Path, epochs: int = 2) -> None:
     lines = [encode_message("training_start", {}, timestamp=ts(0))]
     for epoch in range(epochs):
-        lines.append(encode_message("epoch_end", {"epoch": epoch, "phase": "train", "metrics": {"loss": 1.0 / (epoch + 1)}}, timestamp=ts(epoch + 1)))
+        lines.append(
+            encode_message(
+                "epoch_end",
+                {"epoch": epoch, "phase": "train", "metrics": {"loss": 1.0 / (epoch + 1)}},
+                timestamp=ts(epoch + 1),
+            )
+        )
     path.write_bytes(b"".join(lines))
 
 
 def write_federated(path: Path, rounds: int = 3, clients: int = 2) -> None:
     lines = [
-        encode_message("training_mode", {"is_federated": True, "num_rounds": rounds, "num_clients": clients}, timestamp=ts(0)),
+        encode_message(
+            "training_mode",
+            {"is_federated": True, "num_rounds": rounds, "num_clients": clients},
+            timestamp=ts(0),
+        ),
         encode_message("training_start", {}, timestamp=ts(0)),
     ]
     for r in range(1, rounds + 1):
-        lines.append(encode_message("round_start", {"round": r, "total_rounds": rounds}, timestamp=ts(r)))
+        lines.append(
+            encode_message("round_start", {"round": r, "total_rounds": rounds}, timestamp=ts(r))
+        )
         for c in range(clients):
             cid = str(18446744073709551000 + c)
-            lines.append(encode_message("local_epoch", {"client_id": cid, "round": r, "local_epoch": 0, "metrics": {"loss": 1 / r + c / 10}}, timestamp=ts(r)))
-            lines.append(encode_message("client_complete", {"round": r, "client_id": cid, "metrics": {"train_loss": 1 / r + c / 10}, "num_examples": 100}, timestamp=ts(r)))
-        lines.append(encode_message("round_end", {"round": r, "total_rounds": rounds, "fit_metrics": {"loss": 1 / r}, "eval_metrics": {"loss": 1.1 / r, "accuracy": r / 4}}, timestamp=ts(r)))
-        lines.append(encode_message("round_metrics", {"round": r, "total_rounds": rounds, "metrics": {"accuracy": r / 5}}, timestamp=ts(r)))
+            lines.append(
+                encode_message(
+                    "local_epoch",
+                    {
+                        "client_id": cid,
+                        "round": r,
+                        "local_epoch": 0,
+                        "metrics": {"loss": 1 / r + c / 10},
+                    },
+                    timestamp=ts(r),
+                )
+            )
+            lines.append(
+                encode_message(
+                    "client_complete",
+                    {
+                        "round": r,
+                        "client_id": cid,
+                        "metrics": {"train_loss": 1 / r + c / 10},
+                        "num_examples": 100,
+                    },
+                    timestamp=ts(r),
+                )
+            )
+        lines.append(
+            encode_message(
+                "round_end",
+                {
+                    "round": r,
+                    "total_rounds": rounds,
+                    "fit_metrics": {"loss": 1 / r},
+                    "eval_metrics": {"loss": 1.1 / r, "accuracy": r / 4},
+                },
+                timestamp=ts(r),
+            )
+        )
+        lines.append(
+            encode_message(
+                "round_metrics",
+                {"round": r, "total_rounds": rounds, "metrics": {"accuracy": r / 5}},
+                timestamp=ts(r),
+            )
+        )
     lines.append(encode_message("training_end", {}, timestamp=ts(rounds + 1)))
-    lines.append(encode_message("status", {"status": "completed", "message": ""}, timestamp=ts(rounds + 1)))
+    lines.append(
+        encode_message("status", {"status": "completed", "message": ""}, timestamp=ts(rounds + 1))
+    )
     path.write_bytes(b"".join(lines))

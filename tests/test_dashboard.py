@@ -56,7 +56,9 @@ def page_factory(browser):
     contexts = []
 
     def make(*, width=1280, height=900, scheme="light", allowed=()):
-        context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, color_scheme=scheme
+        )
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(15000)
@@ -88,13 +90,11 @@ def _kind(path: Path) -> str:
     return "other"
 
 
-@pytest.fixture
-def runs_dir(tmp_path) -> Path:
-    """A temp copy of sample_runs/ (fixture runs made on the spot while it has none)."""
-    directory = tmp_path / "runs"
+def _make_runs(directory: Path) -> Path:
+    """A copy of sample_runs/ in `directory` (fixture runs made on the spot for kinds it lacks)."""
     copies = copy_samples(directory)
     kinds = {_kind(p) for p in copies}
-    if not copies:
+    if "centralized" not in kinds:
         write_centralized(directory / "digits-centralized.jsonl", epochs=5, batches_per_epoch=12)
     if "federated" not in kinds:
         write_federated(directory / "federated-digits.jsonl")
@@ -103,6 +103,20 @@ def runs_dir(tmp_path) -> Path:
     if "running" not in kinds:
         write_running(directory / "still-running.jsonl")
     return directory
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    """A temp copy of the sample runs that the test may change."""
+    return _make_runs(tmp_path / "runs")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """(directory, server): one read-only copy of the sample runs and its `tailer serve`."""
+    directory = _make_runs(tmp_path_factory.mktemp("shared") / "runs")
+    with serving(directory) as server:
+        yield directory, server
 
 
 def _find(directory: Path, kind: str) -> Path:
@@ -152,97 +166,106 @@ def _append(path: Path, *messages: bytes) -> None:
 # ---------------------------------------------------------------- tests
 
 
-def test_runs_list_shows_every_run_with_status_and_count(runs_dir, page_factory):
+def test_runs_list_shows_every_run_with_status_and_count(shared, page_factory):
     """The list shows every run in the directory with its status, message count and a failed run's error."""
+    runs_dir, server = shared
     page, console = page_factory()
-    with serving(runs_dir) as server:
-        page.goto(server.page_url())
-        files = sorted(runs_dir.glob("*.jsonl"))
-        expected = {
-            p.stem: (_expected_status(p), len(read_messages(p))) for p in files
-        }
+    page.goto(server.page_url())
+    files = sorted(runs_dir.glob("*.jsonl"))
+    expected = {p.stem: (_expected_status(p), len(read_messages(p))) for p in files}
 
-        def listed():
-            return {r["id"]: (r["status"], r["messages"]) for r in runs_state(page)}
+    def listed():
+        return {r["id"]: (r["status"], r["messages"]) for r in runs_state(page)}
 
-        wait_until(lambda: listed() == expected, message=f"runs list {expected}")
-        # What the person sees, not only the page's state.
-        for experiment_id, (status, count) in expected.items():
-            item = page.locator(f'li.run-item[data-id="{experiment_id}"]')
-            assert item.locator(".badge").inner_text() == status
-            assert f"{count:,} message" in item.locator(".run-sub").inner_text()
-        failed = _find(runs_dir, "failed")
-        errors = [m for m in read_messages(failed) if m["type"] == "error"]
-        want = str(errors[-1]["data"]["error"])
-        item = page.locator(f'li.run-item[data-id="{failed.stem}"] .run-error')
-        wait_until(lambda: item.inner_text() == want, message="failed run's error in the list")
-        assert page.locator("#conn").get_attribute("data-state") == "connected"
-        screenshot(page, "list-light")
+    wait_until(lambda: listed() == expected, message=f"runs list {expected}")
+    # What the person sees, not only the page's state.
+    for experiment_id, (status, count) in expected.items():
+        item = page.locator(f'li.run-item[data-id="{experiment_id}"]')
+        assert item.locator(".badge").inner_text() == status
+        assert f"{count:,} message" in item.locator(".run-sub").inner_text()
+    failed = _find(runs_dir, "failed")
+    errors = [m for m in read_messages(failed) if m["type"] == "error"]
+    want = str(errors[-1]["data"]["error"])
+    item = page.locator(f'li.run-item[data-id="{failed.stem}"] .run-error')
+    wait_until(lambda: item.inner_text() == want, message="failed run's error in the list")
+    assert page.locator("#conn").get_attribute("data-state") == "connected"
+    screenshot(page, "list-light")
     console.check()
 
 
-def test_centralized_run_draws_each_metric_and_phase(runs_dir, page_factory):
+def test_centralized_run_draws_each_metric_and_phase(shared, page_factory):
     """Opening the centralized run draws one line per metric and phase with every point."""
+    runs_dir, server = shared
     page, console = page_factory()
     run = _find(runs_dir, "centralized")
-    expected = {**expected_epoch_charts(run), **expected_batch_charts(run), **expected_logged_charts(run)}
+    expected = {
+        **expected_epoch_charts(run),
+        **expected_batch_charts(run),
+        **expected_logged_charts(run),
+    }
     assert expected, f"{run} has no epoch or batch metrics"
-    with serving(runs_dir) as server:
-        _open_run(page, server, run.stem)
-        _wait_charts(page, expected)
-        state = view_state(page)
-        assert state["live"]["messages"] == len(read_messages(run))
-        # Each expected epoch chart has exactly the expected lines (train/val/test as separate lines).
-        for chart, traces in expected.items():
-            assert set(state["charts"][chart]["traces"]) >= set(traces)
-        epoch_charts = [c for c in state["charts"] if c.startswith("epoch:")]
-        assert sorted(epoch_charts) == sorted(c for c in expected if c.startswith("epoch:"))
-        assert page.locator("#run-status").inner_text() == _expected_status(run)
-        screenshot(page, "run-centralized-light")
+    _open_run(page, server, run.stem)
+    _wait_charts(page, expected)
+    state = view_state(page)
+    assert state["live"]["messages"] == len(read_messages(run))
+    # Each expected epoch chart has exactly the expected lines (train/val/test as separate lines).
+    for chart, traces in expected.items():
+        assert set(state["charts"][chart]["traces"]) >= set(traces)
+    epoch_charts = [c for c in state["charts"] if c.startswith("epoch:")]
+    assert sorted(epoch_charts) == sorted(c for c in expected if c.startswith("epoch:"))
+    assert page.locator("#run-status").inner_text() == _expected_status(run)
+    screenshot(page, "run-centralized-light")
     console.check()
 
 
-def test_federated_run_draws_rounds_and_clients(runs_dir, page_factory):
+def test_federated_run_draws_rounds_and_clients(shared, page_factory):
     """A federated run shows fit, eval and server metrics per round and one line per client."""
+    runs_dir, server = shared
     page, console = page_factory(scheme="dark")
     run = _find(runs_dir, "federated")
     messages = read_messages(run)
     expected = expected_round_charts(run)
     assert expected, f"{run} has no round metrics"
-    clients = {str(m["data"]["client_id"]) for m in messages if m["type"] == "client_complete" and m["data"].get("metrics")}
-    with serving(runs_dir) as server:
-        _open_run(page, server, run.stem)
-        _wait_charts(page, expected)
-        wait_until(lambda: view_state(page)["live"]["messages"] == len(messages), message="history")
-        charts = view_state(page)["charts"]
-        assert sorted(c for c in charts if c.startswith("round:")) == sorted(expected)
-        per_client = [c for cid, c in charts.items() if cid.startswith("client:round:")]
-        assert per_client, charts.keys()
-        for chart in per_client:
-            assert {t.removeprefix("client ") for t in chart["traces"]} == clients
-        assert "federated" in page.locator("#run-meta").inner_text()
-        screenshot(page, "run-federated-dark")
+    clients = {
+        str(m["data"]["client_id"])
+        for m in messages
+        if m["type"] == "client_complete" and m["data"].get("metrics")
+    }
+    _open_run(page, server, run.stem)
+    _wait_charts(page, expected)
+    wait_until(lambda: view_state(page)["live"]["messages"] == len(messages), message="history")
+    charts = view_state(page)["charts"]
+    assert sorted(c for c in charts if c.startswith("round:")) == sorted(expected)
+    per_client = [c for cid, c in charts.items() if cid.startswith("client:round:")]
+    assert per_client, charts.keys()
+    for chart in per_client:
+        assert {t.removeprefix("client ") for t in chart["traces"]} == clients
+    assert "federated" in page.locator("#run-meta").inner_text()
+    screenshot(page, "run-federated-dark")
     console.check()
 
 
-def test_failed_run_shows_error_and_traceback(runs_dir, page_factory):
+def test_failed_run_shows_error_and_traceback(shared, page_factory):
     """A failed run shows its error up top, with the traceback collapsible, and in its timeline."""
+    runs_dir, server = shared
     page, console = page_factory()
     run = _find(runs_dir, "failed")
     error = [m for m in read_messages(run) if m["type"] == "error"][-1]["data"]
-    with serving(runs_dir) as server:
-        _open_run(page, server, run.stem)
-        banner = page.locator("#run-error")
-        banner.wait_for(state="visible")
-        assert str(error["error"]) in banner.inner_text()
-        if error.get("traceback"):
-            details = page.locator("#run-error-traceback")
-            assert details.is_visible()
-            assert not page.locator("#run-error-traceback pre").is_visible()  # collapsed
-            details.locator("summary").click()
-            assert page.locator("#run-error-traceback pre").inner_text().strip() == str(error["traceback"]).strip()
-        assert page.locator("#timeline .event-error").count() >= 1
-        screenshot(page, "run-failed-light")
+    _open_run(page, server, run.stem)
+    banner = page.locator("#run-error")
+    banner.wait_for(state="visible")
+    assert str(error["error"]) in banner.inner_text()
+    if error.get("traceback"):
+        details = page.locator("#run-error-traceback")
+        assert details.is_visible()
+        assert not page.locator("#run-error-traceback pre").is_visible()  # collapsed
+        details.locator("summary").click()
+        assert (
+            page.locator("#run-error-traceback pre").inner_text().strip()
+            == str(error["traceback"]).strip()
+        )
+    assert page.locator("#timeline .event-error").count() >= 1
+    screenshot(page, "run-failed-light")
     console.check()
 
 
@@ -256,10 +279,18 @@ def test_appended_lines_appear_live(runs_dir, page_factory):
         wait_until(lambda: view_state(page)["live"]["messages"] == n, message="history")
         before = chart_points(page).get("epoch:live_metric", {}).get("train", (0, 0))[0]
         for k in range(3):
-            _append(run, encode_message("epoch_end", {"epoch": 100 + k, "phase": "train", "metrics": {"live_metric": k / 3}}))
+            _append(
+                run,
+                encode_message(
+                    "epoch_end",
+                    {"epoch": 100 + k, "phase": "train", "metrics": {"live_metric": k / 3}},
+                ),
+            )
             want = before + k + 1
             wait_until(
-                lambda want=want: chart_points(page).get("epoch:live_metric", {}).get("train") == (want, want),
+                lambda want=want: (
+                    chart_points(page).get("epoch:live_metric", {}).get("train") == (want, want)
+                ),
                 timeout=2.0,
                 message=f"{want} live points",
             )
@@ -270,16 +301,24 @@ def test_appended_lines_appear_live(runs_dir, page_factory):
         )
         # A new run appears in the list on its own, with its status.
         new = runs_dir / "brand-new-run.jsonl"
-        new.write_bytes(encode_message("training_start", {}) + encode_message("status", {"status": "running"}))
+        new.write_bytes(
+            encode_message("training_start", {}) + encode_message("status", {"status": "running"})
+        )
         wait_until(
-            lambda: {r["id"]: (r["status"], r["messages"]) for r in runs_state(page)}.get("brand-new-run")
-            == ("running", 2),
+            lambda: (
+                {r["id"]: (r["status"], r["messages"]) for r in runs_state(page)}.get(
+                    "brand-new-run"
+                )
+                == ("running", 2)
+            ),
             timeout=5.0,
             message="new run in the list",
         )
         _append(new, encode_message("training_end", {}))
         wait_until(
-            lambda: {r["id"]: r["status"] for r in runs_state(page)}.get("brand-new-run") == "completed",
+            lambda: (
+                {r["id"]: r["status"] for r in runs_state(page)}.get("brand-new-run") == "completed"
+            ),
             timeout=5.0,
             message="run finishing",
         )
@@ -292,7 +331,10 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
     run = _find(runs_dir, "running")
 
     def metric(k):
-        return encode_message("batch_metrics", {"step": 10_000 + k, "batch_idx": k, "restart_probe": 1 / (k + 1), "epoch": 0})
+        return encode_message(
+            "batch_metrics",
+            {"step": 10_000 + k, "batch_idx": k, "restart_probe": 1 / (k + 1), "epoch": 0},
+        )
 
     sockets: list[str] = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
@@ -300,7 +342,12 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
     try:
         _open_run(page, server, run.stem)
         _append(run, *(metric(k) for k in range(50)))
-        wait_until(lambda: chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (50, 50), message="first 50")
+        wait_until(
+            lambda: (
+                chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (50, 50)
+            ),
+            message="first 50",
+        )
         last_seq = view_state(page)["live"]["lastSeq"]
         server.kill()
         wait_until(
@@ -311,8 +358,18 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
         _append(run, *(metric(k) for k in range(50, 80)))  # written while the server is down
         server.start()
         _append(run, *(metric(k) for k in range(80, 100)))
-        wait_until(lambda: page.evaluate("window.__runtail.connection()") == "connected", timeout=20, message="reconnected")
-        wait_until(lambda: chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (100, 100), timeout=10, message="100 points")
+        wait_until(
+            lambda: page.evaluate("window.__runtail.connection()") == "connected",
+            timeout=20,
+            message="reconnected",
+        )
+        wait_until(
+            lambda: (
+                chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (100, 100)
+            ),
+            timeout=10,
+            message="100 points",
+        )
         time.sleep(0.5)  # anything duplicated would land now
         state = view_state(page)
         assert chart_points(page)["batch:restart_probe"]["restart_probe"] == (100, 100)
@@ -325,7 +382,10 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
         assert any(f"/experiments/{run.stem}?since={last_seq}" in u for u in sockets), sockets
         # The runs list caught up too.
         wait_until(
-            lambda: {r["id"]: r["messages"] for r in runs_state(page)}.get(run.stem) == len(read_messages(run)),
+            lambda: (
+                {r["id"]: r["messages"] for r in runs_state(page)}.get(run.stem)
+                == len(read_messages(run))
+            ),
             message="list count after the restart",
         )
     finally:
@@ -333,26 +393,27 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
     console.check()
 
 
-def test_replay_at_max_speed_ends_with_full_chart(runs_dir, page_factory):
+def test_replay_at_max_speed_ends_with_full_chart(shared, page_factory):
     """Replay at max speed redraws the finished run from nothing and ends with every point."""
+    runs_dir, server = shared
     page, console = page_factory()
     run = _find(runs_dir, "centralized")
     expected = {**expected_epoch_charts(run), **expected_batch_charts(run)}
-    with serving(runs_dir) as server:
-        _open_run(page, server, run.stem)
-        _wait_charts(page, expected)
-        page.select_option("#replay-speed", "0")
-        page.click("#replay-play")
-        wait_until(lambda: view_state(page)["replay"] == "finished", timeout=20, message="replay end")
-        _wait_charts(page, expected)
-        assert view_state(page)["shown"]["messages"] == len(read_messages(run))
-        assert "finished" in page.locator("#replay-state").inner_text()
-        page.click("#replay-stop")
-        wait_until(lambda: view_state(page)["replay"] is None, message="back to live")
-        _wait_charts(page, expected)
+    _open_run(page, server, run.stem)
+    _wait_charts(page, expected)
+    page.select_option("#replay-speed", "0")
+    page.click("#replay-play")
+    wait_until(lambda: view_state(page)["replay"] == "finished", timeout=20, message="replay end")
+    _wait_charts(page, expected)
+    assert view_state(page)["shown"]["messages"] == len(read_messages(run))
+    assert "finished" in page.locator("#replay-state").inner_text()
+    page.click("#replay-stop")
+    wait_until(lambda: view_state(page)["replay"] is None, message="back to live")
+    _wait_charts(page, expected)
     console.check()
 
 
+@pytest.mark.slow
 def test_replay_pause_and_stop(tmp_path, page_factory):
     """A paused replay holds the charts still while frames buffer; resume continues; stop returns to live."""
     page, console = page_factory()
@@ -362,15 +423,27 @@ def test_replay_pause_and_stop(tmp_path, page_factory):
     # 60 batch points one second apart: 6 s at 10x.
     lines = [encode_message("training_start", {}, timestamp="2025-10-22T11:00:00.000Z")]
     for k in range(60):
-        lines.append(encode_message("batch_metrics", {"step": k, "loss": 1 / (k + 1)}, timestamp=f"2025-10-22T11:01:{k:02d}.000Z"))
+        lines.append(
+            encode_message(
+                "batch_metrics",
+                {"step": k, "loss": 1 / (k + 1)},
+                timestamp=f"2025-10-22T11:01:{k:02d}.000Z",
+            )
+        )
     lines.append(encode_message("training_end", {}, timestamp="2025-10-22T11:02:00.000Z"))
     run.write_bytes(b"".join(lines))
     with serving(directory) as server:
         _open_run(page, server, run.stem)
-        wait_until(lambda: chart_points(page).get("batch:loss", {}).get("loss") == (60, 60), message="live")
+        wait_until(
+            lambda: chart_points(page).get("batch:loss", {}).get("loss") == (60, 60), message="live"
+        )
         page.select_option("#replay-speed", "10")
         page.click("#replay-play")
-        wait_until(lambda: 3 <= view_state(page)["shown"]["messages"] < 40, timeout=10, message="replay under way")
+        wait_until(
+            lambda: 3 <= view_state(page)["shown"]["messages"] < 40,
+            timeout=10,
+            message="replay under way",
+        )
         page.click("#replay-pause")
         assert page.locator("#replay-pause").get_attribute("aria-pressed") == "true"
         assert page.locator("#replay-pause").inner_text() == "Resume"
@@ -382,7 +455,10 @@ def test_replay_pause_and_stop(tmp_path, page_factory):
         wait_until(lambda: view_state(page)["shown"]["messages"] > held, message="resumed")
         page.click("#replay-stop")
         wait_until(lambda: view_state(page)["replay"] is None, message="stopped")
-        assert chart_points(page)["batch:loss"]["loss"] == (60, 60)
+        wait_until(
+            lambda: chart_points(page).get("batch:loss", {}).get("loss") == (60, 60),
+            message="live again",
+        )
     console.check()
 
 
@@ -392,14 +468,19 @@ def test_log_reset_drops_the_run_and_starts_again(runs_dir, page_factory):
     run = _find(runs_dir, "centralized")
     with serving(runs_dir) as server:
         _open_run(page, server, run.stem)
-        wait_until(lambda: view_state(page)["live"]["messages"] == len(read_messages(run)), message="history")
+        wait_until(
+            lambda: view_state(page)["live"]["messages"] == len(read_messages(run)),
+            message="history",
+        )
         fresh = runs_dir / "fresh.tmp"
         write_running(fresh, epochs=3)
         shutil.move(fresh, run)  # replaced, as a rerun with the same id would
         wait_until(
-            lambda: view_state(page)["live"]["messages"] == 4
-            and chart_points(page).get("epoch:loss") == {"train": (3, 3)}
-            and len(chart_points(page)) == 1,
+            lambda: (
+                view_state(page)["live"]["messages"] == 4
+                and chart_points(page).get("epoch:loss") == {"train": (3, 3)}
+                and len(chart_points(page)) == 1
+            ),
             timeout=10,
             message="reset to the new content",
         )
@@ -417,8 +498,13 @@ def test_token_is_carried_to_every_request(runs_dir, page_factory):
     run = _find(runs_dir, "centralized")
     with serving(runs_dir, token=token) as server:
         _open_run(page, server, run.stem)
-        wait_until(lambda: view_state(page)["live"]["messages"] == len(read_messages(run)), message="history")
-        wait_until(lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list")
+        wait_until(
+            lambda: view_state(page)["live"]["messages"] == len(read_messages(run)),
+            message="history",
+        )
+        wait_until(
+            lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list"
+        )
         ours = [u for u in requests if u.startswith(server.url)]
         assert ours and all(f"token={token}" in u for u in ours), ours
         assert sockets and all(f"token={token}" in u for u in sockets), sockets
@@ -434,52 +520,52 @@ def test_token_is_carried_to_every_request(runs_dir, page_factory):
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("width", [1280, 390])
-def test_layout_fits_and_follows_colour_scheme(runs_dir, page_factory, scheme, width):
+def test_layout_fits_and_follows_colour_scheme(shared, page_factory, scheme, width):
     """Light and dark, desktop and phone: nothing overflows sideways and charts take the page's colours."""
+    runs_dir, server = shared
     page, console = page_factory(width=width, scheme=scheme)
     run = _find(runs_dir, "centralized")
-    with serving(runs_dir) as server:
-        page.goto(server.page_url())
-        wait_until(lambda: len(runs_state(page)) > 0, message="list")
-        screenshot(page, f"list-{scheme}-{width}")
-        _open_run(page, server, run.stem)
-        wait_until(lambda: view_state(page)["charts"], message="charts")
-        page.wait_for_function("() => document.querySelector('.plot .main-svg')")
-        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, f"page scrolls sideways by {overflow}px"
-        # Every plot fits its card (cards narrow as neighbours arrive; plots must follow).
-        wait_until(
-            lambda: page.evaluate(
-                """() => [...document.querySelectorAll('.plot')].every(
-                    (p) => p._fullLayout && p._fullLayout.width <= p.clientWidth + 1)"""
-            ),
-            message="plots sized to their cards",
-        )
-        colours = page.evaluate(
-            """() => {
-                const css = getComputedStyle(document.documentElement);
-                const plot = document.querySelector('.plot');
-                return {fg: css.getPropertyValue('--fg').trim(), font: plot._fullLayout.font.color,
-                        bg: getComputedStyle(document.body).backgroundColor};
-            }"""
-        )
-        assert colours["font"].lower() == colours["fg"].lower()
-        dark_bg = colours["bg"] in ("rgb(15, 19, 24)",)
-        assert dark_bg == (scheme == "dark"), colours
-        if width < 700:  # phone: the list gives way to the run, with a way back
-            assert not page.locator("#runs-pane").is_visible()
-            assert page.locator(".back").is_visible()
-        else:
-            assert page.locator("#runs-pane").is_visible()
-        # Every control has an accessible name and is reachable with the keyboard.
-        unnamed = page.evaluate(
-            """() => [...document.querySelectorAll('button, select, input')].filter(e => {
-                const label = e.labels && e.labels.length ? e.labels[0].textContent.trim() : '';
-                return !(label || e.getAttribute('aria-label') || e.textContent.trim());
-            }).map(e => e.id)"""
-        )
-        assert unnamed == []
-        screenshot(page, f"run-{scheme}-{width}")
+    page.goto(server.page_url())
+    wait_until(lambda: len(runs_state(page)) > 0, message="list")
+    screenshot(page, f"list-{scheme}-{width}")
+    _open_run(page, server, run.stem)
+    wait_until(lambda: view_state(page)["charts"], message="charts")
+    page.wait_for_function("() => document.querySelector('.plot .main-svg')")
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"page scrolls sideways by {overflow}px"
+    # Every plot fits its card (cards narrow as neighbours arrive; plots must follow).
+    wait_until(
+        lambda: page.evaluate(
+            """() => [...document.querySelectorAll('.plot')].every(
+                (p) => p._fullLayout && p._fullLayout.width <= p.clientWidth + 1)"""
+        ),
+        message="plots sized to their cards",
+    )
+    colours = page.evaluate(
+        """() => {
+            const css = getComputedStyle(document.documentElement);
+            const plot = document.querySelector('.plot');
+            return {fg: css.getPropertyValue('--fg').trim(), font: plot._fullLayout.font.color,
+                    bg: getComputedStyle(document.body).backgroundColor};
+        }"""
+    )
+    assert colours["font"].lower() == colours["fg"].lower()
+    dark_bg = colours["bg"] in ("rgb(15, 19, 24)",)
+    assert dark_bg == (scheme == "dark"), colours
+    if width < 700:  # phone: the list gives way to the run, with a way back
+        assert not page.locator("#runs-pane").is_visible()
+        assert page.locator(".back").is_visible()
+    else:
+        assert page.locator("#runs-pane").is_visible()
+    # Every control has an accessible name and is reachable with the keyboard.
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('button, select, input')].filter(e => {
+            const label = e.labels && e.labels.length ? e.labels[0].textContent.trim() : '';
+            return !(label || e.getAttribute('aria-label') || e.textContent.trim());
+        }).map(e => e.id)"""
+    )
+    assert unnamed == []
+    screenshot(page, f"run-{scheme}-{width}")
     console.check()
 
 
@@ -532,39 +618,48 @@ def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
     console.check()
 
 
-def test_keyboard_reaches_a_run_and_opens_it(runs_dir, page_factory):
+def test_keyboard_reaches_a_run_and_opens_it(shared, page_factory):
     """Tab reaches the runs' links and Enter opens the run at its own URL."""
+    runs_dir, server = shared
     page, console = page_factory()
     run = _find(runs_dir, "centralized")
-    with serving(runs_dir) as server:
-        page.goto(server.page_url())
-        wait_until(lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list")
-        target = f"#/runs/{run.stem}"
-        for _ in range(20):
-            page.keyboard.press("Tab")
-            if page.evaluate("() => document.activeElement.getAttribute('href')") == target:
-                break
-        else:
-            raise AssertionError("Tab never reached the run's link")
-        page.keyboard.press("Enter")
-        wait_until(lambda: (view_state(page) or {}).get("id") == run.stem, message="run opened")
-        assert page.url.endswith(target)
-        # The replay controls are reachable too.
-        page.focus("#replay-speed")
+    page.goto(server.page_url())
+    wait_until(lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list")
+    target = f"#/runs/{run.stem}"
+    for _ in range(20):
         page.keyboard.press("Tab")
-        assert page.evaluate("() => document.activeElement.id") == "replay-play"
+        if page.evaluate("() => document.activeElement.getAttribute('href')") == target:
+            break
+    else:
+        raise AssertionError("Tab never reached the run's link")
+    page.keyboard.press("Enter")
+    wait_until(lambda: (view_state(page) or {}).get("id") == run.stem, message="run opened")
+    assert page.url.endswith(target)
+    # The replay controls are reachable too.
+    page.focus("#replay-speed")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "replay-play"
     console.check()
 
 
+@pytest.mark.slow
 def test_link_to_a_run_not_there_yet_waits_for_it(runs_dir, page_factory):
     """A link to a run with no file says so without alarming, then opens the run when its file appears."""
     page, console = page_factory(allowed=(r"WebSocket connection to .* failed",))
     with serving(runs_dir) as server:
         page.goto(server.page_url("#/runs/not-started-yet"))
-        wait_until(lambda: "no run" in page.locator("#no-charts").inner_text().lower(), message="absent notice")
-        assert page.locator("#conn").get_attribute("data-state") == "connected"
+        wait_until(
+            lambda: "no run" in page.locator("#no-charts").inner_text().lower(),
+            message="absent notice",
+        )
+        wait_until(
+            lambda: page.locator("#conn").get_attribute("data-state") == "connected",
+            message="no alarm",
+        )
         (runs_dir / "not-started-yet.jsonl").write_bytes(
             encode_message("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}})
         )
-        wait_until(lambda: chart_points(page).get("epoch:loss") == {"train": (1, 1)}, message="run opened")
+        wait_until(
+            lambda: chart_points(page).get("epoch:loss") == {"train": (1, 1)}, message="run opened"
+        )
     console.check()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recorder.format import status_of
-from tests._dashboard_helpers import ConsoleWatch, launch, serving, wait_until
+from tests._dashboard_helpers import ConsoleWatch, launch, serving
 
 pytestmark = pytest.mark.browser
 
@@ -41,10 +41,27 @@ STATUS_MESSAGES = [
     {"type": "epoch_end", "data": {}},
     {"type": "status", "data": "not a dict"},
     {"type": "status", "data": {}},
-    *({"type": "status", "data": {"status": s}} for s in [
-        "completed", "failed", "running", "started", "starting", "training", "in_progress",
-        "error", "crashed", "finished", "done", "success", "paused", "COMPLETED", None, 3,
-    ]),
+    *(
+        {"type": "status", "data": {"status": s}}
+        for s in [
+            "completed",
+            "failed",
+            "running",
+            "started",
+            "starting",
+            "training",
+            "in_progress",
+            "error",
+            "crashed",
+            "finished",
+            "done",
+            "success",
+            "paused",
+            "COMPLETED",
+            None,
+            3,
+        ]
+    ),
 ]
 
 
@@ -55,7 +72,7 @@ def test_status_of_matches_the_recorder(page):
 
 
 def test_non_finite_values_are_kept_and_drawn_as_gaps(page):
-    """"NaN"/"Infinity"/"-Infinity" become points in the data, counted, and gaps on the chart."""
+    """ "NaN"/"Infinity"/"-Infinity" become points in the data, counted, and gaps on the chart."""
     result = page.evaluate(
         """() => {
             const model = new M.RunModel('x');
@@ -82,7 +99,11 @@ def test_duplicate_and_stale_seqs_are_ignored(page):
             return {applied, points: model.charts.get('batch:loss').points, lastSeq: model.lastSeq};
         }"""
     )
-    assert counts == {"applied": [True, True, True, False, False, True, False], "points": 4, "lastSeq": 3}
+    assert counts == {
+        "applied": [True, True, True, False, False, True, False],
+        "points": 4,
+        "lastSeq": 3,
+    }
 
 
 @pytest.mark.parametrize("n, buckets", [(10, 100), (100_000, 800), (12_345, 7)])
@@ -104,7 +125,7 @@ def test_decimate_keeps_every_extreme(page, n, buckets):
     assert len(result["x"]) <= 2 * buckets
     assert result["x"] == sorted(result["x"])  # still in order
     size = n / buckets
-    kept = dict(zip(result["x"], result["y"]))
+    kept = dict(zip(result["x"], result["y"], strict=True))
     for b in range(buckets):
         start, end = math.floor(b * size), math.floor((b + 1) * size)
         chunk = ys[start:end]
@@ -149,7 +170,11 @@ def test_failed_run_error_reaches_the_model(page):
         }""",
         [
             {"type": "training_start", "seq": 0, "data": {}},
-            {"type": "error", "seq": 1, "data": {"error": "boom", "error_type": "ValueError", "traceback": "Traceback..."}},
+            {
+                "type": "error",
+                "seq": 1,
+                "data": {"error": "boom", "error_type": "ValueError", "traceback": "Traceback..."},
+            },
             {"type": "status", "seq": 2, "data": {"status": "failed", "message": "boom"}},
         ],
     )

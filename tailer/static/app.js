@@ -297,7 +297,10 @@ function mergeExperiments(entries) {
     if (run.status === "failed" && !run.error && !run.errorFetched) fetchLastError(run);
   }
   for (const id of [...runs.keys()]) if (!seen.has(id)) runs.delete(id);
-  if (view && runs.has(view.id)) view.stream.kick();
+  if (view) {
+    if (runs.has(view.id)) view.stream.kick();
+    view.live.metaDirty = true; // its header reads the list (status, "no such run")
+  }
   listDirty = true;
   scheduleRender();
 }
