@@ -48,29 +48,9 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message
     raise AssertionError(f"timed out after {timeout} s: {message} (last value: {last!r})")
 
 
-_SERVE_DIRECT = (
-    "import argparse, sys; from tailer import serve; "
-    "p = argparse.ArgumentParser(prog='tailer serve'); serve.add_arguments(p); "
-    "sys.exit(serve.run(p.parse_args(sys.argv[1:])))"
-)
-_serve_command: list[str] | None = None
-
-
 def serve_command() -> list[str]:
-    """`python -m tailer serve`; the serve module directly while the CLI cannot load every command."""
-    global _serve_command
-    if _serve_command is None:
-        probe = subprocess.run(
-            [sys.executable, "-m", "tailer", "serve", "--help"],
-            cwd=ROOT,
-            capture_output=True,
-            timeout=60,
-        )
-        if probe.returncode == 0:
-            _serve_command = [sys.executable, "-m", "tailer", "serve"]
-        else:
-            _serve_command = [sys.executable, "-c", _SERVE_DIRECT]
-    return _serve_command
+    """The command a person runs: `python -m tailer serve`."""
+    return [sys.executable, "-m", "tailer", "serve"]
 
 
 class Server:
