@@ -228,6 +228,13 @@ def _utf8_safe(text: str) -> str:
     return text
 
 
+def _key_text(key: Any) -> str:
+    """A non-string key as JSON text: ``true``/``false``/``null`` like orjson, else ``str()``."""
+    if key is True or key is False or key is None:
+        return "true" if key else ("null" if key is None else "false")
+    return str(key)
+
+
 def _sanitise(value: Any, depth: int = 0) -> Any:
     """A pure-JSON copy of ``value``: non-finite floats as strings, keys as str."""
     if depth > 200:
@@ -242,7 +249,7 @@ def _sanitise(value: Any, depth: int = 0) -> Any:
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Mapping):
         return {
-            _utf8_safe(k if isinstance(k, str) else str(k)): _sanitise(v, depth + 1)
+            _utf8_safe(k if isinstance(k, str) else _key_text(k)): _sanitise(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple, set, frozenset)):

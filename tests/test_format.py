@@ -180,6 +180,8 @@ def test_awkward_keys_and_values_are_handled() -> None:
     assert parsed["big"] == 2**80
     assert parsed["set"] == [3]
     assert parsed["s?"] == "x?"
+    keys = strict_loads(encode_message("x", {None: 1, False: 2, 2.5: 3}, timestamp="t"))["data"]
+    assert keys == {"null": 1, "false": 2, "2.5": 3}  # as orjson's OPT_NON_STR_KEYS writes them
     assert parsed["dec"] == "1.5"
 
 
