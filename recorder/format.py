@@ -2,10 +2,13 @@
 
 This module is the only place that knows how a message becomes a line and a
 line becomes a message. :mod:`tailer` and :mod:`replay` import it; nothing
-re-implements it.
+re-implements it (:class:`recorder.MetricsRecorder` inlines
+:func:`encode_message` on its hot path; a property test keeps the two equal).
 
 A line is ``{"type": str, "timestamp": str, "data": object, ...}`` followed by
-exactly one ``\\n``. Timestamps are RFC 3339 UTC ending in ``Z``. Non-finite
+exactly one ``\\n``. Timestamps are RFC 3339 UTC ending in ``Z``, recorded to
+the millisecond as the setup runtail replaces wrote them
+(``2025-10-22T11:10:16.371Z``); readers accept any precision. Non-finite
 floats are written as the strings ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"`` (valid JSON for every parser); :func:`restore_non_finite`
 turns them back into floats. Tensors and numpy scalars become Python numbers;
