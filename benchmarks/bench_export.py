@@ -116,8 +116,8 @@ SNIPPETS = {
 }
 
 
-def measure(argv: list[str]) -> tuple[float, float, str]:
-    """Run ``argv`` in a child; return (seconds, peak RSS in MB, its stdout)."""
+def measure(argv: list[str]) -> tuple[float, float, float, str]:
+    """Run ``argv`` in a child; return (seconds, CPU seconds, peak RSS in MB, its stdout)."""
     # RUSAGE_CHILDREN's ru_maxrss is the largest of all children waited for so far,
     # so each measurement runs under a fresh intermediate process that reports it.
     wrapper = (
@@ -125,17 +125,17 @@ def measure(argv: list[str]) -> tuple[float, float, str]:
         "t = time.perf_counter();"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
         "dt = time.perf_counter() - t;"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
         "sys.stderr.write(p.stderr);"
-        "print(dt, rss, p.returncode, repr(p.stdout.strip()))"
+        "print(dt, u.ru_utime + u.ru_stime, u.ru_maxrss, p.returncode, repr(p.stdout.strip()))"
     )
     out = subprocess.run(
         [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=True
     )
-    seconds, rss_kb, code, stdout = out.stdout.split(" ", 3)
+    seconds, cpu, rss_kb, code, stdout = out.stdout.split(" ", 4)
     if int(code) != 0:
         raise RuntimeError(f"{argv} failed ({code}): {out.stderr}")
-    return float(seconds), int(rss_kb) / 1024, ast.literal_eval(stdout)
+    return float(seconds), float(cpu), int(rss_kb) / 1024, ast.literal_eval(stdout)
 
 
 def main() -> int:
@@ -203,33 +203,38 @@ def main() -> int:
                 SNIPPETS["pandas.read_json(lines=True)"],
                 str(log),
             ]
-        results: dict[str, tuple[float, float, str]] = {}
-        for name, argv in runs.items():
-            best: tuple[float, float, str] | None = None
-            for _ in range(args.repeat):
-                seconds, rss, stdout = measure(argv)
-                if best is None or seconds < best[0]:
-                    best = (seconds, rss, stdout)
-            assert best is not None
-            results[name] = best
+        # Rounds interleave the measurements, so a burst of load elsewhere on a shared
+        # machine hits all of them alike; the best (least disturbed) of each is kept.
+        results: dict[str, tuple[float, float, float, str]] = {}
+        for _ in range(args.repeat):
+            for name, argv in runs.items():
+                result = measure(argv)
+                if name not in results or result[0] < results[name][0]:
+                    results[name] = result
 
-        base_t, _, _ = results["pyarrow.json.read_json"]
+        base_t, base_cpu, _, _ = results["pyarrow.json.read_json"]
         print()
         print(
             f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)"
         )
-        print(f"{'what':34} {'seconds':>8} {'peak RSS MB':>12} {'x read_json':>12}  output")
-        for name, (seconds, rss, stdout) in results.items():
-            print(f"{name:34} {seconds:8.2f} {rss:12.0f} {seconds / base_t:12.2f}  {stdout[-60:]}")
-        export_t, export_rss, _ = results["tailer export (metrics)"]
+        print(
+            f"{'what':32} {'seconds':>8} {'x read_json':>11} {'CPU s':>7} {'x CPU':>6} "
+            f"{'peak RSS MB':>11}  output"
+        )
+        for name, (seconds, cpu, rss, stdout) in results.items():
+            print(
+                f"{name:32} {seconds:8.2f} {seconds / base_t:11.2f} {cpu:7.2f} {cpu / base_cpu:6.2f} "
+                f"{rss:11.0f}  {stdout[-50:]}"
+            )
+        export_t, _, export_rss, _ = results["tailer export (metrics)"]
         print()
         print(
             f"export / read_json time: {export_t / base_t:.2f} (target <= 1.2); "
             f"export peak RSS: {export_rss:.0f} MB (target <= 300)"
         )
         if "pandas.read_json(lines=True)" in results:
-            rm_t, rm_rss, _ = results["replay.read_metrics"]
-            pd_t, pd_rss, _ = results["pandas.read_json(lines=True)"]
+            rm_t, _, rm_rss, _ = results["replay.read_metrics"]
+            pd_t, _, pd_rss, _ = results["pandas.read_json(lines=True)"]
             print(
                 f"read_metrics / pandas.read_json: time {rm_t / pd_t:.2f}, peak RSS {rm_rss / pd_rss:.2f}"
             )
