@@ -663,3 +663,31 @@ def test_link_to_a_run_not_there_yet_waits_for_it(runs_dir, page_factory):
             lambda: chart_points(page).get("epoch:loss") == {"train": (1, 1)}, message="run opened"
         )
     console.check()
+
+
+@pytest.mark.slow
+def test_file_replaced_while_server_down_starts_the_run_over(runs_dir, page_factory):
+    """A run rewritten shorter while the server was down is read again from its start after the restart."""
+    page, console = page_factory(allowed=SERVER_DOWN)
+    run = _find(runs_dir, "centralized")
+    server = Server(runs_dir).start()
+    try:
+        _open_run(page, server, run.stem)
+        wait_until(
+            lambda: view_state(page)["live"]["messages"] == len(read_messages(run)),
+            message="history",
+        )
+        server.kill()
+        write_running(run, epochs=3)  # the same id, new and shorter content
+        server.start()
+        wait_until(
+            lambda: (
+                view_state(page)["live"]["messages"] == 4
+                and chart_points(page) == {"epoch:loss": {"train": (3, 3)}}
+            ),
+            timeout=20,
+            message="the new content only",
+        )
+    finally:
+        server.stop()
+    console.check()

@@ -298,7 +298,13 @@ function mergeExperiments(entries) {
   }
   for (const id of [...runs.keys()]) if (!seen.has(id)) runs.delete(id);
   if (view) {
-    if (runs.has(view.id)) view.stream.kick();
+    const listed = runs.get(view.id);
+    if (listed && listed.lastSeq !== null && listed.lastSeq < view.live.lastSeq) {
+      // The file is shorter than what we hold: it was truncated or replaced while
+      // we were away (a log_reset we could not hear). Start the run over.
+      view.restart();
+    }
+    if (listed) view.stream.kick();
     view.live.metaDirty = true; // its header reads the list (status, "no such run")
   }
   listDirty = true;
@@ -469,22 +475,37 @@ class RunView {
     this.board.bind(this.model);
     this.replay = null; // {model, stream, paused, buffer, state}
     this.renderedTimeline = { model: null, resets: -1, count: 0, dropped: 0 };
-    this.stream = new Stream(
-      `run ${id}`,
-      () => [`/experiments/${encodeURIComponent(id)}`,
-        this.live.lastSeq >= 0 ? { since: this.live.lastSeq } : {}],
-      (message) => this.onLive(message),
-      { absent: () => this.absent() },
-    );
+    this.stream = this.openLive();
     $("#run-title").textContent = id;
     $("#run").hidden = false;
     $("#welcome").hidden = true;
     this.renderMeta();
   }
 
+  /** Drop what we hold of the live run and read it again from the start. */
+  restart() {
+    this.live.reset();
+    if (this.model === this.live) this.renderedTimeline.resets = -1;
+    this.stream.stop();
+    this.stream = this.openLive();
+    scheduleRender();
+  }
+
   /** Whether the server is up and lists no such run (a stale link, or a run not started yet). */
   absent() {
     return listLoaded && !runs.has(this.id) && firehose !== null && firehose.state === "connected";
+  }
+
+  openLive() {
+    const id = this.id;
+    return new Stream(
+      `run ${id}`,
+      // From where we are: since=<last seq we hold>, so nothing is missed or repeated.
+      () => [`/experiments/${encodeURIComponent(id)}`,
+        this.live.lastSeq >= 0 ? { since: this.live.lastSeq } : {}],
+      (message) => this.onLive(message),
+      { absent: () => this.absent() },
+    );
   }
 
   onLive(message) {
