@@ -691,3 +691,24 @@ def test_file_replaced_while_server_down_starts_the_run_over(runs_dir, page_fact
     finally:
         server.stop()
     console.check()
+
+
+def test_charts_follow_a_colour_scheme_switch(shared, page_factory):
+    """Switching the system to dark while the page is open recolours the charts too."""
+    runs_dir, server = shared
+    page, console = page_factory(scheme="light")
+    run = _find(runs_dir, "centralized")
+    _open_run(page, server, run.stem)
+    page.wait_for_function("() => document.querySelector('.plot .main-svg')")
+    colours = """() => ({
+        fg: getComputedStyle(document.documentElement).getPropertyValue('--fg').trim().toLowerCase(),
+        fonts: [...document.querySelectorAll('.plot')].map((p) => p._fullLayout.font.color.toLowerCase()),
+    })"""
+    light = page.evaluate(colours)
+    assert set(light["fonts"]) == {light["fg"]}
+    page.emulate_media(color_scheme="dark")
+    wait_until(
+        lambda: (c := page.evaluate(colours))["fg"] != light["fg"] and set(c["fonts"]) == {c["fg"]},
+        message="charts recoloured",
+    )
+    console.check()
