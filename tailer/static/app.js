@@ -453,6 +453,13 @@ function renderList() {
   });
   while (list.children.length > wanted.length) list.lastChild.remove();
   $("#runs-count").textContent = runs.size ? `(${runs.size})` : "";
+  const byStatus = {};
+  for (const run of runs.values()) byStatus[run.status] = (byStatus[run.status] || 0) + 1;
+  $("#welcome-title").textContent = runs.size ? "Pick a run" : "Waiting for runs";
+  $("#summary").textContent = runs.size
+    ? `${runs.size} run${runs.size === 1 ? "" : "s"}: ` + ["running", "completed", "failed", "unknown"]
+      .filter((status) => byStatus[status]).map((status) => `${byStatus[status]} ${status}`).join(", ")
+    : "";
   $("#runs-empty").hidden = runs.size > 0 || authProblem;
 }
 
