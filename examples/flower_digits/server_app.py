@@ -2,8 +2,10 @@
 
 :func:`make_server_app` builds the ServerApp that ``python -m
 examples.flower_digits`` runs. The module-level ``app`` is the same app with
-its settings read from the run config (``num-server-rounds``, ``log-dir``,
-``experiment-id``, ``local-epochs``, ``lr``), for ``flwr run``-style use.
+its settings read from the run config (``num-server-rounds``, ``num-clients``,
+``log-dir``, ``experiment-id``, ``local-epochs``, ``lr``; defaults otherwise),
+for loading by reference as Flower apps are (``examples.flower_digits.server_app:app``
+with ``examples.flower_digits.client_app:app``).
 """
 
 from __future__ import annotations
