@@ -112,7 +112,6 @@ class Hub:
         self.readers: dict[str, FileReader] = {}
         self.subscribers: dict[str, set[Client]] = {}
         self.firehose: set[Client] = set()
-        self._changed: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ files
 
@@ -167,13 +166,6 @@ class Hub:
                         del self.readers[experiment_id]
                 elif not reader.deleted:
                     log.info("experiment %s: %d messages", experiment_id, reader.messages)
-
-    def poll_once(self, experiment_id: str) -> bool:
-        """One read of one experiment (synchronous); whether more bytes are waiting."""
-        reader = self.reader_for(experiment_id)
-        result = reader.poll()
-        self.dispatch(reader, result)
-        return result.more and not reader.deleted
 
     def dispatch(self, reader: FileReader, result: PollResult) -> None:
         """Send one poll's outcome to the experiment's subscribers and the firehose."""

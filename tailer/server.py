@@ -327,11 +327,12 @@ class TailerServer:
             if self.hub is not None:
                 self.hub.unsubscribe(client)
             self.clients.discard(client)
+            reason = connection.close_reason
             log.info(
-                "client %s closed: %s %s",
+                "client %s closed: %s%s",
                 label,
                 connection.close_code,
-                connection.close_reason or "",
+                f" ({reason})" if reason else "",
             )
 
     async def _receive(self, client: Client) -> None:
