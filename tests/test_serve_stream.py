@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import orjson
 import pytest
@@ -293,7 +294,11 @@ async def test_client_that_never_reads_is_closed_1013_without_hurting_others(tmp
     w.message("start")
     process = psutil.Process()
     async with serve_directory(tmp_path, port=0, queue_bytes=2 << 20) as app:
-        stalled = await ws_connect(app.ws_url, max_queue=1).__aenter__()
+        # A small receive buffer keeps the kernel from absorbing most of the 20 MB.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        sock.connect(("127.0.0.1", app.port))
+        stalled = await ws_connect(app.ws_url, max_queue=1, sock=sock).__aenter__()
         readers = [await ws_connect(app.ws_url).__aenter__() for _ in range(3)]
         rss_before = process.memory_info().rss
         line = b"".join(
