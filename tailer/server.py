@@ -448,7 +448,7 @@ async def serve_directory(
     directory.mkdir(parents=True, exist_ok=True)
     hub = Hub(directory, queue_bytes=queue_bytes, index_every=index_every)
     await hub.refresh()
-    log.info("%d experiments in %s", len(hub.readers), directory)
+    log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
         host=host,
