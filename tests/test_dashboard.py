@@ -158,6 +158,16 @@ def _wait_charts(page, expected: dict[str, dict[str, int]], timeout: float = 15.
         raise AssertionError(f"charts differ:\nexpected {expected}\ngot {got}") from None
 
 
+def _wait_settled(page, messages: int) -> None:
+    """Wait until the open run holds `messages` messages and every chart shows all of its points."""
+
+    def settled():
+        state = view_state(page)
+        return state["live"]["messages"] == messages and state["settled"]
+
+    wait_until(settled, message=f"{messages} messages, all drawn")
+
+
 def _append(path: Path, *messages: bytes) -> None:
     with open(path, "ab") as f:
         f.write(b"".join(messages))
@@ -206,6 +216,7 @@ def test_centralized_run_draws_each_metric_and_phase(shared, page_factory):
     assert expected, f"{run} has no epoch or batch metrics"
     _open_run(page, server, run.stem)
     _wait_charts(page, expected)
+    _wait_settled(page, len(read_messages(run)))
     state = view_state(page)
     assert state["live"]["messages"] == len(read_messages(run))
     # Each expected epoch chart has exactly the expected lines (train/val/test as separate lines).
@@ -233,7 +244,7 @@ def test_federated_run_draws_rounds_and_clients(shared, page_factory):
     }
     _open_run(page, server, run.stem)
     _wait_charts(page, expected)
-    wait_until(lambda: view_state(page)["live"]["messages"] == len(messages), message="history")
+    _wait_settled(page, len(messages))
     charts = view_state(page)["charts"]
     assert sorted(c for c in charts if c.startswith("round:")) == sorted(expected)
     per_client = [c for cid, c in charts.items() if cid.startswith("client:round:")]

@@ -763,9 +763,9 @@ function render() {
   frameRequested = false;
   if (listDirty) renderList();
   if (view && view.flush()) {
-    // A thinned chart is waiting for its next redraw slot.
+    // Charts are waiting: for the frame budget, or a thinned one for its next slot.
     clearTimeout(owedTimer);
-    owedTimer = setTimeout(scheduleRender, 120);
+    owedTimer = setTimeout(scheduleRender, 40);
   }
 }
 
@@ -807,6 +807,9 @@ window.__runtail = {
     live: { messages: view.live.messages, lastSeq: view.live.lastSeq, status: view.live.status },
     shown: { messages: view.model.messages, lastSeq: view.model.lastSeq, status: view.model.status },
     charts: view.board.describe(),
+    // Every chart shows every point the model holds (nothing waits for a frame).
+    settled: view.model.dirtyCharts.size === 0 && view.board.deferred.size === 0
+      && view.model.charts.size === view.board.states.size,
   },
 };
 

@@ -14,6 +14,7 @@ const { SECTIONS, decimate, lowerBound } = await import(sibling("model.js"));
 
 const RAW_LIMIT = 4000;
 const HEAVY_INTERVAL_MS = 400;
+const FRAME_BUDGET_MS = 24;
 const MARKER_SECTIONS = new Set(["epoch", "round", "client"]);
 
 const PHASE_COLOURS = {
@@ -129,12 +130,22 @@ export class ChartBoard {
     const model = this.model;
     if (!model) return false;
     if (model.resets !== this.modelResets) this.bind(model);
-    const ids = new Set([...model.dirtyCharts, ...this.deferred]);
+    // Charts that waited go first, so with many charts each gets its turn.
+    const ids = new Set([...this.deferred, ...model.dirtyCharts]);
     model.dirtyCharts.clear();
     this.deferred.clear();
+    // Each Plotly update redraws that plot; when a frame's budget is spent the
+    // remaining charts wait for the next frame and then take all their new
+    // points in one update, so a fast run never freezes the page.
+    const deadline = performance.now() + FRAME_BUDGET_MS;
     for (const id of ids) {
       const chart = model.charts.get(id);
-      if (chart) this.update(chart, now);
+      if (!chart) continue;
+      if (performance.now() > deadline) {
+        this.deferred.add(id);
+        continue;
+      }
+      this.update(chart, now);
     }
     return this.deferred.size > 0;
   }
