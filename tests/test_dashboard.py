@@ -366,6 +366,7 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
             message="connection state shown",
         )
         assert page.locator("#conn").get_attribute("data-state") in ("reconnecting", "offline")
+        screenshot(page, "server-down")
         _append(run, *(metric(k) for k in range(50, 80)))  # written while the server is down
         server.start()
         _append(run, *(metric(k) for k in range(80, 100)))
