@@ -183,3 +183,30 @@ def test_failed_run_error_reaches_the_model(page):
         "error": {"error": "boom", "type": "ValueError", "traceback": "Traceback..."},
         "kinds": ["training_start", "error", "status"],
     }
+
+
+def test_client_tagged_values_get_a_line_per_client(page):
+    """Batch and logged values that carry a client_id are drawn as one line per client."""
+    charts = page.evaluate(
+        """() => {
+            const model = new M.RunModel('x');
+            let seq = 0;
+            for (const client of ['18446744073709551615', '7']) {
+                for (let step = 0; step < 3; step++) {
+                    model.apply({type: 'batch_metrics', seq: seq++,
+                        data: {step, loss: 1, client_id: client, round_num: 1}});
+                    model.apply({type: 'metrics', seq: seq++,
+                        data: {step, client_id: client, metrics: {train_loss: 1}}});
+                }
+            }
+            const out = {};
+            for (const [id, c] of model.charts) {
+                out[id] = Object.fromEntries([...c.traces].map(([name, s]) => [name, s.length]));
+            }
+            return out;
+        }"""
+    )
+    assert charts == {
+        "batch:loss": {"client 18446744073709551615": 3, "client 7": 3},
+        "logged:loss": {"client 18446744073709551615 train": 3, "client 7 train": 3},
+    }

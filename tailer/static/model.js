@@ -249,7 +249,9 @@ const HANDLERS = {
     }
   },
   metrics(model, data) {
-    const x = stepOf(data, model, "__logged__");
+    // A federated client's logger tags its values with client_id: a line per client.
+    const client = data.client_id != null ? String(data.client_id) : null;
+    const x = stepOf(data, model, `__logged__${client}`);
     for (const [name, value] of RunModel.numeric(data.metrics)) {
       const [phase, base] = splitPhase(name);
       // Lightning names on_epoch values `<name>_epoch` and on_step ones `<name>_step`:
@@ -262,7 +264,8 @@ const HANDLERS = {
         title = `${base.slice(0, -5)} per step`;
       }
       const chart = model.chart("logged", key, title, "step");
-      model.point(chart, phase || name, x, value);
+      const line = phase || name;
+      model.point(chart, client ? `${clientLabel(client)} ${line}` : line, x, value);
     }
   },
   batch_metrics(model, data) {
