@@ -3,9 +3,50 @@
 ``read_messages(src)`` gives one row per message, ``read_metrics(src)`` the long
 table with one row per numeric value; ``src`` is a run file, a directory of runs,
 or a list of them. ``tailer export`` writes the same tables to Parquet, and
-:mod:`replay.pacing` re-emits a finished run at its recorded pace.
+``paced_frames`` re-emits a finished run at its recorded pace.
+
+Names load on first use, so a replay served by the tailer does not pay for
+pyarrow and pandas.
 """
 
-from replay.tables import SkippedLinesWarning, read_messages, read_metrics
+from __future__ import annotations
 
-__all__ = ["SkippedLinesWarning", "read_messages", "read_metrics"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replay.pacing import iter_frames, paced_frames
+    from replay.tables import (
+        MESSAGE_COLUMNS,
+        METRIC_COLUMNS,
+        SkippedLinesWarning,
+        read_messages,
+        read_metrics,
+    )
+
+__all__ = [
+    "MESSAGE_COLUMNS",
+    "METRIC_COLUMNS",
+    "SkippedLinesWarning",
+    "iter_frames",
+    "paced_frames",
+    "read_messages",
+    "read_metrics",
+]
+
+_WHERE = {
+    **dict.fromkeys(
+        ("MESSAGE_COLUMNS", "METRIC_COLUMNS", "SkippedLinesWarning", "read_messages", "read_metrics"),
+        "replay.tables",
+    ),
+    "iter_frames": "replay.pacing",
+    "paced_frames": "replay.pacing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'replay' has no attribute {name!r}")
+    value = globals()[name] = getattr(importlib.import_module(module), name)
+    return value
