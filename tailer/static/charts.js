@@ -243,16 +243,19 @@ export class ChartBoard {
 
   layoutFor(state) {
     const chart = state.chart;
+    // A legend when there are several lines, or one whose name says more than the title.
+    const names = [...chart.traces.keys()];
+    const legend = names.length > 1 || (names.length === 1 && names[0] !== chart.title);
     state.unit = this.unitTicks(state);
     const ticks = state.unit ? { tickmode: "linear", tick0: 0, dtick: 1 } : { tickmode: "auto" };
     return {
       ...nested(themeLayout()),
       height: 250,
       autosize: true,
-      margin: { l: 52, r: 12, t: chart.traces.size > 1 ? 28 : 8, b: 40 },
+      margin: { l: 52, r: 12, t: legend ? 28 : 8, b: 40 },
       xaxis: { ...nested(themeLayout()).xaxis, ...ticks, title: { text: chart.xTitle, standoff: 6 }, automargin: true },
       yaxis: { ...nested(themeLayout()).yaxis, automargin: true },
-      showlegend: chart.traces.size > 1,
+      showlegend: legend,
       legend: { ...nested(themeLayout()).legend, orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
       hovermode: "x unified",
       uirevision: chart.id,
