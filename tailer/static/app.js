@@ -381,7 +381,13 @@ function applyToList(message, late = false) {
   if (!run) {
     run = { id, messages: 0, status: "unknown", lastTimestamp: null, lastSeq: null, error: null };
     runs.set(id, run);
-    loadExperiments(); // a new experiment: learn its real counts
+    // A new experiment: learn its real counts (once in a while per id, so a file
+    // the list no longer has, deleted mid-flight, cannot start a request loop).
+    const asked = discoveryAsked.get(id) || 0;
+    if (Date.now() - asked > 5000) {
+      discoveryAsked.set(id, Date.now());
+      loadExperiments();
+    }
     if (view && view.id === id) view.stream.kick(); // it was waiting for this file
   } else if (run.lastSeq !== null && typeof message.seq === "number") {
     // Counted already (by the list response, or by the other socket).
@@ -399,6 +405,8 @@ function applyToList(message, late = false) {
   listDirty = true;
   scheduleRender();
 }
+
+const discoveryAsked = new Map(); // id -> when an unknown id last made us read the list
 
 const listItems = new Map(); // id -> <li>
 
