@@ -8,6 +8,7 @@ secret planted outside the runs directory or any source file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -72,10 +73,8 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     before the answer is written.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
+        with contextlib.suppress(OSError):  # the server may close before reading everything
             sock.sendall(data)
-        except OSError:
-            pass  # the server may close before reading everything
         chunks = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -325,8 +324,11 @@ def test_garbage_after_the_handshake_closes_only_that_connection(live):
             f.write(b'{"type":"after-garbage"}\n')
         assert orjson.loads(honest.recv(timeout=10))["type"] == "after-garbage"
     assert_healthy(proc, port)
-    with pytest.raises(ConnectionClosed):
-        with sync_connect(f"ws://127.0.0.1:{port}/", open_timeout=10, max_size=None) as ws:
-            ws.send("x" * (10 << 20))  # a 10 MB text frame: closed with 1009
-            ws.recv(timeout=10)
+    with (
+        pytest.raises(ConnectionClosed) as closed,
+        sync_connect(f"ws://127.0.0.1:{port}/", open_timeout=10, max_size=None) as ws,
+    ):
+        ws.send("x" * (10 << 20))  # a 10 MB text frame: closed with 1009
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     assert_healthy(proc, port)
