@@ -1,0 +1,128 @@
+"""Hostile and careless clients against a real ``tailer serve``: it stays up, bounded, and fair."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import orjson
+import pytest
+
+from tests._reliability_helpers import (
+    ResumingClient,
+    file_truth,
+    mib,
+    raise_nofile,
+    rss_of,
+    strip_wire,
+    wait_for,
+)
+from tests._tailer_helpers import Writer, aio, http_get
+from tests.test_serve_cli import tailer
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def _open_raw(
+    port: int, path: str = "/"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket connection made by hand; returns once the server answered 101."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HANDSHAKE.format(path=path).encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+    assert head.startswith(b"HTTP/1.1 101"), head[:100]
+    return reader, writer
+
+
+def _masked(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A client frame (masked with a zero key, which RFC 6455 allows)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+@pytest.mark.slow
+@aio(240)
+async def test_a_thousand_careless_clients_do_not_hurt_honest_ones(tmp_path):
+    """1,000 connections at once that vanish, never read, send garbage or 10 MB: honest clients get everything."""
+    raise_nofile(8192)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    w = Writer(runs, "live")
+    w.message("start")
+    async with tailer(
+        "serve", str(runs), "--port", "0", "--max-clients", "1100", "-q", log=tmp_path / "serve.log"
+    ) as (proc, port, _):
+        rss_start = rss_of(proc.pid)
+        honest = [
+            ResumingClient(lambda s: f"ws://127.0.0.1:{port}/experiments/live?since={s}", "live"),
+            ResumingClient(lambda s: f"ws://127.0.0.1:{port}/?experiment=live&since={s}", "live"),
+        ]
+        for c in honest:
+            c.start()
+        stop = asyncio.Event()
+
+        async def write() -> None:  # about 1,000 lines of ~300 bytes a second, all along
+            i = 0
+            while not stop.is_set():
+                for _ in range(20):
+                    w.message("batch_metrics", {"i": i, "pad": "z" * 200})
+                    i += 1
+                await asyncio.sleep(0.02)
+
+        writing = asyncio.create_task(write())
+        try:
+            started = time.monotonic()
+            paths = ["/", "/?experiment=live", "/experiments/live?since=-1"]
+            crowd = await asyncio.gather(*(_open_raw(port, paths[i % 3]) for i in range(1000)))
+            print(f"1,000 handshakes in {time.monotonic() - started:.2f} s")
+            rss_crowd = rss_of(proc.pid)
+            # A quarter vanish at once (abort: RST, no close frame).
+            for _, writer in crowd[:250]:
+                writer.transport.abort()
+            # A quarter send garbage bytes, a quarter a valid but oversized 10 MB frame
+            # (10 of them really send it all), the rest never read anything.
+            for _, writer in crowd[250:500]:
+                writer.write(os.urandom(64) + b"\r\n\r\n")
+            big = _masked(b"x" * (10 << 20))
+            for _, writer in crowd[500:510]:
+                writer.write(big)
+            for _, writer in crowd[510:750]:
+                writer.write(_masked(b"y" * 70_000))
+            await asyncio.sleep(3)  # lines keep flowing to the never-readers
+            rss_loaded = rss_of(proc.pid)
+            assert (await http_get(port, "/healthz"))[0] == 200
+            for _, writer in crowd[250:]:
+                writer.transport.abort()
+            await asyncio.sleep(1)
+        finally:
+            stop.set()
+            await writing
+        truth = file_truth(w.path)
+        await wait_for(lambda: all(c.last_seq >= max(truth) for c in honest), 60, "honest clients")
+        for c in honest:
+            await c.stop()
+        rss_end = rss_of(proc.pid)
+        assert proc.returncode is None
+        _, _, body = await http_get(port, "/api/experiments")
+        assert orjson.loads(body)[0]["messages"] == len(truth)
+    print(
+        f"tailer RSS: start {mib(rss_start)}, 1,000 clients {mib(rss_crowd)}, "
+        f"under abuse {mib(rss_loaded)}, end {mib(rss_end)}; {len(truth)} lines streamed"
+    )
+    for c in honest:
+        seqs = [m["seq"] for m in c.received]
+        assert seqs == sorted(truth), "an honest client missed or repeated a line"
+        assert all(strip_wire(m) == truth[m["seq"]] for m in c.received)
+    # Loose bound: 1,000 idle clients may cost buffers, not the machine.
+    assert rss_loaded - rss_start < 1 << 30, mib(rss_loaded - rss_start)
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
