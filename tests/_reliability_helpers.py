@@ -132,6 +132,9 @@ class ResumingClient:
 
     ``received`` keeps every message frame in arrival order (``log_reset`` and
     other control frames go to ``control``), so duplicates and gaps show.
+    ``segments`` splits them at every ``log_reset`` and at every normal close
+    (1000: the file was deleted); numbering starts again in a new segment, so
+    a reconnection resumes from the current segment's last ``seq``.
     ``url_of(since)`` builds the URL for each (re)connection; ``port_of()``
     may change between connections (a restarted server).
     """
@@ -141,6 +144,7 @@ class ResumingClient:
         self.experiment_id = experiment_id
         self.received: list[dict[str, Any]] = []
         self.control: list[dict[str, Any]] = []
+        self.segments: list[list[dict[str, Any]]] = [[]]
         self.connections = 0
         self.drops = 0
         self.stopping = False
@@ -148,7 +152,12 @@ class ResumingClient:
 
     @property
     def last_seq(self) -> int:
-        return self.received[-1]["seq"] if self.received else -1
+        current = self.segments[-1]
+        return current[-1]["seq"] if current else -1
+
+    def _new_segment(self) -> None:
+        if self.segments[-1]:
+            self.segments.append([])
 
     def start(self) -> ResumingClient:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -170,8 +179,13 @@ class ResumingClient:
                         message = orjson.loads(raw)
                         if "seq" in message:
                             self.received.append(message)
+                            self.segments[-1].append(message)
                         else:
                             self.control.append(message)
+                            if message.get("type") == "log_reset":
+                                self._new_segment()
+                if ws.close_code == 1000:
+                    self._new_segment()
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidStatus, TimeoutError):
                 pass
             self.drops += 1

@@ -1,0 +1,101 @@
+"""Files truncated, replaced and deleted under live writers and clients: log_reset, no stale data, no crash."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from recorder.format import encode_message
+from tailer.server import serve_directory
+from tests._reliability_helpers import (
+    ResumingClient,
+    file_truth,
+    kill_all,
+    start_writer,
+    strip_wire,
+    wait_for,
+    write_script,
+)
+from tests._tailer_helpers import aio, http_get
+
+
+def _caught_up(clients: list[ResumingClient], truth: dict, segment: int) -> bool:
+    """Every client is in segment number ``segment`` and has its last line."""
+    return all(
+        len(c.segments) > segment
+        and c.segments[segment]
+        and c.segments[segment][-1]["seq"] >= max(truth)
+        for c in clients
+    )
+
+
+def _assert_segment_is(segment: list[dict], truth: dict, what: str) -> None:
+    seqs = [m["seq"] for m in segment]
+    assert seqs == sorted(truth), f"{what}: got seqs {seqs[:5]}..{seqs[-5:]} of {len(seqs)}"
+    for m in segment:
+        assert strip_wire(m) == truth[m["seq"]], f"{what}: stale or wrong data at {m['seq']}"
+
+
+@pytest.mark.slow
+@aio(180)
+async def test_truncate_replace_delete_under_live_writers(tmp_path):
+    """Each rewrite of the file is one log_reset; what follows it is exactly the new content."""
+    script = write_script(tmp_path)
+    path = tmp_path / "rot.jsonl"
+    procs = []
+    async with serve_directory(tmp_path, port=0) as app:
+        experiment = ResumingClient(lambda s: f"{app.ws_url}experiments/rot?since={s}", "rot")
+        # The firehose is live only: it must see the file from its creation on.
+        firehose = ResumingClient(lambda s: app.ws_url, "rot")
+        clients = [experiment.start(), firehose.start()]
+        await wait_for(lambda: experiment.connections and firehose.connections, 30, "connect")
+        try:
+            # 1. Two writer processes at 1 kHz; truncation to 0 while they go on (O_APPEND:
+            #    they continue at the new end).
+            procs = [start_writer(script, tmp_path, "rot", f"a{k}", 3000, 1000) for k in (0, 1)]
+            await wait_for(lambda: path.exists() and path.stat().st_size > 100_000, 60, "growth")
+            os.truncate(path, 0)
+            for p in procs:
+                assert (await asyncio.to_thread(p.wait, 120)) == 0
+            truncated = file_truth(path)
+            assert truncated and min(truncated) == 0
+            await wait_for(lambda: _caught_up(clients, truncated, 1), 60, "after truncation")
+            for c in clients:
+                _assert_segment_is(c.segments[1], truncated, "after truncation")
+
+            # 2. Replaced by rename (log rotation): a new inode under the same name.
+            fresh = tmp_path / "rot.tmp"
+            fresh.write_bytes(b"".join(encode_message("rotated", {"i": i}) for i in range(300)))
+            os.replace(fresh, path)
+            replaced = file_truth(path)
+            await wait_for(lambda: _caught_up(clients, replaced, 2), 60, "after replacement")
+            for c in clients:
+                _assert_segment_is(c.segments[2], replaced, "after replacement")
+
+            # 3. Deleted, then created again by a new writer.
+            path.unlink()
+            await wait_for(
+                lambda: not any(e["experiment_id"] == "rot" for e in app.summaries()),
+                30,
+                "the deletion to be seen",
+            )
+            procs = [start_writer(script, tmp_path, "rot", "c", 1500, 1000)]
+            assert (await asyncio.to_thread(procs[0].wait, 120)) == 0
+            recreated = file_truth(path)
+            await wait_for(lambda: _caught_up(clients, recreated, 3), 60, "after re-creation")
+        finally:
+            kill_all(procs)
+            for c in clients:
+                await c.stop()
+        for c in clients:
+            _assert_segment_is(c.segments[3], recreated, "after re-creation")
+            # One new segment per rewrite: truncation, replacement, deletion.
+            assert len(c.segments) == 4, [len(s) for s in c.segments]
+        assert sum(1 for m in firehose.control if m["type"] == "log_reset") == 3
+        assert experiment.connections >= 2  # the deletion closed it (1000); it came back
+        status, _, _ = await http_get(app.port, "/healthz")
+        assert status == 200
+        summary = {e["experiment_id"]: e for e in app.summaries()}["rot"]
+        assert summary["messages"] == len(recreated) == 1500
