@@ -44,6 +44,10 @@ log = logging.getLogger("tailer")
 #: Largest single read; bounds the memory and the event-loop time of one poll.
 READ_CHUNK = 1 << 20
 
+#: Longest ``error`` text kept for the summary (the list shows one line of it; the
+#: whole message, traceback included, is in the stream).
+MAX_ERROR_CHARS = 2000
+
 #: Malformed lines whose seq is remembered (8 bytes each), so history can skip them
 #: without decoding again; past this, history decodes every line instead.
 MAX_TRACKED_MALFORMED = 1 << 20
@@ -185,6 +189,7 @@ class FileReader:
         self.first_timestamp: str | None = None
         self.last_timestamp: str | None = None
         self.status: str | None = None
+        self.error: str | None = None  # data.error of the last `error` message
         self.size = 0
 
     @property
@@ -215,6 +220,7 @@ class FileReader:
             "first_timestamp": self.first_timestamp,
             "last_timestamp": self.last_timestamp,
             "status": self.status or "unknown",
+            "error": self.error,
         }
 
     # ------------------------------------------------------------------ reading
@@ -284,6 +290,7 @@ class FileReader:
         limit = self.max_line_bytes
         last_ts = None
         status = None
+        error: object = _NO_ERROR
         for line in lines:
             if line is None:
                 malformed.append(seq)
@@ -302,6 +309,8 @@ class FileReader:
                     found = status_of(message)
                     if found is not None:
                         status = found
+                        if found == "failed" and message["type"] == "error":
+                            error = message.get("data")
             seq += 1
         self.messages += len(out)
         excess = len(malformed) - MAX_TRACKED_MALFORMED
@@ -312,6 +321,8 @@ class FileReader:
             self.last_timestamp = last_ts
         if status is not None:
             self.status = status
+        if error is not _NO_ERROR:
+            self.error = _error_text(error)
         return out
 
     def _mark_reset(self, identity: tuple[int, int], why: str) -> PollResult:
@@ -393,6 +404,20 @@ class FileReader:
                     raise StaleHistory(self.experiment_id)
         finally:
             os.close(fd)
+
+
+_NO_ERROR = object()
+
+
+def _error_text(data: object) -> str | None:
+    """The text of an ``error`` message's ``data.error`` (``None`` when it has none), capped."""
+    value = data.get("error") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    return text
 
 
 def _valid(line: bytes, limit: int) -> bool:

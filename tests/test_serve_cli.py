@@ -152,15 +152,18 @@ def test_ls_plain_table_and_json(tmp_path):
     w.raw(b"junk\n")
     w.message("training_end", {"run_id": "alpha"})
     Writer(tmp_path, "beta-2").message("epoch_start", {"epoch": 0, "total_epochs": 3})
+    Writer(tmp_path, "gamma").message("error", {"error": "disk full", "error_type": "OSError"})
     result = _ls(str(tmp_path))
     assert result.returncode == 0, result.stderr
-    header, first, second = result.stdout.strip().splitlines()
+    header, first, second, third = result.stdout.strip().splitlines()
     assert header.split()[:4] == ["EXPERIMENT", "STATUS", "MESSAGES", "MALFORMED"]
     assert first.split()[:4] == ["alpha", "completed", "2", "1"]
     assert second.split()[:4] == ["beta-2", "running", "1", "0"]
+    assert third.split()[:4] == ["gamma", "failed", "1", "0"]
     assert "\x1b[" not in result.stdout  # no colour codes in a pipe
     rows = orjson.loads(_ls(str(tmp_path), "--json").stdout)
-    assert [r["experiment_id"] for r in rows] == ["alpha", "beta-2"]
+    assert [r["experiment_id"] for r in rows] == ["alpha", "beta-2", "gamma"]
+    assert [r["error"] for r in rows] == [None, None, "disk full"]
     assert rows[0]["bytes"] == w.path.stat().st_size and rows[0]["malformed"] == 1
     assert rows[0]["first_timestamp"] and rows[0]["last_timestamp"]
 

@@ -343,25 +343,32 @@ async def _count_until(ws, n: int) -> int:
 
 @aio()
 async def test_api_experiments_lists_every_run_with_its_fields(tmp_path):
-    """GET /api/experiments gives id, messages, bytes, first/last timestamp and status."""
+    """GET /api/experiments gives id, messages, bytes, first/last timestamp, status and error."""
     a = Writer(tmp_path, "a")
     a.message("training_start", timestamp=None)
     a.message("training_end", {"run_id": "a"})
     b = Writer(tmp_path, "b")
     b.message("epoch_start", {"epoch": 0, "total_epochs": 1})
     Writer(tmp_path, "c").message("batch_metrics", {"step": 1})
+    d = Writer(tmp_path, "d")
+    d.message("error", {"error": "first", "error_type": "x"})
     (tmp_path / "not an id.jsonl").write_text("{}\n")
     (tmp_path / "notes.txt").write_text("x")
     async with serve_directory(tmp_path, port=0) as app:
         b.message("status", {"status": "failed", "message": "oom"})
+        d.message("error", {"error": "CUDA out of memory", "error_type": "oom"})
+        d.message("status", {"status": "failed", "message": ""})
         await asyncio.sleep(0.3)
         status, headers, body = await http_get(app.port, "/api/experiments")
     assert status == 200 and headers["content-type"] == "application/json"
     entries = {e["experiment_id"]: e for e in orjson.loads(body)}
-    assert sorted(entries) == ["a", "b", "c"]
+    assert sorted(entries) == ["a", "b", "c", "d"]
     assert entries["a"]["status"] == "completed"
     assert entries["b"]["status"] == "failed"
     assert entries["c"]["status"] == "unknown"
+    # The last error message's text, kept as lines arrive; null when there is none.
+    assert entries["d"]["status"] == "failed" and entries["d"]["error"] == "CUDA out of memory"
+    assert entries["a"]["error"] is None and entries["b"]["error"] is None
     a_entry = entries["a"]
     assert a_entry["messages"] == 2 and a_entry["bytes"] == a.path.stat().st_size
     assert (
@@ -376,6 +383,7 @@ async def test_api_experiments_lists_every_run_with_its_fields(tmp_path):
         "last_timestamp",
         "status",
         "malformed",
+        "error",
     }
 
 

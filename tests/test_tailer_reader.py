@@ -101,12 +101,53 @@ def test_reader_statistics_follow_the_last_status_message(tmp_path):
     reader.read_all()
     summary = reader.summary()
     assert summary["status"] == "failed"
+    assert summary["error"] == "boom"
     assert summary["first_timestamp"] == "2025-01-01T00:00:00Z"
     assert summary["last_timestamp"] == "2025-01-01T00:00:03Z"
     assert summary["bytes"] == path.stat().st_size
     empty = tmp_path / "e.jsonl"
     empty.write_bytes(b"")
     assert FileReader(empty, "e").summary()["status"] == "unknown"
+
+
+def test_reader_error_is_the_last_error_text_kept_as_lines_arrive(tmp_path):
+    """summary()["error"] is data.error of the last error message, updated per poll, reset on log_reset."""
+    path = tmp_path / "r.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        reader = FileReader(path, "r")
+        os.write(fd, encode_message("training_start", {}) + encode_message("epoch_end", {}))
+        reader.poll()
+        assert reader.summary()["error"] is None
+        os.write(fd, encode_message("error", {"error": "CUDA out of memory", "error_type": "oom"}))
+        reader.poll()
+        assert reader.summary()["error"] == "CUDA out of memory"
+        # Later lines that are not errors keep it; a torn line does not count yet.
+        os.write(fd, encode_message("status", {"status": "failed", "message": "x"}) + b'{"type":"err')
+        reader.poll()
+        assert reader.summary()["error"] == "CUDA out of memory"
+        os.write(fd, b'or","data":{"error":"second"}}\n')
+        reader.poll()
+        assert reader.summary()["error"] == "second"
+        # Non-string text is written as text; an error without text clears it; one batch
+        # with several errors keeps the last.
+        os.write(fd, encode_message("error", {"error": 42}))
+        reader.poll()
+        assert reader.summary()["error"] == "42"
+        os.write(fd, encode_message("error", {"error": "a"}) + encode_message("error", {"x": 1}))
+        reader.poll()
+        assert reader.summary()["error"] is None
+        os.write(fd, encode_message("error", {"error": "e" * 10_000}))
+        reader.poll()
+        text = reader.summary()["error"]
+        assert isinstance(text, str) and 100 < len(text) <= 2000 and text.startswith("eee")
+    finally:
+        os.close(fd)
+    # Truncation (log_reset) forgets it with the rest of the statistics.
+    path.write_bytes(encode_message("training_start", {}))
+    assert reader.poll().kind == "reset"
+    reader.poll()
+    assert reader.summary()["error"] is None and reader.summary()["status"] == "running"
 
 
 def test_reader_detects_truncation_replacement_rewrite_and_deletion(tmp_path):
