@@ -73,7 +73,7 @@ class Server:
 
     def start(self) -> Server:
         ARTIFACTS.mkdir(exist_ok=True)
-        cmd = [*serve_command(), str(self.directory), "--port", str(self.port)]
+        cmd = [*self.command(), "--port", str(self.port)]
         if self.token:
             cmd += ["--token", self.token]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -86,6 +86,9 @@ class Server:
             self._healthy, timeout=20, message=f"tailer serve on port {self.port} (log {self.log})"
         )
         return self
+
+    def command(self) -> list[str]:
+        return [*serve_command(), str(self.directory)]
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -118,6 +121,25 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=5)
         self.proc = None
+
+
+class ReplayServer(Server):
+    """`python -m tailer replay FILE --speed S --port P` as a subprocess."""
+
+    def __init__(self, path: Path, speed: float, token: str | None = None):
+        super().__init__(path, token=token)
+        self.speed = speed
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "tailer",
+            "replay",
+            str(self.directory),
+            "--speed",
+            str(self.speed),
+        ]
 
 
 @contextlib.contextmanager

@@ -6,12 +6,14 @@ import json
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from recorder.format import encode_message, status_of
 from tests._dashboard_helpers import (
     ConsoleWatch,
+    ReplayServer,
     Server,
     chart_points,
     copy_samples,
@@ -180,6 +182,8 @@ def test_runs_list_shows_every_run_with_status_and_count(shared, page_factory):
     """The list shows every run in the directory with its status, message count and a failed run's error."""
     runs_dir, server = shared
     page, console = page_factory()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
     page.goto(server.page_url())
     files = sorted(runs_dir.glob("*.jsonl"))
     expected = {p.stem: (_expected_status(p), len(read_messages(p))) for p in files}
@@ -198,6 +202,8 @@ def test_runs_list_shows_every_run_with_status_and_count(shared, page_factory):
     want = str(errors[-1]["data"]["error"])
     item = page.locator(f'li.run-item[data-id="{failed.stem}"] .run-error')
     wait_until(lambda: item.inner_text() == want, message="failed run's error in the list")
+    # The error text comes with /api/experiments: the list page opens the firehose only.
+    assert [urlsplit(url).path for url in sockets] == ["/"], sockets
     assert page.locator("#conn").get_attribute("data-state") == "connected"
     screenshot(page, "list-light")
     console.check()
@@ -429,6 +435,51 @@ def test_replay_at_max_speed_ends_with_full_chart(shared, page_factory):
     wait_until(lambda: view_state(page)["replay"] is None, message="back to live")
     _wait_charts(page, expected)
     console.check()
+
+
+@pytest.mark.slow
+def test_tailer_replay_unfolds_the_run_view_at_its_pace(shared, page_factory):
+    """Under `tailer replay FILE`, #/runs/<id> unfolds the run at the replay's pace, then stays put."""
+    runs_dir, _ = shared
+    run = _find(runs_dir, "centralized")
+    total = len(read_messages(run))
+    page, console = page_factory()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(urlsplit(ws.url).path))
+    server = ReplayServer(run, speed=2).start()
+    try:
+        page.goto(server.page_url(f"#/runs/{run.stem}"))
+        seen: set[int] = set()
+
+        def finished():
+            state = view_state(page)
+            if not state:
+                return False
+            seen.add(state["live"]["messages"])
+            connection = page.evaluate("() => window.__runtail.connection()")
+            return state["live"]["messages"] == total and connection == "ended"
+
+        wait_until(finished, timeout=30, interval=0.02, message="the replay reaches its end")
+        assert any(0 < n < total for n in seen), f"the run arrived all at once: {sorted(seen)}"
+        _wait_charts(
+            page,
+            {
+                **expected_epoch_charts(run),
+                **expected_batch_charts(run),
+                **expected_logged_charts(run),
+            },
+        )
+        assert page.locator("#run-status").inner_text() == _expected_status(run)
+        assert page.locator("#conn .conn-label").inner_text() == "replay finished"
+        # The replay ended the streams for good: no reconnect replays the run again (a
+        # reconnect comes within about a second), and replay_end is not a message.
+        time.sleep(2)
+        assert sorted(sockets) == ["/", f"/experiments/{run.stem}"], sockets
+        assert view_state(page)["live"]["messages"] == total
+        screenshot(page, "replay-run-view")
+        console.check()
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow

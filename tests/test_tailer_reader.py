@@ -123,7 +123,9 @@ def test_reader_error_is_the_last_error_text_kept_as_lines_arrive(tmp_path):
         reader.poll()
         assert reader.summary()["error"] == "CUDA out of memory"
         # Later lines that are not errors keep it; a torn line does not count yet.
-        os.write(fd, encode_message("status", {"status": "failed", "message": "x"}) + b'{"type":"err')
+        os.write(
+            fd, encode_message("status", {"status": "failed", "message": "x"}) + b'{"type":"err'
+        )
         reader.poll()
         assert reader.summary()["error"] == "CUDA out of memory"
         os.write(fd, b'or","data":{"error":"second"}}\n')

@@ -124,6 +124,12 @@ class Stream {
         return; // not ours to judge; the tailer only sends JSON
       }
       if (message && message.type === "pong") return;
+      if (!this.finite && isReplayEnd(message)) {
+        // `tailer replay FILE` serves `/` and `/experiments/<id>` as paced replays that
+        // end here: the run is over, and reconnecting would only replay it again.
+        this.end();
+        return;
+      }
       this.onMessage(message);
     };
     ws.onclose = (event) => {
@@ -180,6 +186,17 @@ class Stream {
     }
   }
 
+  /** The server finished a replay on this (live) stream: stay closed, say so. */
+  end() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000);
+    this.setState("ended");
+    if (this.onEnd) this.onEnd(null);
+  }
+
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
@@ -194,9 +211,15 @@ class Stream {
   }
 }
 
+/** The frame a replay ends with (`tailer replay`); recorded lines always carry a seq. */
+function isReplayEnd(message) {
+  return Boolean(message) && message.type === "replay_end" && typeof message.seq !== "number";
+}
+
 function connectionState() {
-  const states = [...sockets].map((s) => s.state).filter((state) => state !== "waiting");
-  if (!states.length) return "offline";
+  const all = [...sockets].map((s) => s.state);
+  const states = all.filter((state) => state !== "waiting" && state !== "ended");
+  if (!states.length) return all.includes("ended") ? "ended" : "offline";
   if (states.includes("offline")) return "offline";
   if (states.includes("reconnecting")) return "reconnecting";
   if (states.includes("connecting")) return "connecting";
@@ -213,6 +236,7 @@ function renderConnection() {
     connecting: "connecting…",
     reconnecting: "reconnecting…",
     offline: "offline — retrying",
+    ended: "replay finished",
   }[state];
 }
 
@@ -281,7 +305,7 @@ function mergeExperiments(entries) {
     if (!entry || typeof entry.experiment_id !== "string") continue;
     const id = entry.experiment_id;
     seen.add(id);
-    const run = runs.get(id) || { id, error: null, errorFetched: false };
+    const run = runs.get(id) || { id, error: null };
     run.messages = Number(entry.messages) || 0;
     run.bytes = entry.bytes;
     run.status = entry.status || "unknown";
@@ -291,10 +315,9 @@ function mergeExperiments(entries) {
     if (typeof entry.last_seq === "number") run.lastSeq = entry.last_seq;
     else if (typeof entry.lines === "number") run.lastSeq = entry.lines - 1;
     else run.lastSeq = null;
-    if (typeof entry.error === "string") run.error = entry.error;
-    else if (entry.error && typeof entry.error === "object") run.error = String(entry.error.error ?? "");
+    // The tailer keeps the last `error` message's text per run as lines arrive.
+    if ("error" in entry) run.error = typeof entry.error === "string" ? entry.error : null;
     runs.set(id, run);
-    if (run.status === "failed" && !run.error && !run.errorFetched) fetchLastError(run);
   }
   for (const id of [...runs.keys()]) if (!seen.has(id)) runs.delete(id);
   if (view) {
@@ -309,60 +332,6 @@ function mergeExperiments(entries) {
   }
   listDirty = true;
   scheduleRender();
-}
-
-/**
- * A failed run's error text when the list endpoint does not carry it: read
- * the end of the run once over its WebSocket and keep the last `error`.
- * One run at a time, so a directory of many failed runs opens one socket.
- */
-const errorQueue = [];
-let errorReading = false;
-
-function fetchLastError(run) {
-  run.errorFetched = true;
-  errorQueue.push(run);
-  if (!errorReading) readNextError();
-}
-
-function readNextError() {
-  const run = errorQueue.shift();
-  if (!run) {
-    errorReading = false;
-    return;
-  }
-  errorReading = true;
-  const since = Math.max(-1, (run.lastSeq ?? run.messages) - 200);
-  let ws;
-  try {
-    ws = new WebSocket(serverUrl(`/experiments/${encodeURIComponent(run.id)}`, { since }, true));
-  } catch {
-    readNextError();
-    return;
-  }
-  let finished = false;
-  const done = () => {
-    if (finished) return;
-    finished = true;
-    clearTimeout(quiet);
-    try { ws.close(1000); } catch { /* closed already */ }
-    readNextError();
-  };
-  let quiet = setTimeout(done, 3000);
-  ws.onmessage = (event) => {
-    let message;
-    try { message = JSON.parse(event.data); } catch { return; }
-    if (message.type === "error" && message.data) {
-      run.error = String(message.data.error ?? "error");
-      listDirty = true;
-      scheduleRender();
-    }
-    // The history comes in one burst; stop soon after it goes quiet.
-    clearTimeout(quiet);
-    quiet = setTimeout(done, 300);
-  };
-  ws.onerror = () => {};
-  ws.onclose = done;
 }
 
 /** Update the list from one firehose frame; `late` when replaying buffered frames. */
