@@ -16,6 +16,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from recorder.format import encode_message
 from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, ws_connect
 
 URL = re.compile(r"on http://127\.0\.0\.1:(\d+)/\S* \(ws://127\.0\.0\.1:(\d+)/\)")
@@ -211,6 +212,64 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
         assert status == 404
         _, _, body = await http_get(port, "/api/experiments")
         assert orjson.loads(body)[0]["status"] == "completed"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def _replayed(url: str) -> tuple[list[dict], int, float]:
+    """Every message of one replay connection, its close code and how long it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    got = []
+    async with ws_connect(url) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+    return got, closed.value.rcvd.code, loop.time() - start
+
+
+@aio(120)
+async def test_replay_serves_the_dashboards_run_endpoint_at_the_replay_pace(tmp_path):
+    """Under tailer replay, /experiments/<id> (the dashboard's run view) gets the run paced, then replay_end."""
+    pytest.importorskip("replay.pacing")
+    run = tmp_path / "paced-run.jsonl"
+    run.write_bytes(
+        b"".join(
+            encode_message(
+                "epoch_end" if i else "training_start",
+                {"epoch": i, "phase": "train", "metrics": {"loss": 1 / (i + 1)}},
+                timestamp=f"2025-01-01T00:00:0{i}.000Z",
+            )
+            for i in range(5)
+        )
+        + b"torn"  # an incomplete last line is not part of the run
+    )
+    speed = 4  # 4 s recorded -> 1 s replayed
+    async with tailer(
+        "replay", str(run), "--port", "0", "--speed", str(speed), log=tmp_path / "e.log"
+    ) as (proc, port, _):
+        base = f"ws://127.0.0.1:{port}"
+        # The run view's first connection, its reconnect with since, and the filtered firehose.
+        for target in (
+            "/experiments/paced-run",
+            "/experiments/paced-run?since=3",
+            "/?experiment=paced-run",
+        ):
+            got, code, took = await _replayed(base + target)
+            assert code == 1000, target
+            assert [m["type"] for m in got] == ["training_start"] + ["epoch_end"] * 4 + [
+                "replay_end"
+            ]
+            assert [m.get("seq") for m in got[:-1]] == [0, 1, 2, 3, 4], target
+            assert all(m["experiment_id"] == "paced-run" for m in got)
+            assert took >= 0.75 * 4 / speed, f"{target} was not paced ({took:.2f} s)"
+        # The replay endpoint picks its own pace; other ids do not exist here.
+        got, code, _ = await _replayed(base + "/experiments/paced-run/replay?speed=0")
+        assert code == 1000 and len(got) == 6
+        assert (await http_get(port, "/experiments/other", upgrade=True))[0] == 404
+        assert (await http_get(port, "/experiments/other/replay", upgrade=True))[0] == 404
+        status, _, page = await http_get(port, "/")
+        assert status == 200 and b"<html" in page.lower()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
 
