@@ -232,9 +232,24 @@ class Hub:
            one it has not sent) goes to the client live.
         6. If the generation changed (truncation, replacement), the history it
            was reading is gone: it sends ``log_reset`` and starts over from 0.
+
+        A client resuming with ``since`` at or past the file's line count claims
+        lines the file does not have: the file was truncated, replaced or
+        deleted while this client was away (typically while the tailer was
+        stopped, so no ``log_reset`` reached it). It gets ``log_reset`` first,
+        then the file from the start. What stays undetectable: a file replaced
+        while the client was away by one that is at least ``since + 1`` lines
+        long; the client then gets the new file's lines after ``since`` as if it
+        had grown (``seq`` carries no identity of the file it numbers).
         """
         start = 0 if since is None or since < 0 else since + 1
         live_only = since is None
+        if not live_only and start > 0:
+            reader = self.readers.get(experiment_id)
+            lines = reader.next_seq if reader is not None and reader.exists else 0
+            if start > lines:
+                client.write(log_reset_frame(experiment_id))
+                start = 0
         while True:
             if client.closing or client.connection.protocol.state is not OPEN:
                 return False

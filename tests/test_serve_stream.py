@@ -230,6 +230,53 @@ async def test_restart_and_resume_with_since_has_no_gap_or_duplicate(tmp_path):
 
 
 @aio()
+async def test_resume_past_a_file_replaced_while_stopped_gets_log_reset_then_the_file(tmp_path):
+    """since beyond the file's lines (replaced or truncated while the tailer was down): log_reset, then seq 0 on."""
+    w = Writer(tmp_path, "g")
+    for i in range(10):
+        w.message("old", {"i": i})
+    async with (
+        serve_directory(tmp_path, port=0) as app,
+        ws_connect(app.ws_url + "experiments/g") as ws,
+    ):
+        last = (await recv_n(ws, 10))[-1]["seq"]
+    assert last == 9
+    # While no tailer runs, the run is started over: a shorter file under the same name.
+    fresh = Writer(tmp_path, "g-new")
+    for i in range(3):
+        fresh.message("new", {"i": i})
+    os.replace(fresh.path, w.path)
+    async with serve_directory(tmp_path, port=0) as app:
+        # The dashboard's run view and a filtered firehose, both resuming after seq 9.
+        for target in (f"experiments/g?since={last}", f"?experiment=g&since={last}"):
+            async with ws_connect(app.ws_url + target) as ws:
+                reset = await recv_json(ws)
+                assert (reset["type"], reset["experiment_id"]) == ("log_reset", "g"), target
+                got = await recv_n(ws, 3)
+                assert [(m["type"], m["seq"]) for m in got] == [("new", 0), ("new", 1), ("new", 2)]
+                await assert_silent(ws)
+        # since=2 is the file's last line: nothing is claimed that is not there, no reset.
+        async with ws_connect(app.ws_url + "experiments/g?since=2") as ws:
+            await assert_silent(ws)
+            fresh2 = Writer(tmp_path, "g")
+            fresh2.message("live")
+            got = await recv_json(ws)
+            assert (got["type"], got["seq"]) == ("live", 3)
+        # The file now ends at seq 3: since=4 claims one line too many, since=3 none.
+        async with ws_connect(app.ws_url + "experiments/g?since=4") as ws:
+            assert (await recv_json(ws))["type"] == "log_reset"
+            assert [m["seq"] for m in await recv_n(ws, 4)] == [0, 1, 2, 3]
+        async with ws_connect(app.ws_url + "experiments/g?since=3") as ws:
+            await assert_silent(ws)
+        # A file deleted while the client was away: reset at once; a new file starts from 0.
+        async with ws_connect(app.ws_url + "experiments/gone?since=5") as ws:
+            assert (await recv_json(ws))["type"] == "log_reset"
+            Writer(tmp_path, "gone").message("first")
+            got = await recv_json(ws)
+            assert (got["type"], got["seq"]) == ("first", 0)
+
+
+@aio()
 async def test_ping_pong_and_other_client_frames(tmp_path):
     """{"type":"ping"} gets a pong; junk, binary and unknown frames are ignored."""
     async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as ws:
