@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import sys
 
+import orjson
 import pytest
 
 from recorder.format import encode_message
 from tailer.server import serve_directory
 from tests._reliability_helpers import (
     ResumingClient,
+    env_without_tailer,
     file_truth,
     kill_all,
     start_writer,
@@ -18,7 +22,7 @@ from tests._reliability_helpers import (
     wait_for,
     write_script,
 )
-from tests._tailer_helpers import aio, http_get
+from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, ws_connect
 
 
 def _caught_up(clients: list[ResumingClient], truth: dict, segment: int) -> bool:
@@ -99,3 +103,66 @@ async def test_truncate_replace_delete_under_live_writers(tmp_path):
         assert status == 200
         summary = {e["experiment_id"]: e for e in app.summaries()}["rot"]
         assert summary["messages"] == len(recreated) == 1500
+
+
+async def _start_serve(runs, log):
+    """``python -m tailer serve`` as a subprocess: a hang in it cannot block this test's loop."""
+    with open(log, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tailer",
+            "serve",
+            str(runs),
+            "--port",
+            "0",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env={**env_without_tailer(), "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+    except TimeoutError:
+        line = b""
+    match = re.search(rb"on http://127\.0\.0\.1:(\d+)/", line)
+    return proc, int(match.group(1)) if match else None
+
+
+async def _healthy(port: int) -> bool:
+    try:
+        status, _, _ = await asyncio.wait_for(http_get(port, "/healthz"), 5)
+    except (TimeoutError, OSError):
+        return False
+    return status == 200
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a FIFO or directory named *.jsonl blocks or crashes the tailer"
+)
+@aio(90)
+async def test_a_fifo_or_directory_named_jsonl_is_not_an_experiment(tmp_path):
+    """A FIFO or a directory called x.jsonl, at start-up or created later, never blocks or crashes the server."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "dir-at-start.jsonl").mkdir()
+    os.mkfifo(runs / "fifo-at-start.jsonl")
+    Writer(runs, "real").message("m", {"i": 0})
+    proc, port = await _start_serve(runs, tmp_path / "serve.log")
+    try:
+        assert port is not None, (tmp_path / "serve.log").read_text()[-2000:]
+        (runs / "dir-later.jsonl").mkdir()
+        os.mkfifo(runs / "fifo-later.jsonl")
+        async with ws_connect(f"ws://127.0.0.1:{port}/experiments/real") as ws:
+            assert (await recv_json(ws))["data"]["i"] == 0
+            await asyncio.sleep(1.5)  # a sweep (every second) meets both
+            Writer(runs, "real").message("m", {"i": 1})
+            assert (await recv_json(ws))["data"]["i"] == 1
+        assert await _healthy(port)
+        _, _, body = await http_get(port, "/api/experiments")
+        assert [e["experiment_id"] for e in orjson.loads(body)] == ["real"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # SIGKILL: a process stuck opening a FIFO ignores SIGTERM
+            await proc.wait()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
