@@ -136,6 +136,9 @@ class RawClient(asyncio.Protocol):
         self.head = b""
         self.open = asyncio.get_running_loop().create_future()
         self.done = asyncio.get_running_loop().create_future()
+        # Runs that stop their clients on purpose never await ``done``: mark a
+        # close as seen so asyncio does not log it as a lost exception.
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.tail = b""
         self.finished_ns = 0
 
