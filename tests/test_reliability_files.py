@@ -166,3 +166,33 @@ async def test_a_fifo_or_directory_named_jsonl_is_not_an_experiment(tmp_path):
             proc.kill()  # SIGKILL: a process stuck opening a FIFO ignores SIGTERM
             await proc.wait()
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+@aio(60)
+async def test_the_runs_directory_deleted_and_created_again(tmp_path):
+    """rm -rf DIR while serving (a writer still holding its file open): log_reset, then the new DIR streams."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    held = Writer(runs, "a")  # a training process that still has the deleted file open
+    held.message("m", {"i": 0})
+    async with (
+        serve_directory(runs, port=0, poll_interval=0.1) as app,
+        ws_connect(app.ws_url) as fire,
+    ):
+        shutil.rmtree(runs)
+        assert await recv_json(fire) == {"type": "log_reset", "experiment_id": "a", "data": {}}
+        held.message("m", {"i": -1})  # into the deleted file: nobody can see it
+        runs.mkdir()
+        fresh = Writer(runs, "a")
+        fresh.message("m", {"i": 1})
+        got = await recv_json(fire)
+        assert (got["experiment_id"], got["seq"], got["data"]["i"]) == ("a", 0, 1)
+        async with ws_connect(app.ws_url + "experiments/a") as ws:
+            assert (await recv_json(ws))["data"]["i"] == 1
+            fresh.message("m", {"i": 2})
+            assert (await recv_json(ws))["data"]["i"] == 2
+        assert (await recv_json(fire))["data"]["i"] == 2
+    held.close()
+    fresh.close()
