@@ -126,3 +126,34 @@ async def test_a_thousand_careless_clients_do_not_hurt_honest_ones(tmp_path):
     # Loose bound: 1,000 idle clients may cost buffers, not the machine.
     assert rss_loaded - rss_start < 1 << 30, mib(rss_loaded - rss_start)
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.xfail(strict=True, reason="refused handshakes keep their max-clients slot until GC")
+@aio(60)
+async def test_refused_handshakes_do_not_use_up_client_slots(tmp_path):
+    """Handshakes websockets refuses after our checks (bad key, version, Connection) free their slot."""
+    import gc
+
+    from tailer.server import serve_directory
+    from tests._tailer_helpers import ws_connect, ws_status
+
+    bad = [
+        HANDSHAKE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+        HANDSHAKE.replace("Version: 13", "Version: 8"),
+        HANDSHAKE.replace("Connection: Upgrade", "Connection: keep-alive"),
+    ]
+    gc.disable()  # slots must not depend on when the cyclic collector happens to run
+    try:
+        async with serve_directory(tmp_path, port=0, max_clients=3) as app:
+            for i in range(30):
+                reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+                writer.write(bad[i % 3].format(path="/").encode())
+                status = await asyncio.wait_for(reader.readline(), 10)
+                assert status.split()[1] in (b"400", b"426"), status
+                writer.close()
+            async with ws_connect(app.ws_url), ws_connect(app.ws_url), ws_connect(app.ws_url):
+                assert await ws_status(app.ws_url) == 503  # the limit itself still holds
+            await asyncio.sleep(0.2)
+            assert await ws_status(app.ws_url) == 101
+    finally:
+        gc.enable()
