@@ -157,3 +157,45 @@ async def test_refused_handshakes_do_not_use_up_client_slots(tmp_path):
             assert await ws_status(app.ws_url) == 101
     finally:
         gc.enable()
+
+
+@pytest.mark.xfail(strict=True, reason="pongs to a ping flood pile up in the server's send buffer")
+@aio(90)
+async def test_a_ping_flood_from_a_client_that_never_reads_is_cut_off(tmp_path):
+    """Pings answered with pongs the peer never reads: the connection is dropped, memory stays bounded."""
+    import socket
+
+    async with tailer("serve", str(tmp_path), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+        proc,
+        port,
+        _,
+    ):
+        rss_start = rss_of(proc.pid)
+
+        def flood() -> int:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(HANDSHAKE.format(path="/?experiment=quiet").encode())
+            assert sock.recv(12) == b"HTTP/1.1 101"
+            ping = _masked(b"p" * 125, opcode=0x9)
+            chunk = ping * 8000  # about 1 MB of pings, each answered with a pong
+            sent = 0
+            try:
+                while sent < 300 << 20:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:  # reset by the server: what we want
+                pass
+            finally:
+                sock.close()
+            return sent
+
+        sent = await asyncio.to_thread(flood)
+        rss_end = rss_of(proc.pid)
+        assert (await http_get(port, "/healthz"))[0] == 200
+    print(
+        f"ping flood: {mib(sent)} sent before the cut; tailer RSS {mib(rss_start)} -> {mib(rss_end)}"
+    )
+    assert sent < 300 << 20, "the server kept answering a peer that never reads"
+    assert rss_end - rss_start < 100 << 20
