@@ -92,7 +92,7 @@ _live: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for rec in list(_live):
-        rec._lock = threading.Lock()
+        rec._lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -157,7 +157,10 @@ class MetricsRecorder:
         self.enabled: bool = self.per_rank or self.rank == 0
         self.lost: int = 0
         self._fsync = bool(fsync)
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that records (a SIGTERM handler sending status
+        # "failed") may run while this thread is inside record(); a plain Lock would
+        # deadlock the training process there.
+        self._lock = threading.RLock()
         self._fd: int | None = None
         self._closed = False
         self._warned = False
@@ -182,6 +185,10 @@ class MetricsRecorder:
             return
         self._fd = fd
         self._finalizer = weakref.finalize(self, _close_fd, fd)
+        # A writer that died mid-line left the file without its last "\n": start our
+        # first line on a new line, so only the torn one is malformed, not our first too.
+        if _ends_torn(self.path):
+            self._torn = True
         if self._fsync:  # make the new file's directory entry durable too
             with contextlib.suppress(OSError):
                 dir_fd = os.open(self.log_dir, os.O_RDONLY)
@@ -552,6 +559,21 @@ class MetricsRecorder:
         if scheduler_type is not None:
             data["scheduler_type"] = scheduler_type
         self.record("lr_update", data)
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the file at ``path`` is not empty and does not end in ``\n``; False if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _describe(exc: OSError) -> str:

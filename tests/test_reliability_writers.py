@@ -33,12 +33,6 @@ def _complete_lines_and_tail(raw: bytes) -> tuple[list[bytes], bytes]:
     return lines, tail
 
 
-_TORN_BUG = pytest.mark.xfail(
-    strict=True, reason="MetricsRecorder opens a torn file without starting a new line"
-)
-
-
-@_TORN_BUG
 @pytest.mark.slow
 @aio(120)
 async def test_a_writer_killed_mid_line_tears_at_most_the_last_line(tmp_path):
@@ -89,7 +83,6 @@ async def test_a_writer_killed_mid_line_tears_at_most_the_last_line(tmp_path):
     assert list(after_loss["value"]) == [0.5, 1.5, 2.5, 3.5, 4.5]
 
 
-@_TORN_BUG
 @aio(60)
 async def test_a_torn_tail_is_held_until_a_new_writer_completes_the_file(tmp_path):
     """A partial last line is never streamed; a new recorder's messages after it all arrive."""
@@ -222,9 +215,6 @@ print(json.dumps({{"n": n, "handled": handled, "lost": rec.lost}}))
 """
 
 
-@pytest.mark.xfail(
-    strict=True, reason="record() from a signal handler deadlocks on the recorder's lock"
-)
 def test_recording_from_a_signal_handler_never_deadlocks(tmp_path):
     """A signal handler that records while the main loop is inside record(): no hang, every line whole."""
     script = write_script(tmp_path, "sig.py", _SIGNAL_LOOP)
