@@ -356,8 +356,11 @@ def decode_line(line: bytes | str, *, max_bytes: int = MAX_LINE_BYTES) -> dict[s
         MalformedLine: the line is longer than ``max_bytes``, is not JSON, is
             not an object, or has no string ``type``.
     """
-    if len(line) > max_bytes + 1:
-        raise MalformedLine(f"line of {len(line)} bytes is over the limit of {max_bytes}")
+    size = len(line)
+    if line[-1:] in (b"\n", "\n"):
+        size -= 1  # the limit is on the line itself, however its bytes arrived
+    if size > max_bytes:
+        raise MalformedLine(f"line of {size} bytes is over the limit of {max_bytes}")
     try:
         message = orjson.loads(line)
     except orjson.JSONDecodeError as exc:

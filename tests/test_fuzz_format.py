@@ -219,7 +219,6 @@ def test_the_reader_numbers_and_filters_any_byte_stream_exactly(tmp_path_factory
     os.unlink(path)
 
 
-@pytest.mark.xfail(strict=True, reason="decode_line allows max_bytes + 1 bytes without a newline")
 def test_a_line_one_byte_over_the_limit_is_malformed_however_its_bytes_arrive(tmp_path):
     """Validity of a line never depends on how its bytes were split between reads (restart-stable)."""
     line = b'{"type":"abcdef"}'  # 17 bytes
