@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -247,7 +248,9 @@ class FileReader:
         if self.deleted:
             return PollResult("none")
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO that happens to be called x.jsonl must not block
+            # the event loop until some writer opens it (it has no effect on regular files).
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             if self._identity is None:
                 return PollResult("none")  # listed, then gone before the first read
@@ -257,6 +260,11 @@ class FileReader:
             return PollResult("none")
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                # A directory, FIFO or device under a run's name is no experiment.
+                if self._identity is None:
+                    return PollResult("none")
+                return self._mark_deleted()
             identity = (st.st_dev, st.st_ino)
             if self._identity is None:
                 self._identity = identity
@@ -276,6 +284,9 @@ class FileReader:
                 return self._mark_reset(identity, "was rewritten")
             want = min(size - read_pos, max_bytes)
             data = os.pread(fd, want, read_pos)
+        except OSError as exc:  # EIO and the like: nothing consumed, the next poll retries
+            log.warning("cannot read %s: %s", self.path, exc)
+            return PollResult("none")
         finally:
             os.close(fd)
         first = self.splitter.next_seq
@@ -362,7 +373,7 @@ class FileReader:
             raise StaleHistory(self.experiment_id)
         seq0, offset = self.index.seek(start_seq)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise StaleHistory(self.experiment_id) from None
         try:

@@ -137,9 +137,6 @@ async def _healthy(port: int) -> bool:
     return status == 200
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a FIFO or directory named *.jsonl blocks or crashes the tailer"
-)
 @aio(90)
 async def test_a_fifo_or_directory_named_jsonl_is_not_an_experiment(tmp_path):
     """A FIFO or a directory called x.jsonl, at start-up or created later, never blocks or crashes the server."""
