@@ -180,6 +180,20 @@ class TailerServer:
         except RequestError as exc:
             return _error(exc.status, exc.reason)
 
+    def process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        """Free the client slot of a handshake refused after :meth:`process_request` took it.
+
+        websockets validates the handshake (key, version, ``Connection``) after
+        our checks; when it refuses one, :meth:`handler` never runs to take the
+        route back, and the slot would stay counted until the garbage collector
+        freed the connection: a few hundred bad handshakes would lock every
+        client out with 503.
+        """
+        if response.status_code != 101:
+            self._routes.pop(connection, None)
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         headers = request.headers
         if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
@@ -402,11 +416,31 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
 
 
 async def _start(app: TailerServer, host: str, port: int) -> Server:
+    # websockets answers every ping with a pong and closes with a close frame, writing them
+    # without a look at the send buffer. A peer that sends while never reading (a ping
+    # flood) would grow that buffer, and the server's memory, without bound; the hub's
+    # 1013 check only runs when a line is sent to it. Past twice the queue limit, drop it.
+    limit = 2 * app.queue_bytes
+
+    class Connection(ServerConnection):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            transport = self.transport
+            if transport.get_write_buffer_size() > limit and not transport.is_closing():
+                log.warning(
+                    "client %s sends but does not read (%d bytes waiting); dropping it",
+                    self.remote_address,
+                    transport.get_write_buffer_size(),
+                )
+                transport.abort()
+
     return await serve(
         app.handler,
         host,
         port,
         process_request=app.process_request,
+        process_response=app.process_response,
+        create_connection=Connection,
         compression=None,  # frames are shared between clients, so no per-connection deflate
         max_size=MAX_CLIENT_FRAME,
         max_queue=16,

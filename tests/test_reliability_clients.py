@@ -128,7 +128,6 @@ async def test_a_thousand_careless_clients_do_not_hurt_honest_ones(tmp_path):
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="refused handshakes keep their max-clients slot until GC")
 @aio(60)
 async def test_refused_handshakes_do_not_use_up_client_slots(tmp_path):
     """Handshakes websockets refuses after our checks (bad key, version, Connection) free their slot."""
@@ -159,7 +158,6 @@ async def test_refused_handshakes_do_not_use_up_client_slots(tmp_path):
         gc.enable()
 
 
-@pytest.mark.xfail(strict=True, reason="pongs to a ping flood pile up in the server's send buffer")
 @aio(90)
 async def test_a_ping_flood_from_a_client_that_never_reads_is_cut_off(tmp_path):
     """Pings answered with pongs the peer never reads: the connection is dropped, memory stays bounded."""
