@@ -170,6 +170,37 @@ def run_server(
     return 0
 
 
+def _raise_open_file_limit(max_clients: int) -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` so ``max_clients`` sockets plus some files fit.
+
+    Distributions start processes with a soft limit of 1024 descriptors (the
+    hard one is usually far higher): below ``--max-clients``, ``accept()``
+    failed with EMFILE, run files could not be opened, and lines waited.
+    Warns if even the hard limit is too low.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    wanted = max_clients + 256  # the listening socket, inotify, file reads, margin
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < wanted:
+        log.warning(
+            "only %d open files allowed (ulimit -n): fewer than --max-clients %d clients fit",
+            soft,
+            max_clients,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.quiet)
     try:
@@ -191,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tailer: {exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit(options["max_clients"])  # type: ignore[arg-type]
     directory = args.directory
     try:
         os.makedirs(directory, exist_ok=True)
