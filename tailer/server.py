@@ -35,6 +35,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from recorder.format import validate_experiment_id
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -555,8 +556,6 @@ async def serve_replay(
         replay_max_gap=max_gap,
         static_dir=static_dir,
     )
-    from recorder.format import validate_experiment_id
-
     reader = FileReader(path, validate_experiment_id(app._replay_id()))
     reader.read_all()
     app._replay_reader = reader
