@@ -205,7 +205,6 @@ def test_batch_metrics_every_n_steps(pl: Any, tmp_path: Path) -> None:
         assert b["recall"] is None and b["f1"] is None
 
 
-@pytest.mark.xfail(strict=True, reason="epoch_end has no step yet (issue 10)")
 def test_epoch_end_carries_the_global_step(pl: Any, tmp_path: Path) -> None:
     """Every epoch_end has `step`, the trainer's global step, so epoch values can be drawn against step."""
     callback = RecorderCallback(tmp_path, "steps")
@@ -216,7 +215,6 @@ def test_epoch_end_carries_the_global_step(pl: Any, tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="batch_metrics repeats the last epoch's value (issue 10)")
 def test_batch_values_are_only_those_logged_that_step(pl: Any, tmp_path: Path) -> None:
     """A value logged with on_step=False is never written into a later batch's batch_metrics."""
     import torch
