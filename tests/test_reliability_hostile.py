@@ -104,7 +104,9 @@ async def test_an_empty_tailer_token_in_the_environment_counts_as_unset(tmp_path
 # --------------------------------------------------------------------------- item 6
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: duplicated headers raise inside process_request (500)")
+@pytest.mark.xfail(
+    strict=True, reason="issue 16: duplicated headers raise inside process_request (500)"
+)
 @aio(60)
 async def test_duplicated_headers_and_bad_targets_get_400_never_500(tmp_path):
     """Two Host, Origin or Authorization headers, or bytes no URL has, are a 400 and no traceback."""
@@ -113,7 +115,8 @@ async def test_duplicated_headers_and_bad_targets_get_400_never_500(tmp_path):
         head.format(target="/api/experiments", extra="Host: 127.0.0.1\r\n").encode(),
         head.format(target="/", extra="Origin: http://localhost\r\nOrigin: http://x\r\n").encode(),
         head.format(
-            target="/api/experiments", extra="Authorization: Bearer t\r\nAuthorization: Bearer u\r\n"
+            target="/api/experiments",
+            extra="Authorization: Bearer t\r\nAuthorization: Bearer u\r\n",
         ).encode(),
         head.format(target="//[/", extra="").encode(),
         b"GET /\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
@@ -142,7 +145,11 @@ async def test_a_fifo_swapped_in_under_a_replay_never_freezes_the_server(tmp_pat
     run = tmp_path / "x.jsonl"
     Writer(tmp_path, "x").message("m", {"i": 0})
     log = tmp_path / "replay.log"
-    async with tailer("replay", str(run), "--port", "0", "--speed", "0", log=log) as (proc, port, _):
+    async with tailer("replay", str(run), "--port", "0", "--speed", "0", log=log) as (
+        proc,
+        port,
+        _,
+    ):
         fifo = tmp_path / "fifo"
         os.mkfifo(fifo)
         os.replace(fifo, run)
@@ -179,7 +186,10 @@ async def test_a_file_of_newlines_or_binary_data_does_not_hold_up_other_runs(tmp
             (runs / f"{name}.jsonl").write_bytes(data)
             figures[name] = await _other_run_latency(port, runs)
             assert await _healthz_seconds(port) < 2
-        print("other runs' worst latency: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items()))
+        print(
+            "other runs' worst latency: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items())
+        )
         assert max(figures.values()) < 2, figures
         _, _, body = await http_get(port, "/api/experiments")
         assert {e["experiment_id"] for e in orjson.loads(body)} >= {"good", "newlines", "binary"}
@@ -324,3 +334,70 @@ def test_a_recorder_pointed_at_a_fifo_does_not_block(tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.strip() == b"lost 3"
     assert done.stderr.decode().count("x.jsonl") == 1, done.stderr.decode()
+
+
+# --------------------------------------------------------------------------- item 10 (DESIGN §10)
+
+
+def _lines(start: int, stop: int) -> bytes:
+    from recorder.format import encode_message
+
+    return b"".join(
+        encode_message("batch_metrics", {"step": i, "loss": 0.5}) for i in range(start, stop)
+    )
+
+
+async def _sync(how: str, source: Path, dest: Path) -> None:
+    """Bring ``dest`` up to date with ``source`` the way an offline machine's sync does."""
+    import shutil
+
+    if how == "cp":
+        await asyncio.to_thread(shutil.copyfile, source, dest)  # truncates dest, then writes
+        return
+    args = ["rsync", "--append"] if how == "rsync --append" else ["rsync"]
+    proc = await asyncio.create_subprocess_exec(*args, str(source), str(dest))
+    assert await proc.wait() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16/14: every re-synced file costs a log_reset")
+@aio(120)
+async def test_a_re_synced_file_continues_as_an_append(tmp_path):
+    """rsync (temp file + rename), rsync --append and cp over the run: only new lines, seq goes on; a changed prefix resets."""
+    import shutil
+
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (scripts/setup.sh --dev installs it)")
+    from tailer.server import serve_directory
+
+    offline = tmp_path / "offline"
+    runs = tmp_path / "runs"
+    offline.mkdir()
+    runs.mkdir()
+    source = offline / "sync.jsonl"
+    source.write_bytes(_lines(0, 1000))
+    shutil.copyfile(source, runs / "sync.jsonl")
+    async with (
+        serve_directory(runs, port=0) as app,
+        ws_connect(app.ws_url + "experiments/sync?since=-1") as ws,
+        ws_connect(app.ws_url) as fire,
+    ):
+        assert [m["seq"] for m in [await recv_json(ws) for _ in range(1000)]] == list(range(1000))
+        end = 1000
+        for how in ("rsync", "rsync --append", "cp", "rsync", "cp"):
+            with open(source, "ab") as f:
+                f.write(_lines(end, end + 300))
+            await _sync(how, source, runs / "sync.jsonl")
+            for client in (ws, fire):
+                got = [await recv_json(client) for _ in range(300)]
+                assert [m.get("seq") for m in got] == list(range(end, end + 300)), how
+                assert [m["data"]["step"] for m in got] == list(range(end, end + 300)), how
+            end += 300
+        # A copy whose already-read bytes differ is another run: log_reset, then from 0.
+        source.write_bytes(_lines(5000, 6000) + _lines(0, 1000))
+        await _sync("rsync", source, runs / "sync.jsonl")
+        for client in (ws, fire):
+            assert (await recv_json(client))["type"] == "log_reset"
+            first = await recv_json(client)
+            assert (first["seq"], first["data"]["step"]) == (0, 5000)
+        summary = app.summaries()[0]
+        assert summary["lines"] == 2000
