@@ -95,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between checks with --poll (default 0.25)",
     )
     watch.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="serve *.jsonl symlinks wherever they point (default: only links to files "
+        "inside DIR; others are ignored with a warning)",
+    )
+    watch.add_argument(
         "--scan-interval",
         type=float,
         default=None,
@@ -241,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
             poll=args.poll,
             poll_interval=args.poll_interval,
             scan_interval=scan_interval,
+            follow_symlinks=args.follow_symlinks,
             on_listen=on_listen,
             **options,  # type: ignore[arg-type]
         )

@@ -245,8 +245,10 @@ class TailerServer:
                 return route
             raise RequestError(404, "no such experiment")
         assert self.hub is not None
-        if route.kind == "replay" and not self._experiment_path(route.experiment_id).is_file():
-            raise RequestError(404, "no such experiment")
+        if route.kind == "replay":
+            reader = self.hub.readers.get(route.experiment_id or "")
+            if reader is None or not reader.exists:  # never a link out of DIR, a FIFO...
+                raise RequestError(404, "no such experiment")
         return route
 
     def _replay_id(self) -> str:
@@ -471,18 +473,27 @@ async def serve_directory(
     scan_interval: float = DEFAULT_SCAN_INTERVAL,
     poll_interval: float = 0.25,
     index_every: int = 1000,
+    follow_symlinks: bool = False,
     static_dir: Path = STATIC_DIR,
     on_listen: Callable[[TailerServer], None] | None = None,
 ) -> AsyncIterator[TailerServer]:
     """Stream every ``*.jsonl`` in ``directory`` (created if missing) until the block exits.
 
-    Reads the existing files first, then listens and watches. Leaving the
-    block closes every client with 1001. Raises ``OSError`` if the port is taken.
+    Reads the existing files first (big ones go on in the background), then
+    listens and watches. Leaving the block closes every client with 1001.
+    Raises ``OSError`` if the port is taken. A ``*.jsonl`` symlink is an
+    experiment only if it resolves to a file inside ``directory``, unless
+    ``follow_symlinks``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hub = Hub(directory, queue_bytes=queue_bytes, index_every=index_every)
-    await hub.refresh()
+    hub = Hub(
+        directory,
+        queue_bytes=queue_bytes,
+        index_every=index_every,
+        follow_symlinks=follow_symlinks,
+    )
+    await hub.refresh(startup=True)
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -522,6 +533,7 @@ async def serve_directory(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await hub.close()
 
 
 @contextlib.asynccontextmanager

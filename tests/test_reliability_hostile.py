@@ -169,7 +169,6 @@ async def test_a_fifo_swapped_in_under_a_replay_never_freezes_the_server(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16: a file of newlines is split on the event loop")
 @aio(240)
 async def test_a_file_of_newlines_or_binary_data_does_not_hold_up_other_runs(tmp_path):
     """16 MiB of newlines, then 16 MiB of random bytes, appear at runtime: other runs' lines stay prompt."""
@@ -202,7 +201,6 @@ def _sparse(path: Path, size: int = 5 << 30) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16: start-up reads every file before listening")
 @aio(240)
 async def test_a_huge_sparse_file_delays_neither_start_up_nor_other_runs(tmp_path):
     """A 5 GB sparse big.jsonl at start, and another appearing later: /healthz at once, other runs prompt."""
@@ -236,7 +234,6 @@ async def test_a_huge_sparse_file_delays_neither_start_up_nor_other_runs(tmp_pat
 # --------------------------------------------------------------------------- item 4
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: symlinks are followed out of the runs directory")
 @aio(60)
 async def test_symlinks_out_of_the_runs_directory_are_ignored_with_one_warning(tmp_path, caplog):
     """A link to a file outside DIR is no experiment (one warning); a link inside DIR is; --follow-symlinks lifts it."""
@@ -283,7 +280,6 @@ async def test_symlinks_out_of_the_runs_directory_are_ignored_with_one_warning(t
 # --------------------------------------------------------------------------- item 9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: an unreadable file warns on every poll")
 def test_an_unreadable_file_warns_once(tmp_path, monkeypatch, caplog):
     """EACCES on every open: one warning, not one a second; readable again, it streams."""
     from tailer import reader as reader_module
@@ -359,7 +355,6 @@ async def _sync(how: str, source: Path, dest: Path) -> None:
     assert await proc.wait() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16/14: every re-synced file costs a log_reset")
 @aio(120)
 async def test_a_re_synced_file_continues_as_an_append(tmp_path):
     """rsync (temp file + rename), rsync --append and cp over the run: only new lines, seq goes on; a changed prefix resets."""
