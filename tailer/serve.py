@@ -118,13 +118,16 @@ def network_options(args: argparse.Namespace) -> dict[str, object]:
     )
     if max_clients < 1:
         raise ValueError(f"--max-clients must be at least 1, not {max_clients}")
+    if args.token == "":
+        raise ValueError("--token must not be empty (leave it out to serve without a token)")
     port = args.port if args.port is not None else config.env_int("PORT", config.DEFAULT_PORT)
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, not {port}")
     return {
         "host": args.host or config.env_str("HOST", config.DEFAULT_HOST),
         "port": port,
-        "token": args.token or config.env_str("TOKEN", None),
+        # An empty TAILER_TOKEN counts as unset (env_str), never as a token nobody can give.
+        "token": args.token if args.token is not None else config.env_str("TOKEN", None),
         "allow_origins": [*config.env_list("ALLOW_ORIGINS"), *args.allow_origin],
         "allow_hosts": [*config.env_list("ALLOW_HOSTS"), *args.allow_host],
         "max_clients": max_clients,

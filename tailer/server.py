@@ -56,6 +56,7 @@ from tailer.routes import (
     origin_allowed,
     parse_speed,
     parse_ws_route,
+    single_header,
     split_target,
     static_file,
     token_presented,
@@ -134,6 +135,8 @@ class TailerServer:
         replay_max_gap: float | None = None,
         static_dir: Path = STATIC_DIR,
     ) -> None:
+        if token == "":
+            raise ValueError("an empty token would turn authentication off; pass None for none")
         self.hub = hub
         self.host = host
         self.token = token
@@ -197,16 +200,19 @@ class TailerServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         headers = request.headers
-        if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
-            raise RequestError(403, "Host not allowed (add it with --allow-host)")
-        if not origin_allowed(headers.get("Origin"), self.allow_origins):
-            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        host = single_header(headers, "Host")
+        origin = single_header(headers, "Origin")
+        authorization = single_header(headers, "Authorization")
         path, query = split_target(request.path)
-        upgrade = "websocket" in headers.get("Upgrade", "").lower()
+        if not host_allowed(host, self.host, self.allow_hosts):
+            raise RequestError(403, "Host not allowed (add it with --allow-host)")
+        if not origin_allowed(origin, self.allow_origins):
+            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        upgrade = "websocket" in ",".join(headers.get_all("Upgrade")).lower()
         if path == "/healthz" and not upgrade:
             return _response(200, b"ok\n", "text/plain; charset=utf-8", cache="no-store")
         if self.token is not None and not token_presented(
-            self.token, query, headers.get("Authorization"), headers.get("Cookie")
+            self.token, query, authorization, "; ".join(headers.get_all("Cookie")) or None
         ):
             return _error(
                 401,
@@ -220,7 +226,7 @@ class TailerServer:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
             return None
-        return self._http(path, query, headers.get("If-None-Match"))
+        return self._http(path, query, ", ".join(headers.get_all("If-None-Match")) or None)
 
     def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
         route = parse_ws_route(path, query)
@@ -383,11 +389,21 @@ class TailerServer:
         try:
             async for frame in frames:
                 await connection.send(frame, text=True)
+        except OSError as exc:  # gone, or no longer a regular file (a FIFO swapped in)
+            log.warning("cannot replay %s: %s", route.experiment_id, exc)
+            await connection.close(1011, "cannot read the run file")
+            return
         finally:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
         await connection.close(1000, "replay finished")
+
+
+def _malformed_request() -> bytes:
+    response = _error(400, "malformed request target")
+    head = "".join(f"{k}: {v}\r\n" for k, v in response.headers.raw_items())
+    return f"HTTP/1.1 400 Bad Request\r\n{head}\r\n".encode() + response.body
 
 
 class ListenError(OSError):
@@ -426,7 +442,11 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     limit = 2 * app.queue_bytes
 
     class Connection(ServerConnection):
+        request_line_checked = False
+
         def data_received(self, data: bytes) -> None:
+            if not self.request_line_checked and not self._request_line_ok(data):
+                return
             super().data_received(data)
             transport = self.transport
             if transport.get_write_buffer_size() > limit and not transport.is_closing():
@@ -436,6 +456,23 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
                     transport.get_write_buffer_size(),
                 )
                 transport.abort()
+
+        def _request_line_ok(self, data: bytes) -> bool:
+            """Answer 400 to a request line with bytes outside ASCII.
+
+            websockets decodes the request line as ASCII and, failing, closes
+            the connection without a word; a client deserves a status.
+            """
+            self._head = getattr(self, "_head", b"") + data[:8192]
+            end = self._head.find(b"\r\n")
+            if end < 0 and len(self._head) < 8192:
+                return True
+            self.request_line_checked = True
+            if self._head[: end if end >= 0 else 8192].isascii():
+                return True
+            self.transport.write(_malformed_request())
+            self.transport.close()
+            return False
 
     return await serve(
         app.handler,

@@ -65,7 +65,6 @@ async def _other_run_latency(port: int, runs: Path, rounds: int = 5) -> float:
 # --------------------------------------------------------------------------- item 7
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: --token '' silently turns authentication off")
 def test_an_empty_token_is_refused(tmp_path):
     """--token "" exits 2 with one line; TAILER_TOKEN="" means no token (not an impossible one)."""
     import subprocess
@@ -104,9 +103,6 @@ async def test_an_empty_tailer_token_in_the_environment_counts_as_unset(tmp_path
 # --------------------------------------------------------------------------- item 6
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16: duplicated headers raise inside process_request (500)"
-)
 @aio(60)
 async def test_duplicated_headers_and_bad_targets_get_400_never_500(tmp_path):
     """Two Host, Origin or Authorization headers, or bytes no URL has, are a 400 and no traceback."""
@@ -329,7 +325,8 @@ def test_a_recorder_pointed_at_a_fifo_does_not_block(tmp_path):
         pytest.fail("the recorder blocked opening a FIFO")
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.strip() == b"lost 3"
-    assert done.stderr.decode().count("x.jsonl") == 1, done.stderr.decode()
+    err = done.stderr.decode()
+    assert err.count("RuntimeWarning: runtail: cannot open") == 1, err  # one warning, not 3
 
 
 # --------------------------------------------------------------------------- item 10 (DESIGN §10)
