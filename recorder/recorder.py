@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -179,7 +180,7 @@ class MetricsRecorder:
     def _open(self) -> None:
         try:
             os.makedirs(self.log_dir, exist_ok=True)
-            fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+            fd = _open_regular(self.path)
         except OSError as exc:
             self._warn_once(f"cannot open {self.path} ({exc})")
             return
@@ -559,6 +560,25 @@ class MetricsRecorder:
         if scheduler_type is not None:
             data["scheduler_type"] = scheduler_type
         self.record("lr_update", data)
+
+
+def _open_regular(path: Path) -> int:
+    """Open the run file for appending; never a FIFO.
+
+    ``O_NONBLOCK`` so that a FIFO under the run's name fails at once (ENXIO
+    with no reader) instead of blocking training until someone reads it; a
+    FIFO that does open (someone reads it) is refused after ``fstat``, since
+    a full pipe would block every write. Devices (``/dev/null``) are fine.
+    """
+    fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o644)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "a FIFO, not a file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _ends_torn(path: Path) -> bool:

@@ -134,7 +134,6 @@ async def test_duplicated_headers_and_bad_targets_get_400_never_500(tmp_path):
 # --------------------------------------------------------------------------- item 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: a replay opens its file with a blocking open()")
 @aio(90)
 async def test_a_fifo_swapped_in_under_a_replay_never_freezes_the_server(tmp_path):
     """`tailer replay x.jsonl`, then x.jsonl replaced by a FIFO: a client is refused, /healthz answers, SIGTERM stops it."""
@@ -301,7 +300,6 @@ def test_an_unreadable_file_warns_once(tmp_path, monkeypatch, caplog):
     assert result.kind == "data" and len(result.lines) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: the recorder opens a FIFO with a blocking open()")
 def test_a_recorder_pointed_at_a_fifo_does_not_block(tmp_path):
     """runs/x.jsonl is a FIFO nobody reads: the recorder warns once and counts what it could not write."""
     import subprocess
