@@ -43,7 +43,9 @@ from recorder.format import (
     _stamp_at,
     _time_ns,
     encode_message,
+    rank_file_id,
     validate_experiment_id,
+    validate_run_id,
 )
 
 __all__ = ["MetricsRecorder", "default_rank", "new_experiment_id"]
@@ -115,7 +117,8 @@ class MetricsRecorder:
     Args:
         log_dir: Directory of the run files; created if missing.
         experiment_id: The run's id and file stem. ``None`` makes a unique one
-            (:func:`new_experiment_id`). An invalid id raises
+            (:func:`new_experiment_id`). An invalid id, or one ending in
+            ``.rank<digits>`` (:func:`recorder.format.validate_run_id`), raises
             :class:`ValueError` before anything is created.
         fsync: ``os.fsync`` after every message (survives a machine crash; costs
             a disk flush per message).
@@ -145,13 +148,13 @@ class MetricsRecorder:
     ) -> None:
         if experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self._rank_given = rank
         self.rank: int = default_rank() if rank is None else int(rank)
         self.per_rank = bool(per_rank)
         stem = self.experiment_id
         if self.per_rank:
-            stem = validate_experiment_id(f"{stem}.rank{self.rank}")
+            stem = rank_file_id(stem, self.rank)
         self.log_dir = Path(log_dir)
         self.path: Path = self.log_dir / f"{stem}.jsonl"
         self.enabled: bool = self.per_rank or self.rank == 0
