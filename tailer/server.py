@@ -240,6 +240,9 @@ class TailerServer:
                     replay_id,
                     speed=parse_speed(speed[-1]) if speed else self.replay_speed,
                     max_gap=self.replay_max_gap,
+                    # `/` stays open after the run: the unmodified React client reconnects
+                    # on every close and would replay the run again and again (§11).
+                    stay_open=route.kind == "firehose",
                 )
             if route.kind == "replay" and route.experiment_id == replay_id:
                 return route
@@ -385,7 +388,10 @@ class TailerServer:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
-        await connection.close(1000, "replay finished")
+        if route.stay_open:
+            await connection.wait_closed()  # pings are still answered by _receive
+        else:
+            await connection.close(1000, "replay finished")
 
 
 class ListenError(OSError):

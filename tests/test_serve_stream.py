@@ -530,7 +530,6 @@ async def test_events_for_vanished_files_do_not_create_experiments(tmp_path):
         assert app.hub is not None and app.hub.readers == {}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: tailer replay closes / with 1000 after replay_end")
 @aio()
 async def test_tailer_replay_keeps_root_open_after_the_run(tmp_path):
     """Under `tailer replay`, `/` stays open after replay_end (pings answered) until the client leaves.
