@@ -63,6 +63,7 @@ from recorder.format import (
     decode_line,
     parse_timestamp,
     restore_non_finite,
+    split_rank,
 )
 from replay._plans import EPOCH_KEYS, MAX_PLANS, MISS, ROUND_KEYS, STEP_KEYS, PlanCompiler
 from replay._source import LineBlocks, Run, SkipCounts, Source, resolve_sources
@@ -75,6 +76,7 @@ __all__ = [
     "message_batches",
     "message_table_schema",
     "metric_batches",
+    "metric_block_reader",
     "metrics_schema",
     "read_messages",
     "read_metrics",
@@ -315,9 +317,9 @@ class _MetricsBuilder:
     message's rows by Arrow's ``take``.
     """
 
-    def __init__(self, run: Run, schema: pa.Schema) -> None:
-        self.experiment_id = run.experiment_id
-        self.rank = pa.scalar(run.rank, pa.int64())
+    def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
+        self.experiment_id = experiment_id
+        self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
@@ -596,9 +598,9 @@ _DATA_KEY = re.compile(rb'"data"[ \t\r\n]*:')
 class _MessageTableBuilder:
     """Turns blocks of lines into record batches of the lossless message table."""
 
-    def __init__(self, run: Run, schema: pa.Schema) -> None:
-        self.experiment_id = run.experiment_id
-        self.rank = pa.scalar(run.rank, pa.int64())
+    def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
+        self.experiment_id = experiment_id
+        self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
@@ -726,7 +728,23 @@ def metric_batches(
     called with the number of bytes read after each block (for progress).
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MetricsBuilder(run, schema), skips, on_bytes=on_bytes)
+    return _run_batches(run, _MetricsBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes)
+
+
+def metric_block_reader(
+    experiment_id: str, *, with_experiment_id: bool = False
+) -> Callable[[int, list[bytes | None]], pa.RecordBatch | None]:
+    """A function turning consecutive lines into the metrics table's rows, block by block.
+
+    Call it with ``(seq of the first line, lines)`` for each block, in file
+    order, lines as :class:`tailer.reader.LineSplitter` gives them (``None``
+    for an over-long line); it returns that block's rows, or ``None`` when the
+    block has none. The rows and their ``metric`` names are exactly those of
+    :func:`read_metrics`: the naming rules stay here, used by whoever reads a
+    file incrementally (the tailer's reduced series).
+    """
+    schema = metrics_schema(with_experiment_id=with_experiment_id)
+    return _MetricsBuilder(*split_rank(experiment_id), schema).add
 
 
 def message_batches(
@@ -738,7 +756,7 @@ def message_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
     schema = message_table_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MessageTableBuilder(run, schema), skips, on_bytes=on_bytes)
+    return _run_batches(run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes)
 
 
 def _warn_skipped(skips: SkipCounts, skipped_names: list[str]) -> None:
