@@ -60,6 +60,7 @@ from tailer.routes import (
     static_file,
     token_presented,
 )
+from tailer.sessions import DEFAULT_SESSION_TTL, Session, SessionClient, SessionStore
 from tailer.watcher import watch_directory
 
 __all__ = ["MAX_CLIENT_FRAME", "ListenError", "TailerServer", "serve_directory", "serve_replay"]
@@ -133,8 +134,10 @@ class TailerServer:
         replay_speed: float = 1.0,
         replay_max_gap: float | None = None,
         static_dir: Path = STATIC_DIR,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.hub = hub
+        self.sessions = sessions
         self.host = host
         self.token = token
         self.allow_origins = tuple(allow_origins)
@@ -152,6 +155,10 @@ class TailerServer:
             weakref.WeakKeyDictionary()
         )
         self._replay_reader: FileReader | None = None
+        # `/` handshakes accepted with a cookie session: the session and the cookie to set.
+        self._session_of: weakref.WeakKeyDictionary[ServerConnection, tuple[Session, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ------------------------------------------------------------------ addresses
 
@@ -194,6 +201,10 @@ class TailerServer:
         """
         if response.status_code != 101:
             self._routes.pop(connection, None)
+            self._session_of.pop(connection, None)
+        elif connection in self._session_of and self.sessions is not None:
+            value = self._session_of[connection][1]
+            response.headers["Set-Cookie"] = self.sessions.set_cookie(value)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         headers = request.headers
@@ -219,6 +230,8 @@ class TailerServer:
             if len(self.clients) + len(self._routes) >= self.max_clients:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
+            if self.sessions is not None and route.kind == "firehose":
+                self._session_of[connection] = self.sessions.session_for(headers.get("Cookie"))
             return None
         return self._http(path, query, headers.get("If-None-Match"))
 
@@ -240,6 +253,9 @@ class TailerServer:
                     replay_id,
                     speed=parse_speed(speed[-1]) if speed else self.replay_speed,
                     max_gap=self.replay_max_gap,
+                    # `/` stays open after the run: the unmodified React client reconnects
+                    # on every close and would replay the run again and again (§11).
+                    stay_open=route.kind == "firehose",
                 )
             if route.kind == "replay" and route.experiment_id == replay_id:
                 return route
@@ -319,7 +335,20 @@ class TailerServer:
             return
         peer = connection.remote_address
         label = f"{peer[0]}:{peer[1]} {connection.request.path.split('?')[0] if connection.request else ''}"
-        client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        session = self._session_of.pop(connection, None)
+        client: Client
+        if session is not None:
+            client = SessionClient(
+                connection,
+                queue_bytes=self.queue_bytes,
+                label=label,
+                session=session[0],
+                experiment=route.experiment_id,
+            )
+            # The last count of acknowledged bytes, while the socket still exists.
+            connection.on_lost = client.settle  # type: ignore[attr-defined]
+        else:
+            client = Client(connection, queue_bytes=self.queue_bytes, label=label)
         self.clients.add(client)
         log.info("client %s connected (%d connected)", label, len(self.clients))
         receiver = asyncio.create_task(self._receive(client))
@@ -329,7 +358,10 @@ class TailerServer:
             else:
                 hub = self.hub
                 assert hub is not None
-                if route.kind == "firehose" and route.experiment_id is None:
+                if isinstance(client, SessionClient):
+                    assert self.sessions is not None
+                    await self.sessions.attach(hub, client, route)
+                elif route.kind == "firehose" and route.experiment_id is None:
                     hub.subscribe_firehose(client)
                 else:
                     assert route.experiment_id is not None
@@ -341,6 +373,8 @@ class TailerServer:
             receiver.cancel()
             if self.hub is not None:
                 self.hub.unsubscribe(client)
+            if isinstance(client, SessionClient) and self.sessions is not None:
+                self.sessions.detach(client)
             self.clients.discard(client)
             reason = connection.close_reason
             log.info(
@@ -385,7 +419,10 @@ class TailerServer:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
-        await connection.close(1000, "replay finished")
+        if route.stay_open:
+            await connection.wait_closed()  # pings are still answered by _receive
+        else:
+            await connection.close(1000, "replay finished")
 
 
 class ListenError(OSError):
@@ -424,6 +461,13 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     limit = 2 * app.queue_bytes
 
     class Connection(ServerConnection):
+        on_lost: Callable[[], object] | None = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.on_lost is not None:
+                self.on_lost()
+            super().connection_lost(exc)
+
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             transport = self.transport
@@ -472,12 +516,17 @@ async def serve_directory(
     poll_interval: float = 0.25,
     index_every: int = 1000,
     static_dir: Path = STATIC_DIR,
+    # Cookie sessions on `/` (DESIGN §11)
+    state_dir: str | os.PathLike[str] | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
     on_listen: Callable[[TailerServer], None] | None = None,
 ) -> AsyncIterator[TailerServer]:
     """Stream every ``*.jsonl`` in ``directory`` (created if missing) until the block exits.
 
     Reads the existing files first, then listens and watches. Leaving the
     block closes every client with 1001. Raises ``OSError`` if the port is taken.
+    Sessions are kept under ``state_dir`` (``None``: in memory, lost at exit;
+    ``tailer serve`` defaults to :func:`tailer.sessions.default_state_dir`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -493,13 +542,16 @@ async def serve_directory(
         max_clients=max_clients,
         queue_bytes=queue_bytes,
         static_dir=static_dir,
+        sessions=SessionStore(state_dir, ttl=session_ttl),
     )
+    assert app.sessions is not None
     _warn_exposed(host, token)
 
     async def changed(ids: set[str] | None) -> None:
         await hub.refresh(ids)
 
-    async with _listen(app, host, port):
+    # Sessions outlive the listener: its exit closes every client, whose records are final.
+    async with app.sessions.running(), _listen(app, host, port):
         if on_listen is not None:
             on_listen(app)
         watcher = asyncio.create_task(
