@@ -74,6 +74,7 @@ __all__ = [
     "message_batches",
     "message_table_schema",
     "metric_batches",
+    "metric_block_reader",
     "metrics_schema",
     "read_messages",
     "read_metrics",
@@ -719,6 +720,22 @@ def metric_batches(
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
     return _run_batches(run, _MetricsBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes)
+
+
+def metric_block_reader(
+    experiment_id: str, *, with_experiment_id: bool = False
+) -> Callable[[int, list[bytes | None]], pa.RecordBatch | None]:
+    """A function turning consecutive lines into the metrics table's rows, block by block.
+
+    Call it with ``(seq of the first line, lines)`` for each block, in file
+    order, lines as :class:`tailer.reader.LineSplitter` gives them (``None``
+    for an over-long line); it returns that block's rows, or ``None`` when the
+    block has none. The rows and their ``metric`` names are exactly those of
+    :func:`read_metrics`: the naming rules stay here, used by whoever reads a
+    file incrementally (the tailer's reduced series).
+    """
+    schema = metrics_schema(with_experiment_id=with_experiment_id)
+    return _MetricsBuilder(experiment_id, schema).add
 
 
 def message_batches(
