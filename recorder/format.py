@@ -50,6 +50,7 @@ __all__ = [
     "is_valid_experiment_id",
     "parse_timestamp",
     "rank_file_id",
+    "rank_suffix",
     "restore_non_finite",
     "split_lines",
     "split_rank",
@@ -132,9 +133,14 @@ def validate_run_id(run_id: object) -> str:
     return run_id  # type: ignore[return-value]
 
 
+def rank_suffix(rank: int) -> str:
+    """What a per-rank file's id adds to its run's: ``.rank<rank>``."""
+    return f".rank{int(rank)}"
+
+
 def rank_file_id(run_id: str, rank: int) -> str:
     """The id (file stem) of rank ``rank``'s file of run ``run_id``: ``<run_id>.rank<rank>``."""
-    return validate_experiment_id(f"{run_id}.rank{int(rank)}")
+    return validate_experiment_id(run_id + rank_suffix(rank))
 
 
 def split_rank(experiment_id: str) -> tuple[str, int | None]:
