@@ -213,6 +213,9 @@ class Route:
     since: int | None = None
     speed: float = 1.0
     max_gap: float | None = None
+    #: A replay that stays open after ``replay_end`` until the client leaves (``/`` under
+    #: ``tailer replay``, DESIGN §11) instead of closing with 1000.
+    stay_open: bool = False
 
 
 def _one(query: Mapping[str, list[str]], name: str) -> str | None:
