@@ -301,7 +301,7 @@ def test_an_unreadable_file_warns_once(tmp_path, monkeypatch, caplog):
 
 
 def test_a_recorder_pointed_at_a_fifo_does_not_block(tmp_path):
-    """runs/x.jsonl is a FIFO nobody reads: the recorder warns once and counts what it could not write."""
+    """runs/x.jsonl is a FIFO nobody reads: resuming it warns once and counts what it could not write."""
     import subprocess
 
     os.mkfifo(tmp_path / "x.jsonl")
@@ -309,7 +309,7 @@ def test_a_recorder_pointed_at_a_fifo_does_not_block(tmp_path):
         "import sys, warnings; sys.path.insert(0, sys.argv[1])\n"
         "warnings.simplefilter('always')\n"
         "from recorder import MetricsRecorder\n"
-        "r = MetricsRecorder(sys.argv[2], 'x')\n"
+        "r = MetricsRecorder(sys.argv[2], 'x', resume=True)\n"
         "for i in range(3): r.record('m', {'i': i})\n"
         "print('lost', r.lost, flush=True); r.close()\n"
     )
