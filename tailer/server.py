@@ -22,7 +22,7 @@ import importlib.resources
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
@@ -60,6 +60,7 @@ from tailer.routes import (
     static_file,
     token_presented,
 )
+from tailer.series_api import SeriesService, parse_series_query
 from tailer.sessions import DEFAULT_SESSION_TTL, Session, SessionClient, SessionStore
 from tailer.watcher import watch_directory
 
@@ -159,6 +160,7 @@ class TailerServer:
         self._session_of: weakref.WeakKeyDictionary[ServerConnection, tuple[Session, str]] = (
             weakref.WeakKeyDictionary()
         )
+        self.series = SeriesService(self._reader_for)
 
     # ------------------------------------------------------------------ addresses
 
@@ -181,12 +183,20 @@ class TailerServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket."""
+    def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket.
+
+        Endpoints that work off the event loop (``/api/series``) answer with an awaitable.
+        """
         try:
-            return self._process_request(connection, request)
+            response = self._process_request(connection, request)
         except RequestError as exc:
             return _error(exc.status, exc.reason)
+        if response is None or isinstance(response, Response):
+            return response
+        return _refusals_answered(response)
 
     def process_response(
         self, connection: ServerConnection, request: Request, response: Response
@@ -206,7 +216,9 @@ class TailerServer:
             value = self._session_of[connection][1]
             response.headers["Set-Cookie"] = self.sessions.set_cookie(value)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         headers = request.headers
         if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
             raise RequestError(403, "Host not allowed (add it with --allow-host)")
@@ -233,7 +245,24 @@ class TailerServer:
             if self.sessions is not None and route.kind == "firehose":
                 self._session_of[connection] = self.sessions.session_for(headers.get("Cookie"))
             return None
+        if path == "/api/series":
+            return self._series(query, headers.get("Accept-Encoding", ""))
         return self._http(path, query, headers.get("If-None-Match"))
+
+    async def _series(self, query: dict[str, list[str]], accept_encoding: str) -> Response:
+        """``GET /api/series`` (docs/DESIGN.md, "Reduced series"), computed on a worker thread."""
+        gzip_ok = "gzip" in accept_encoding.lower()
+        body, gzipped = await self.series.respond(parse_series_query(query), gzip_ok=gzip_ok)
+        extra = [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []
+        return _response(200, body, "application/json", cache="no-store", extra=extra)
+
+    def _reader_for(self, experiment_id: str) -> FileReader | None:
+        """The reader of a run being served (``/api/series``), or ``None``."""
+        if self.hub is not None:
+            return self.hub.readers.get(experiment_id)
+        if self._replay_reader is not None and experiment_id == self._replay_id():
+            return self._replay_reader
+        return None
 
     def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
         route = parse_ws_route(path, query)
@@ -425,6 +454,14 @@ class TailerServer:
             await connection.close(1000, "replay finished")
 
 
+async def _refusals_answered(pending: Awaitable[Response]) -> Response:
+    """An endpoint's awaited answer, its :class:`RequestError` turned into the error response."""
+    try:
+        return await pending
+    except RequestError as exc:
+        return _error(exc.status, exc.reason)
+
+
 class ListenError(OSError):
     """The server could not bind its address (port in use, address not available...)."""
 
@@ -451,6 +488,7 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
     finally:
         server.close(close_connections=True)  # closes every client with 1001 (going away)
         await server.wait_closed()
+        app.series.close()
 
 
 async def _start(app: TailerServer, host: str, port: int) -> Server:
