@@ -397,7 +397,6 @@ async def test_a_re_synced_file_continues_as_an_append(tmp_path):
 # --------------------------------------------------------------------------- item 9: the directory, memory
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: inotify is not re-armed when DIR comes back")
 @aio(60)
 async def test_inotify_is_re_armed_when_the_runs_directory_comes_back(tmp_path):
     """rm -rf DIR; mkdir DIR: new lines arrive at once again, not at the next (here: 60 s) sweep."""
