@@ -82,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bytes a client may fall behind before it is closed with 1013 "
         f"(default {config.DEFAULT_QUEUE_BYTES})",
     )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=None,
+        help="bytes queued for all clients together; past it the clients with the most "
+        f"queued are closed with 1013 first (default {config.DEFAULT_MAX_QUEUED_BYTES})",
+    )
     watch = parser.add_argument_group("watching")
     watch.add_argument(
         "--poll",
@@ -240,6 +247,16 @@ def run(args: argparse.Namespace) -> int:
             if args.scan_interval is not None
             else config.env_float("SCAN_INTERVAL", config.DEFAULT_SCAN_INTERVAL)
         )
+        max_queued_bytes = (
+            args.max_queued_bytes
+            if args.max_queued_bytes is not None
+            else config.env_int("MAX_QUEUED_BYTES", config.DEFAULT_MAX_QUEUED_BYTES)
+        )
+        if max_queued_bytes < queue_bytes:
+            raise ValueError(
+                f"--max-queued-bytes ({max_queued_bytes}) must be at least --queue-bytes "
+                f"({queue_bytes})"
+            )
         if queue_bytes < 1024:
             raise ValueError(f"--queue-bytes must be at least 1024, not {queue_bytes}")
         if scan_interval <= 0 or args.poll_interval <= 0:
@@ -263,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
         return serve_directory(
             directory,
             queue_bytes=queue_bytes,
+            max_queued_bytes=max_queued_bytes,
             poll=args.poll,
             poll_interval=args.poll_interval,
             scan_interval=scan_interval,

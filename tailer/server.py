@@ -39,12 +39,13 @@ from recorder.format import validate_experiment_id
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_BYTES,
     DEFAULT_SCAN_INTERVAL,
 )
 from tailer.frames import PONG_FRAME
-from tailer.hub import Client, Hub
+from tailer.hub import Client, Hub, QueueBudget
 from tailer.reader import FileReader
 from tailer.routes import (
     TOKEN_COOKIE,
@@ -132,6 +133,7 @@ class TailerServer:
         allow_hosts: Iterable[str],
         max_clients: int,
         queue_bytes: int,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         replay_path: Path | None = None,
         replay_speed: float = 1.0,
         replay_max_gap: float | None = None,
@@ -153,6 +155,7 @@ class TailerServer:
         self.replay_max_gap = replay_max_gap
         self.static_dir = static_dir
         self.clients: set[Client] = set()
+        self.budget = QueueBudget(max_queued_bytes, self.clients)
         self.port = 0
         self.server: Server | None = None
         self._routes: weakref.WeakKeyDictionary[ServerConnection, Route] = (
@@ -388,6 +391,7 @@ class TailerServer:
             connection.on_lost = client.settle  # type: ignore[attr-defined]
         else:
             client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        client.budget = self.budget
         self.clients.add(client)
         log.info("client %s connected (%d connected)", label, len(self.clients))
         receiver = asyncio.create_task(self._receive(client))
@@ -588,6 +592,7 @@ async def serve_directory(
     # Limits
     max_clients: int = DEFAULT_MAX_CLIENTS,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     # Watching
     poll: bool = False,
     scan_interval: float = DEFAULT_SCAN_INTERVAL,
@@ -628,6 +633,7 @@ async def serve_directory(
         allow_hosts=allow_hosts,
         max_clients=max_clients,
         queue_bytes=queue_bytes,
+        max_queued_bytes=max_queued_bytes,
         static_dir=static_dir,
         sessions=SessionStore(state_dir, ttl=session_ttl),
     )

@@ -439,10 +439,10 @@ async def _never_reading_client(port: int) -> asyncio.StreamWriter:
     return writer
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: no global budget on queued bytes")
 @aio(120)
 async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp_path, caplog):
     """8 firehose clients that never read: what waits for all of them stays under --max-queued-bytes."""
+    from recorder.format import encode_message
     from tailer.server import serve_directory
 
     caplog.set_level(logging.WARNING, logger="tailer")
@@ -455,8 +455,13 @@ async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp
             w = Writer(tmp_path, "flood")
             received = 0
             peak = 0
-            for burst in range(60):
-                w.many(200, start=burst * 200)  # ~12 KB of lines each
+            pad = "x" * 1000
+            for burst in range(60):  # 12 MB in all: far past every kernel socket buffer
+                w.raw(
+                    b"".join(
+                        encode_message("m", {"i": burst * 200 + k, "pad": pad}) for k in range(200)
+                    )
+                )
                 for _ in range(200):
                     await recv_json(honest)
                     received += 1
