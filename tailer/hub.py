@@ -220,6 +220,10 @@ class Hub:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:  # EMFILE and the like: the known readers are still read
+            self.notes.warn(("list", None), "cannot list %s: %s", self.directory, exc)
+            return []
+        self.notes.clear(("list", None))
         return [
             name[:-6]
             for name in names

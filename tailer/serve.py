@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote
 
 from tailer import config
+from tailer.listening import RESERVED_FDS
 from tailer.server import ListenError, TailerServer, serve_directory
 from tailer.sessions import DEFAULT_SESSION_TTL, default_state_dir, parse_duration
 
@@ -179,6 +180,9 @@ def run_server(
     def announce(app: TailerServer) -> None:
         suffix = f"?token={quote(app.token, safe='')}" if app.token else ""
         print(f"tailer: {describe(app)} on {app.url}{suffix} ({app.ws_url})", flush=True)
+        others = app.other_urls
+        if others:
+            print("tailer: also on " + " ".join(url + suffix for url in others), flush=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -214,7 +218,8 @@ def _raise_open_file_limit(max_clients: int) -> None:
         import resource
     except ImportError:  # pragma: no cover - not on Windows
         return
-    wanted = max_clients + 256  # the listening socket, inotify, file reads, margin
+    # Handshakes in progress, the listening socket, inotify, file reads (RESERVED_FDS).
+    wanted = max_clients + config.DEFAULT_MAX_HANDSHAKES + RESERVED_FDS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return

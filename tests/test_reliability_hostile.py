@@ -482,7 +482,6 @@ async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp
 # --------------------------------------------------------------------------- item 8
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: --host :: binds IPv6 only")
 @aio(60)
 async def test_host_any_binds_both_stacks_and_prints_urls_that_answer(tmp_path):
     """--host :: answers on 127.0.0.1 and [::1]; --host 0.0.0.0 prints only this machine's addresses."""
@@ -493,7 +492,8 @@ async def test_host_any_binds_both_stacks_and_prints_urls_that_answer(tmp_path):
 
     async def healthz(host: str, port: int) -> int:
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        name = f"[{host}]" if ":" in host else host
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
         line = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
         return int(line.split()[1])
@@ -528,9 +528,6 @@ async def test_host_any_binds_both_stacks_and_prints_urls_that_answer(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="issue 16: idle connections use up descriptors; delivery stops"
-)
 @aio(180)
 async def test_running_out_of_descriptors_never_stops_delivery(tmp_path):
     """ulimit -n 256, then 600 TCP connections that never send a byte: the connected client gets every line."""
