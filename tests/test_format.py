@@ -282,6 +282,17 @@ def test_split_lines_keeps_the_partial_tail() -> None:
     assert split_lines(b"a\n\nb\n") == ([b"a", b"", b"b"], b"")
 
 
+@pytest.mark.xfail(strict=True, reason="blank lines come back as lines")
+def test_blank_lines_are_no_lines() -> None:
+    """split_lines and iter_messages leave out empty and whitespace-only lines, unnumbered."""
+    assert split_lines(b"\n a\n\n \t\r\nb\n\n") == ([b" a", b"b"], b"")
+    assert fmt.is_blank_line(b"") and fmt.is_blank_line(b" \t\r")
+    assert not fmt.is_blank_line(b" {}")
+    lines = [b"", b'{"type":"a"}', b"  ", b"bad", b'{"type":"b"}']
+    numbered = [(seq, m and m["type"]) for seq, m in fmt.iter_messages(lines)]
+    assert numbered == [(0, "a"), (1, None), (2, "b")]
+
+
 def test_wire_frame_appends_id_and_seq() -> None:
     """The frame is the recorded object plus experiment_id and seq, which win over recorded keys."""
     line = encode_message("x", {"a": 1}, timestamp="t", extra={"seq": 99})

@@ -297,3 +297,53 @@ def test_splitter_is_independent_of_chunking(lines, tail, cuts, every):
         offsets[k * every] for k in range(len(index))
     ]
     assert len(index) == (len(lines) + every - 1) // every
+
+
+_BLANKS = (b"\n", b" \n", b"\t\r\n", b"  \r\n")
+
+
+def _with_blanks(n: int) -> tuple[bytes, list[bytes]]:
+    """``n`` messages with blank lines before, between (one to three) and after them."""
+    messages = [_line(i) for i in range(n)]
+    parts = [b"\n"]
+    for i, message in enumerate(messages):
+        parts.append(message)
+        parts.extend(_BLANKS[: i % 4])
+    return b"".join(parts), [m[:-1] for m in messages]
+
+
+@pytest.mark.xfail(strict=True, reason="blank lines are counted as malformed and shift seq")
+def test_blank_lines_are_skipped_silently_and_take_no_seq(tmp_path):
+    """Blank lines are not messages: not malformed, not numbered, whatever the chunking."""
+    data, messages = _with_blanks(300)
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(data)
+    reader = FileReader(path, "r", index_every=7)
+    reader.read_all()
+    assert reader.malformed == 0 and reader.next_seq == 300 and reader.consumed == len(data)
+    summary = reader.summary()
+    assert (summary["messages"], summary["malformed"], summary["lines"]) == (300, 0, 300)
+    # The index still seeks to the right line: history from any seq is exact.
+    for start in (0, 1, 6, 7, 8, 150, 299):
+        got = [pair for chunk in reader.history(start, reader.consumed) for pair in chunk]
+        assert got == [(i, messages[i]) for i in range(start, 300)]
+    # Byte by byte, the same lines and the same index.
+    index = SparseIndex(7)
+    splitter = LineSplitter(index=index)
+    got = []
+    for i in range(len(data)):
+        got += splitter.feed(data[i : i + 1])
+    assert got == messages and splitter.consumed == len(data)
+    assert [index.seek(k * 7) for k in range(len(index))] == [
+        reader.index.seek(k * 7) for k in range(len(reader.index))
+    ]
+
+
+@pytest.mark.xfail(strict=True, reason="blank lines are counted as malformed")
+def test_tailer_ls_counts_no_blank_line(tmp_path):
+    """`tailer ls` counts messages, not blank lines, and no blank line is malformed."""
+    from tailer.ls import list_experiments
+
+    (tmp_path / "r.jsonl").write_bytes(_with_blanks(10)[0])
+    (row,) = list_experiments(tmp_path)
+    assert (row["messages"], row["malformed"], row["lines"]) == (10, 0, 10)
