@@ -42,7 +42,7 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from recorder.format import to_python, validate_experiment_id
+from recorder.format import to_python, validate_run_id
 from recorder.recorder import MetricsRecorder, new_experiment_id
 
 __all__ = ["JsonlLogger", "RecorderCallback", "split_metrics"]
@@ -220,7 +220,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
             experiment_id = recorder.experiment_id
         elif experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self.log_dir = os.fspath(log_dir)
         self.batch_every_n_steps = batch_every_n_steps
         self.client_id = (
@@ -564,7 +564,7 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
             experiment_id = recorder.experiment_id
         elif experiment_id is None:
             experiment_id = new_experiment_id()
-        self._experiment_id = validate_experiment_id(experiment_id)
+        self._experiment_id = validate_run_id(experiment_id)
         self._log_dir = os.fspath(log_dir)
         self._prefix = prefix
         self._given = recorder

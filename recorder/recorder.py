@@ -44,7 +44,9 @@ from recorder.format import (
     _stamp_at,
     _time_ns,
     encode_message,
+    rank_suffix,
     validate_experiment_id,
+    validate_run_id,
 )
 
 __all__ = ["MetricsRecorder", "default_rank", "new_experiment_id"]
@@ -116,7 +118,8 @@ class MetricsRecorder:
     Args:
         log_dir: Directory of the run files; created if missing.
         experiment_id: The run's id and file stem. ``None`` makes a unique one
-            (:func:`new_experiment_id`). An invalid id raises
+            (:func:`new_experiment_id`). An invalid id, or one ending in
+            ``.rank<digits>`` (:func:`recorder.format.validate_run_id`), raises
             :class:`ValueError` before anything is created.
         fsync: ``os.fsync`` after every message (survives a machine crash; costs
             a disk flush per message).
@@ -155,12 +158,12 @@ class MetricsRecorder:
     ) -> None:
         if experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self._rank_given = rank
         self.rank: int = default_rank() if rank is None else int(rank)
         self.per_rank = bool(per_rank)
         self.resume = bool(resume)
-        self._suffix = f".rank{self.rank}" if self.per_rank else ""
+        self._suffix = rank_suffix(self.rank) if self.per_rank else ""
         validate_experiment_id(self.experiment_id + self._suffix)
         self.log_dir = Path(log_dir)
         self.path: Path = self.log_dir / f"{self.experiment_id}{self._suffix}.jsonl"

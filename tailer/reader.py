@@ -42,6 +42,7 @@ from recorder.format import (
     decode_line,
     is_blank_line,
     split_lines,
+    split_rank,
     status_of,
 )
 from tailer.index import SparseIndex
@@ -248,8 +249,11 @@ class FileReader:
 
     def summary(self) -> dict[str, object]:
         """The experiment's entry in ``/api/experiments`` and ``tailer ls``."""
+        run, rank = split_rank(self.experiment_id)
         return {
             "experiment_id": self.experiment_id,
+            "run": run,
+            "rank": rank,
             "messages": self.messages,
             "malformed": self.malformed,
             "lines": self.splitter.next_seq,

@@ -280,6 +280,7 @@ _TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".txt": "text/plain; charset=utf-8",
+    ".ts": "text/plain; charset=utf-8",  # runtail-client.d.ts, not video/mp2t
     ".woff2": "font/woff2",
 }
 
