@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -198,7 +199,7 @@ class MetricsRecorder:
             if claim.experiment_id != self.experiment_id:
                 self.experiment_id = claim.experiment_id
                 self.path = self.log_dir / f"{claim.experiment_id}{self._suffix}.jsonl"
-            fd = claim.fd if claim.fd is not None else os.open(self.path, _OPEN_FLAGS, 0o644)
+            fd = claim.fd if claim.fd is not None else _open_regular(self.path)
         except OSError as exc:
             self._warn_once(f"cannot open {self.path} ({exc})")
             return
@@ -581,6 +582,25 @@ class MetricsRecorder:
         if scheduler_type is not None:
             data["scheduler_type"] = scheduler_type
         self.record("lr_update", data)
+
+
+def _open_regular(path: Path) -> int:
+    """Open the run file for appending; never a FIFO.
+
+    ``O_NONBLOCK`` so that a FIFO under the run's name fails at once (ENXIO
+    with no reader) instead of blocking training until someone reads it; a
+    FIFO that does open (someone reads it) is refused after ``fstat``, since
+    a full pipe would block every write. Devices (``/dev/null``) are fine.
+    """
+    fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o644)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "a FIFO, not a file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 #: Pauses while a torn-looking tail may still be a line another process is writing (0.39 s in all).
