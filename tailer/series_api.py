@@ -80,6 +80,19 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, top: int) ->
     return value
 
 
+def _upto(query: Mapping[str, list[str]]) -> int | None:
+    text = _one(query, "upto")
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise RequestError(400, f"upto must be an integer >= -1, not {text[:40]!r}")
+    return value
+
+
 def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
     """The parameters of ``/api/series``; an invalid run id is a 404, a bad value a 400."""
     run = _one(query, "run")
@@ -100,6 +113,7 @@ def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
         width=_count(query, "width", 1000, MAX_WIDTH),
         max_raw=_count(query, "max_raw", SeriesQuery.max_raw, MAX_RAW),
         events=_one(query, "events") != "0",
+        upto=_upto(query),
     )
 
 

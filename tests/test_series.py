@@ -177,9 +177,12 @@ async def test_series_endpoint_reduces_zooms_and_continues_live(tmp_path):
         assert status == 200 and head["content-type"] == "application/json"
         assert head.get("content-encoding") == "gzip"
         assert catalogue["seq"] == 20_020
-        assert {(s["metric"], s["type"], s["phase"], s["points"]) for s in catalogue["series"]} == {
-            ("loss", "batch_metrics", None, 20_000),
-            ("loss", "epoch_end", "val", 20),
+        assert {
+            (s["metric"], s["type"], s["phase"], s["bulk"], s["points"])
+            for s in catalogue["series"]
+        } == {
+            ("loss", "batch_metrics", None, True, 20_000),
+            ("loss", "epoch_end", "val", False, 20),
         }
         events = catalogue["events"]
         assert [e["type"] for e in events] == ["status"] + ["epoch_end"] * 20
@@ -197,6 +200,11 @@ async def test_series_endpoint_reduces_zooms_and_continues_live(tmp_path):
         batch = next(s for s in zoom["series"] if s["type"] == "batch_metrics")
         assert not batch["reduced"] and batch["x"] == list(range(999, 1201))
         assert batch["y"] == [(step % 97) / 97 for step in range(999, 1201)]
+
+        status, _, snapshot = await _get(app.port, "/api/series?run=big&metric=loss&upto=1500")
+        batch = next(s for s in snapshot["series"] if s["type"] == "batch_metrics")
+        assert snapshot["seq"] == 1500 and batch["count"] == 1499  # seq 0 is the status line
+        assert catalogue["messages"] == 20_021
 
         seq = full["seq"]
         async with ws_connect(f"{app.ws_url}experiments/big?since={seq}") as ws:
@@ -260,6 +268,8 @@ async def test_series_refuses_bad_requests(tmp_path):
             "/api/series?run=r&width=0",
             "/api/series?run=r&width=100000",
             "/api/series?run=r&max_raw=-1",
+            "/api/series?run=r&upto=-2",
+            "/api/series?run=r&upto=x",
         ]:
             assert (await _get(app.port, target))[0] == 400, target
         status, _, answer = await _get(app.port, "/api/series?run=r&metric=nothing")
