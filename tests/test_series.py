@@ -334,3 +334,21 @@ async def test_cold_series_request_does_not_stall_other_clients(tmp_path, monkey
         status, _, answer = await pending
         assert status == 200 and answer["series"][0]["count"] == 5000
     other.close()
+
+
+@aio(120)
+async def test_long_runs_are_built_in_the_background_at_start(tmp_path):
+    """A run past WARM_FROM_LINES has its series built at start, before any request."""
+    _write_run(tmp_path, "big", 20_000).close()
+    _write_run(tmp_path, "small", 100).close()
+    async with serve_directory(tmp_path, port=0) as app:
+        for _ in range(600):
+            store = app.series.stores.get("big")
+            if store is not None and store.last_seq == 20_020:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the long run was not built in the background")
+        assert "small" not in app.series.stores
+        _, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
+        assert answer["seq"] == 20_020 and app.series.stores["big"] is store
