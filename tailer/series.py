@@ -245,7 +245,7 @@ class SeriesStore:
         self._add_events(first_seq, lines)
 
     def _add_rows(self, batch: Any) -> None:
-        seq = batch.column(0).to_numpy()
+        seq = batch.column("seq").to_numpy()
         starts = np.empty(len(seq), dtype=bool)
         starts[0] = True
         np.not_equal(seq[1:], seq[:-1], out=starts[1:])

@@ -22,3 +22,15 @@ def _state_home():
                 os.environ.pop("XDG_STATE_HOME", None)
             else:
                 os.environ["XDG_STATE_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (one per test module)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests._dashboard_helpers import launch
+
+    with sync_api.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
