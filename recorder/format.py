@@ -40,6 +40,7 @@ __all__ = [
     "EXPERIMENT_ID_PATTERN",
     "MAX_LINE_BYTES",
     "NON_FINITE",
+    "RANK_SUFFIX",
     "STATUS_TYPES",
     "MalformedLine",
     "decode_line",
@@ -48,17 +49,24 @@ __all__ = [
     "format_timestamp",
     "is_valid_experiment_id",
     "parse_timestamp",
+    "rank_file_id",
+    "rank_suffix",
     "restore_non_finite",
     "split_lines",
+    "split_rank",
     "status_of",
     "to_python",
     "utc_timestamp",
     "validate_experiment_id",
+    "validate_run_id",
     "wire_frame",
 ]
 
 #: What an experiment id may look like; it is also the file's stem.
 EXPERIMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+#: The suffix of a per-rank file's id: ``<run>.rank<N>`` is rank N of run ``<run>``.
+RANK_SUFFIX = re.compile(r"\.rank([0-9]+)\Z")
 
 #: Lines longer than this (without the newline) are malformed for readers.
 MAX_LINE_BYTES = 1 << 20
@@ -102,6 +110,45 @@ def validate_experiment_id(experiment_id: object) -> str:
             "letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return experiment_id  # type: ignore[return-value]
+
+
+# One rule, here only: a file's id is ``<run>`` or ``<run>.rank<N>``. On the wire
+# and in ``/api/experiments`` every file keeps its own id; ``run``/``rank`` (the
+# tailer's listings) and replay's tables group a run's per-rank files.
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` unchanged if it may name a run, else raise :class:`ValueError`.
+
+    A run id is a valid experiment id that does not itself end in
+    ``.rank<digits>``: that suffix is how per-rank files name their rank
+    (:func:`rank_file_id`), so ``a.rank1`` could not be told from rank 1 of ``a``.
+    """
+    validate_experiment_id(run_id)
+    if RANK_SUFFIX.search(run_id) is not None:  # type: ignore[arg-type]
+        raise ValueError(
+            f"invalid experiment id {run_id!r}: an id may not end in '.rank<digits>' "
+            "(per-rank files are named <id>.rank<N>; pass per_rank=True instead)"
+        )
+    return run_id  # type: ignore[return-value]
+
+
+def rank_suffix(rank: int) -> str:
+    """What a per-rank file's id adds to its run's: ``.rank<rank>``."""
+    return f".rank{int(rank)}"
+
+
+def rank_file_id(run_id: str, rank: int) -> str:
+    """The id (file stem) of rank ``rank``'s file of run ``run_id``: ``<run_id>.rank<rank>``."""
+    return validate_experiment_id(run_id + rank_suffix(rank))
+
+
+def split_rank(experiment_id: str) -> tuple[str, int | None]:
+    """The run and rank a file's id names: ``a.rank3`` → ``("a", 3)``, ``a`` → ``("a", None)``."""
+    found = RANK_SUFFIX.search(experiment_id)
+    if found is None:
+        return experiment_id, None
+    return experiment_id[: found.start()], int(found.group(1))
 
 
 # --------------------------------------------------------------------------- timestamps

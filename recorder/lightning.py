@@ -42,7 +42,7 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from recorder.format import to_python, validate_experiment_id
+from recorder.format import to_python, validate_run_id
 from recorder.recorder import MetricsRecorder, new_experiment_id
 
 __all__ = ["JsonlLogger", "RecorderCallback", "split_metrics"]
@@ -190,6 +190,10 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         round: The federated round (from 1, as Flower counts).
         fsync: ``fsync`` after every message.
         per_rank: Every rank writes ``<experiment_id>.rank<N>.jsonl``.
+        resume: Append to the run already recorded under ``experiment_id``
+            instead of starting ``<id>-2`` (see :class:`MetricsRecorder`). Give
+            a ``JsonlLogger`` of the same Trainer the same id: both write the
+            file the first of them claimed.
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         round: int | None = None,
         fsync: bool = False,
         per_rank: bool = False,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         if batch_every_n_steps is not None and (
@@ -215,7 +220,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
             experiment_id = recorder.experiment_id
         elif experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self.log_dir = os.fspath(log_dir)
         self.batch_every_n_steps = batch_every_n_steps
         self.client_id = (
@@ -226,6 +231,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self.round = round
         self._fsync = fsync
         self._per_rank = per_rank
+        self._resume = resume
         self._given = recorder
         self._recorder: MetricsRecorder | None = recorder
         self._active = True
@@ -312,7 +318,9 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
                 fsync=self._fsync,
                 per_rank=self._per_rank,
                 rank=trainer.global_rank,
+                resume=self._resume,
             )
+            self.experiment_id = self._recorder.experiment_id  # <id>-2 if <id> held a run
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -533,6 +541,9 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
         recorder: An existing :class:`MetricsRecorder` to write through (not closed by the logger).
         fsync: ``fsync`` after every message.
         per_rank: Every rank writes its own file (by default only rank 0 logs).
+        resume: Append to the run already recorded under ``experiment_id``
+            instead of starting ``<id>-2`` (see :class:`MetricsRecorder`);
+            ``version``, ``experiment_id`` and ``path`` name the id used.
     """
 
     LOGGER_JOIN_CHAR = "-"
@@ -546,18 +557,20 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
         recorder: MetricsRecorder | None = None,
         fsync: bool = False,
         per_rank: bool = False,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         if recorder is not None:
             experiment_id = recorder.experiment_id
         elif experiment_id is None:
             experiment_id = new_experiment_id()
-        self._experiment_id = validate_experiment_id(experiment_id)
+        self._experiment_id = validate_run_id(experiment_id)
         self._log_dir = os.fspath(log_dir)
         self._prefix = prefix
         self._given = recorder
         self._fsync = fsync
         self._per_rank = per_rank
+        self._resume = resume
         self._experiment: _JsonlWriter | None = None
 
     @property
@@ -569,12 +582,14 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
     @property
     @override
     def version(self) -> str:
-        """The experiment id."""
-        return self._experiment_id
+        """The experiment id used (claimed on first use: ``<id>-2`` if ``<id>`` held a run)."""
+        return self.experiment_id
 
     @property
     def experiment_id(self) -> str:
-        """The experiment id (the file stem)."""
+        """The experiment id used (the file stem)."""
+        if self._experiment is None and self._writes():
+            self.experiment  # noqa: B018 (claims the id)
         return self._experiment_id
 
     @property
@@ -598,7 +613,7 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
     @property
     def path(self) -> str:
         """The file written on rank 0."""
-        return os.path.join(self._log_dir, f"{self._experiment_id}.jsonl")
+        return os.path.join(self._log_dir, f"{self.experiment_id}.jsonl")
 
     @property
     def experiment(self) -> _JsonlWriter:
@@ -616,7 +631,9 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
                 fsync=self._fsync,
                 per_rank=self._per_rank,
                 rank=getattr(rank_zero_only, "rank", None),
+                resume=self._resume,
             )
+            self._experiment_id = recorder.experiment_id
             self._experiment = _JsonlWriter(recorder, owned=True)
         return self._experiment
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder import format as _format
+from recorder._runs import claim_run
 from recorder.format import (
     _FAST_OPTIONS,
     MAX_LINE_BYTES,
@@ -43,7 +44,9 @@ from recorder.format import (
     _stamp_at,
     _time_ns,
     encode_message,
+    rank_suffix,
     validate_experiment_id,
+    validate_run_id,
 )
 
 __all__ = ["MetricsRecorder", "default_rank", "new_experiment_id"]
@@ -115,7 +118,8 @@ class MetricsRecorder:
     Args:
         log_dir: Directory of the run files; created if missing.
         experiment_id: The run's id and file stem. ``None`` makes a unique one
-            (:func:`new_experiment_id`). An invalid id raises
+            (:func:`new_experiment_id`). An invalid id, or one ending in
+            ``.rank<digits>`` (:func:`recorder.format.validate_run_id`), raises
             :class:`ValueError` before anything is created.
         fsync: ``os.fsync`` after every message (survives a machine crash; costs
             a disk flush per message).
@@ -124,9 +128,17 @@ class MetricsRecorder:
             writes and the other ranks' recorders drop messages silently.
         rank: This process's global rank; read from ``RANK``, ``LOCAL_RANK``,
             ``SLURM_PROCID`` or ``JSM_NAMESPACE_RANK`` when ``None``.
+        resume: Append to the run already recorded under ``experiment_id``
+            (training resumed from a checkpoint, or several processes writing
+            one run). By default a new run never goes into a file that holds
+            one: the recorder claims ``<id>-2``, ``<id>-3``, … and warns once
+            with the id it used (see :mod:`recorder._runs`). In one process,
+            every recorder given the same ``(log_dir, experiment_id)`` writes
+            the same file.
 
     Attributes:
-        experiment_id: The run id (without the ``.rank<N>`` suffix).
+        experiment_id: The run id actually used (without the ``.rank<N>``
+            suffix): ``<id>-2`` when ``<id>`` already held a run.
         path: The file this recorder appends to.
         rank: The global rank it was made for.
         enabled: Whether this process writes at all (rank 0, or ``per_rank``).
@@ -142,18 +154,19 @@ class MetricsRecorder:
         fsync: bool = False,
         per_rank: bool = False,
         rank: int | None = None,
+        resume: bool = False,
     ) -> None:
         if experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self._rank_given = rank
         self.rank: int = default_rank() if rank is None else int(rank)
         self.per_rank = bool(per_rank)
-        stem = self.experiment_id
-        if self.per_rank:
-            stem = validate_experiment_id(f"{stem}.rank{self.rank}")
+        self.resume = bool(resume)
+        self._suffix = rank_suffix(self.rank) if self.per_rank else ""
+        validate_experiment_id(self.experiment_id + self._suffix)
         self.log_dir = Path(log_dir)
-        self.path: Path = self.log_dir / f"{stem}.jsonl"
+        self.path: Path = self.log_dir / f"{self.experiment_id}{self._suffix}.jsonl"
         self.enabled: bool = self.per_rank or self.rank == 0
         self.lost: int = 0
         self._fsync = bool(fsync)
@@ -179,7 +192,13 @@ class MetricsRecorder:
     def _open(self) -> None:
         try:
             os.makedirs(self.log_dir, exist_ok=True)
-            fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+            claim = claim_run(
+                self.log_dir, self.experiment_id, suffix=self._suffix, resume=self.resume
+            )
+            if claim.experiment_id != self.experiment_id:
+                self.experiment_id = claim.experiment_id
+                self.path = self.log_dir / f"{claim.experiment_id}{self._suffix}.jsonl"
+            fd = claim.fd if claim.fd is not None else os.open(self.path, _OPEN_FLAGS, 0o644)
         except OSError as exc:
             self._warn_once(f"cannot open {self.path} ({exc})")
             return
@@ -187,7 +206,8 @@ class MetricsRecorder:
         self._finalizer = weakref.finalize(self, _close_fd, fd)
         # A writer that died mid-line left the file without its last "\n": start our
         # first line on a new line, so only the torn one is malformed, not our first too.
-        if _ends_torn(self.path):
+        # (A freshly claimed file is empty.)
+        if claim.fd is None and _ends_torn(self.path):
             self._torn = True
         if self._fsync:  # make the new file's directory entry durable too
             with contextlib.suppress(OSError):
@@ -224,11 +244,12 @@ class MetricsRecorder:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled (multiprocessing "spawn", DDP spawn), a recorder travels as
-        # its settings and opens the same file again on the other side; the
-        # rank is read there again unless it was given.
+        # its settings and opens the same file again on the other side (the
+        # id it claimed, resumed); the rank is read there again unless given.
         return {
             "log_dir": self.log_dir,
             "experiment_id": self.experiment_id,
+            "resume": self.enabled or self.resume,
             "fsync": self._fsync,
             "per_rank": self.per_rank,
             "rank": self._rank_given,
@@ -242,6 +263,7 @@ class MetricsRecorder:
             fsync=state["fsync"],
             per_rank=state["per_rank"],
             rank=state["rank"],
+            resume=state.get("resume", True),
         )
         if state["closed"]:
             self.close()

@@ -308,6 +308,7 @@ class _FastMetrics:
         if self.with_experiment_id:
             columns.append(pa.repeat(self.experiment_id, n))  # type: ignore[attr-defined]
         columns += [
+            pa.repeat(self.careful.rank, n),  # type: ignore[attr-defined]
             pa.array(owner + first_seq, pa.int64()),
             timestamps,
             table.column("type").combine_chunks().take(take),
@@ -356,7 +357,7 @@ class _FastMetrics:
         for _ in range(row):
             start = chunk.index(b"\n", start) + 1
         line = chunk[start : chunk.index(b"\n", start)]
-        walker = _MetricsBuilder(self.experiment_id, self.careful.schema)  # its own order
+        walker = _MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
         batch = walker.add(seq, [line])
         walked = (
             [] if batch is None else batch.column(self.schema.names.index("metric")).to_pylist()

@@ -10,7 +10,8 @@ The metrics table (one row per numeric value of a message's ``data``):
 ============= =================== ============================================================================
 column        dtype (pandas)      meaning
 ============= =================== ============================================================================
-experiment_id str                 the run file's stem
+experiment_id str                 the run: the file's stem, less a ``.rank<N>`` suffix
+rank          Int64               ``N`` for a per-rank file ``<run>.rank<N>.jsonl``, else null
 seq           int64               0-based index of the line in its file (every line counts)
 timestamp     datetime64[us, UTC] the message's timestamp (NaT when missing or unparsable)
 type          str                 the message type
@@ -62,6 +63,7 @@ from recorder.format import (
     decode_line,
     parse_timestamp,
     restore_non_finite,
+    split_rank,
 )
 from replay._plans import EPOCH_KEYS, MAX_PLANS, MISS, ROUND_KEYS, STEP_KEYS, PlanCompiler
 from replay._source import LineBlocks, Run, SkipCounts, Source, resolve_sources
@@ -75,6 +77,7 @@ __all__ = [
     "message_batches",
     "message_table_schema",
     "metric_batches",
+    "metric_block_reader",
     "metrics_schema",
     "read_messages",
     "read_metrics",
@@ -98,6 +101,7 @@ INDEX_KEYS = frozenset(
 #: Columns of :func:`read_metrics`, in order.
 METRIC_COLUMNS = (
     "experiment_id",
+    "rank",
     "seq",
     "timestamp",
     "type",
@@ -111,7 +115,7 @@ METRIC_COLUMNS = (
 )
 
 #: Columns of :func:`read_messages`, in order.
-MESSAGE_COLUMNS = ("experiment_id", "seq", "timestamp", "type", "data")
+MESSAGE_COLUMNS = ("experiment_id", "rank", "seq", "timestamp", "type", "data")
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -125,6 +129,7 @@ class SkippedLinesWarning(UserWarning):
 
 _METRIC_TYPES: dict[str, pa.DataType] = {
     "experiment_id": pa.string(),
+    "rank": pa.int64(),
     "seq": pa.int64(),
     "timestamp": _TIMESTAMP,
     "type": pa.string(),
@@ -136,11 +141,12 @@ _METRIC_TYPES: dict[str, pa.DataType] = {
     "metric": pa.string(),
     "value": pa.float64(),
 }
-_NULLABLE_INTS = frozenset({"epoch", "step", "round"})
+_NULLABLE_INTS = frozenset({"rank", "epoch", "step", "round"})
 
 #: Columns of the lossless message table ``tailer export --table messages`` writes.
 _MESSAGE_TABLE_TYPES: dict[str, pa.DataType] = {
     "experiment_id": pa.string(),
+    "rank": pa.int64(),
     "seq": pa.int64(),
     "timestamp": _TIMESTAMP,
     "type": pa.string(),
@@ -336,9 +342,14 @@ class _MetricsBuilder:
     """
 
     def __init__(
-        self, experiment_id: str, schema: pa.Schema, order: MetricOrder | None = None
+        self,
+        experiment_id: str,
+        rank: int | None,
+        schema: pa.Schema,
+        order: MetricOrder | None = None,
     ) -> None:
         self.experiment_id = experiment_id
+        self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
@@ -593,6 +604,7 @@ class _MetricsBuilder:
         columns = []
         if self.with_experiment_id:
             columns.append(pa.repeat(self.experiment_id, rows))  # type: ignore[attr-defined]
+        columns.append(pa.repeat(self.rank, rows))  # type: ignore[attr-defined]
         columns.extend(
             per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
         )
@@ -650,8 +662,9 @@ _DATA_KEY = re.compile(rb'"data"[ \t\r\n]*:')
 class _MessageTableBuilder:
     """Turns blocks of lines into record batches of the lossless message table."""
 
-    def __init__(self, experiment_id: str, schema: pa.Schema) -> None:
+    def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
         self.experiment_id = experiment_id
+        self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
@@ -712,6 +725,7 @@ class _MessageTableBuilder:
         if self.with_experiment_id:
             columns.append(pa.repeat(self.experiment_id, len(seqs)))  # type: ignore[attr-defined]
         columns += [
+            pa.repeat(self.rank, len(seqs)),  # type: ignore[attr-defined]
             pa.array(seqs, pa.int64()),
             _timestamps(stamps),
             pa.array(types, pa.string()),
@@ -781,12 +795,28 @@ def metric_batches(
     others, and every block when ``careful`` is true, are decoded line by line.
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    builder = _MetricsBuilder(run.experiment_id, schema)
+    builder = _MetricsBuilder(run.experiment_id, run.rank, schema)
     if careful:
         return _run_batches(run, builder, skips, on_bytes=on_bytes)
     from replay._arrow import fast_metric_batches
 
     return fast_metric_batches(run, builder, skips, on_bytes=on_bytes)
+
+
+def metric_block_reader(
+    experiment_id: str, *, with_experiment_id: bool = False
+) -> Callable[[int, list[bytes | None]], pa.RecordBatch | None]:
+    """A function turning consecutive lines into the metrics table's rows, block by block.
+
+    Call it with ``(seq of the first line, lines)`` for each block, in file
+    order, lines as :class:`tailer.reader.LineSplitter` gives them (``None``
+    for an over-long line); it returns that block's rows, or ``None`` when the
+    block has none. The rows and their ``metric`` names are exactly those of
+    :func:`read_metrics`: the naming rules stay here, used by whoever reads a
+    file incrementally (the tailer's reduced series).
+    """
+    schema = metrics_schema(with_experiment_id=with_experiment_id)
+    return _MetricsBuilder(*split_rank(experiment_id), schema).add
 
 
 def message_batches(
@@ -799,7 +829,7 @@ def message_batches(
     """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
     schema = message_table_schema(with_experiment_id=with_experiment_id)
     return _run_batches(
-        run, _MessageTableBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes
+        run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes
     )
 
 
@@ -861,8 +891,9 @@ def read_messages(src: Source) -> Any:
         src: a run file, a directory of runs, or a list of them (as for :func:`read_metrics`).
 
     Returns:
-        A :class:`pandas.DataFrame` with the columns ``experiment_id`` (str),
-        ``seq`` (int64: the line's 0-based index in its file, every line
+        A :class:`pandas.DataFrame` with the columns ``experiment_id`` (str:
+        the run, a per-rank file's stem less its ``.rank<N>``), ``rank``
+        (Int64: that ``N``, null for other files), ``seq`` (int64: the line's 0-based index in its file, every line
         counting, as on the tailer's wire), ``timestamp`` (datetime64[us, UTC],
         NaT when missing or unparsable), ``type`` (str) and ``data`` (the
         message's ``data`` as Python objects, the strings ``"NaN"``,
@@ -879,6 +910,7 @@ def read_messages(src: Source) -> Any:
     runs = resolve_sources(src, skipped=skipped_names)
     skips = SkipCounts()
     ids: list[pa.Array] = []
+    ranks: list[pa.Array] = []
     seqs: list[int] = []
     stamps: list[Any] = []
     types: list[str] = []
@@ -916,10 +948,13 @@ def read_messages(src: Source) -> Any:
                         count += 1
             skips.add(run.path, malformed, blocks.torn)
             ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
-    schema = pa.schema([pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]])
+            ranks.append(pa.repeat(pa.scalar(run.rank, pa.int64()), count))  # type: ignore[attr-defined]
+    fields = [pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]]
+    schema = pa.schema(fields, metadata={b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)})
     table = pa.Table.from_arrays(
         [
             pa.chunked_array(ids, pa.string()),
+            pa.chunked_array(ranks, pa.int64()),
             pa.array(seqs, pa.int64()),
             _timestamps(stamps),
             pa.array(types, pa.string()),

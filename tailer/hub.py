@@ -73,6 +73,20 @@ class Client:
         if transport.get_write_buffer_size() > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
 
+    def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
+        """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).
+
+        :class:`tailer.sessions.SessionClient` also notes what it was sent.
+        """
+        self.write(frames)
+
+    def send_history(self, frames: bytes, experiment_id: str, seq: int) -> None:
+        """Queue frames of a catch-up from disk (:meth:`Hub.attach`)."""
+        self.write(frames)
+
+    def release(self, experiment_id: str) -> None:
+        """A firehose catch-up of ``experiment_id`` is done: its live lines come through."""
+
     def close(self, code: int, reason: str) -> None:
         """Start a closing handshake without waiting for it."""
         if self.closing:
@@ -174,10 +188,12 @@ class Hub:
             return
         experiment_id = reader.experiment_id
         subscribers = self.subscribers.get(experiment_id)
+        seq = -1  # a reset or deletion: nothing of the experiment's (new) file yet
         if kind == "data":
             if not result.lines or not (subscribers or self.firehose):
                 return
             frames = frame_lines(result.lines, experiment_id)
+            seq = result.lines[-1][0]
         elif kind == "reset":
             frames = log_reset_frame(experiment_id)
         else:  # deleted
@@ -189,13 +205,13 @@ class Hub:
             # created again under that name starts from seq 0).
             frames = log_reset_frame(experiment_id)
             for client in self.firehose:
-                client.write(frames)
+                client.deliver(frames, experiment_id, seq)
             return
         if subscribers:
             for client in subscribers:
-                client.write(frames)
+                client.deliver(frames, experiment_id, seq)
         for client in self.firehose:
-            client.write(frames)
+            client.deliver(frames, experiment_id, seq)
 
     # ------------------------------------------------------------------ subscribers
 
@@ -209,11 +225,17 @@ class Hub:
             if not clients:
                 del self.subscribers[experiment_id]
 
-    async def attach(self, client: Client, experiment_id: str, since: int | None) -> bool:
+    async def attach(
+        self, client: Client, experiment_id: str, since: int | None, *, firehose: bool = False
+    ) -> bool:
         """Send ``experiment_id``'s history after ``since`` from disk, then subscribe live.
 
         ``since=None`` subscribes to new messages only; ``since=-1`` sends
         everything. Returns ``False`` if the client was closed meanwhile.
+        ``firehose=True``: the client is already on the firehose with this
+        experiment held back; step 5 releases it instead of subscribing
+        (:mod:`tailer.sessions`), and a deletion sends ``log_reset`` instead
+        of closing.
 
         The switch from history to live must neither drop nor repeat a line
         that arrives during the catch-up:
@@ -248,19 +270,23 @@ class Hub:
             reader = self.readers.get(experiment_id)
             lines = reader.next_seq if reader is not None and reader.exists else 0
             if start > lines:
-                client.write(log_reset_frame(experiment_id))
+                client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
             if client.closing or client.connection.protocol.state is not OPEN:
                 return False
             reader = self.readers.get(experiment_id)
             if reader is None or live_only or start >= reader.next_seq:
-                self.subscribers.setdefault(experiment_id, set()).add(client)
+                if firehose:
+                    client.release(experiment_id)
+                else:
+                    self.subscribers.setdefault(experiment_id, set()).add(client)
                 return True
             generation, end_offset, end_seq = reader.generation, reader.consumed, reader.next_seq
             try:
                 for chunk in reader.history(start, end_offset, chunk_bytes=HISTORY_CHUNK):
-                    client.write(frame_lines(chunk, experiment_id))
+                    frames = frame_lines(chunk, experiment_id)
+                    client.send_history(frames, experiment_id, chunk[-1][0])
                     start = chunk[-1][0] + 1
                     await client.drain()
                     # drain() returns without yielding while the kernel takes everything; yield
@@ -273,9 +299,13 @@ class Hub:
                 pass
             if reader.generation != generation or self.readers.get(experiment_id) is not reader:
                 if reader.deleted and self.readers.get(experiment_id) is None:
+                    if firehose:
+                        client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
+                        client.release(experiment_id)
+                        return True
                     client.close(1000, f"experiment {experiment_id} was deleted")
                     return False
-                client.write(log_reset_frame(experiment_id))
+                client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
 
     def summaries(self) -> list[dict[str, object]]:

@@ -35,7 +35,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.format import MAX_LINE_BYTES, MalformedLine, decode_line, split_lines, status_of
+from recorder.format import (
+    MAX_LINE_BYTES,
+    MalformedLine,
+    decode_line,
+    split_lines,
+    split_rank,
+    status_of,
+)
 from tailer.index import SparseIndex
 
 __all__ = ["FileReader", "LineSplitter", "PollResult", "StaleHistory", "scan_file"]
@@ -212,8 +219,11 @@ class FileReader:
 
     def summary(self) -> dict[str, object]:
         """The experiment's entry in ``/api/experiments`` and ``tailer ls``."""
+        run, rank = split_rank(self.experiment_id)
         return {
             "experiment_id": self.experiment_id,
+            "run": run,
+            "rank": rank,
             "messages": self.messages,
             "malformed": self.malformed,
             "lines": self.splitter.next_seq,

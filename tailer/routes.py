@@ -185,6 +185,9 @@ class Route:
     since: int | None = None
     speed: float = 1.0
     max_gap: float | None = None
+    #: A replay that stays open after ``replay_end`` until the client leaves (``/`` under
+    #: ``tailer replay``, DESIGN §11) instead of closing with 1000.
+    stay_open: bool = False
 
 
 def _one(query: Mapping[str, list[str]], name: str) -> str | None:
@@ -277,6 +280,7 @@ _TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".txt": "text/plain; charset=utf-8",
+    ".ts": "text/plain; charset=utf-8",  # runtail-client.d.ts, not video/mp2t
     ".woff2": "font/woff2",
 }
 

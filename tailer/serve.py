@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from tailer import config
 from tailer.server import ListenError, TailerServer, serve_directory
+from tailer.sessions import DEFAULT_SESSION_TTL, default_state_dir, parse_duration
 
 __all__ = ["add_arguments", "add_network_arguments", "run", "run_server"]
 
@@ -100,6 +101,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds between safety size checks alongside inotify "
         f"(default {config.DEFAULT_SCAN_INTERVAL})",
+    )
+    sessions = parser.add_argument_group("sessions (resume for clients that never send since)")
+    sessions.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="PATH",
+        help="where cookie sessions' cursors are kept across restarts "
+        "(default $XDG_STATE_HOME/runtail/<hash of DIR>, or ~/.local/state/...)",
+    )
+    sessions.add_argument(
+        "--session-ttl",
+        type=parse_duration,
+        default=DEFAULT_SESSION_TTL,
+        metavar="DURATION",
+        help="forget a session unused this long: seconds, or 30m, 24h, 7d (default 24h)",
     )
 
 
@@ -241,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
             poll=args.poll,
             poll_interval=args.poll_interval,
             scan_interval=scan_interval,
+            state_dir=args.state_dir or default_state_dir(directory),
+            session_ttl=args.session_ttl,
             on_listen=on_listen,
             **options,  # type: ignore[arg-type]
         )

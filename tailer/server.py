@@ -22,7 +22,7 @@ import importlib.resources
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
@@ -60,6 +60,8 @@ from tailer.routes import (
     static_file,
     token_presented,
 )
+from tailer.series_api import SeriesService, parse_series_query
+from tailer.sessions import DEFAULT_SESSION_TTL, Session, SessionClient, SessionStore
 from tailer.watcher import watch_directory
 
 __all__ = ["MAX_CLIENT_FRAME", "ListenError", "TailerServer", "serve_directory", "serve_replay"]
@@ -133,8 +135,10 @@ class TailerServer:
         replay_speed: float = 1.0,
         replay_max_gap: float | None = None,
         static_dir: Path = STATIC_DIR,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.hub = hub
+        self.sessions = sessions
         self.host = host
         self.token = token
         self.allow_origins = tuple(allow_origins)
@@ -152,6 +156,11 @@ class TailerServer:
             weakref.WeakKeyDictionary()
         )
         self._replay_reader: FileReader | None = None
+        # `/` handshakes accepted with a cookie session: the session and the cookie to set.
+        self._session_of: weakref.WeakKeyDictionary[ServerConnection, tuple[Session, str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.series = SeriesService(self._reader_for)
 
     # ------------------------------------------------------------------ addresses
 
@@ -174,12 +183,20 @@ class TailerServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket."""
+    def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket.
+
+        Endpoints that work off the event loop (``/api/series``) answer with an awaitable.
+        """
         try:
-            return self._process_request(connection, request)
+            response = self._process_request(connection, request)
         except RequestError as exc:
             return _error(exc.status, exc.reason)
+        if response is None or isinstance(response, Response):
+            return response
+        return _refusals_answered(response)
 
     def process_response(
         self, connection: ServerConnection, request: Request, response: Response
@@ -194,8 +211,14 @@ class TailerServer:
         """
         if response.status_code != 101:
             self._routes.pop(connection, None)
+            self._session_of.pop(connection, None)
+        elif connection in self._session_of and self.sessions is not None:
+            value = self._session_of[connection][1]
+            response.headers["Set-Cookie"] = self.sessions.set_cookie(value)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         headers = request.headers
         if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
             raise RequestError(403, "Host not allowed (add it with --allow-host)")
@@ -219,8 +242,27 @@ class TailerServer:
             if len(self.clients) + len(self._routes) >= self.max_clients:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
+            if self.sessions is not None and route.kind == "firehose":
+                self._session_of[connection] = self.sessions.session_for(headers.get("Cookie"))
             return None
+        if path == "/api/series":
+            return self._series(query, headers.get("Accept-Encoding", ""))
         return self._http(path, query, headers.get("If-None-Match"))
+
+    async def _series(self, query: dict[str, list[str]], accept_encoding: str) -> Response:
+        """``GET /api/series`` (docs/DESIGN.md, "Reduced series"), computed on a worker thread."""
+        gzip_ok = "gzip" in accept_encoding.lower()
+        body, gzipped = await self.series.respond(parse_series_query(query), gzip_ok=gzip_ok)
+        extra = [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []
+        return _response(200, body, "application/json", cache="no-store", extra=extra)
+
+    def _reader_for(self, experiment_id: str) -> FileReader | None:
+        """The reader of a run being served (``/api/series``), or ``None``."""
+        if self.hub is not None:
+            return self.hub.readers.get(experiment_id)
+        if self._replay_reader is not None and experiment_id == self._replay_id():
+            return self._replay_reader
+        return None
 
     def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
         route = parse_ws_route(path, query)
@@ -240,6 +282,9 @@ class TailerServer:
                     replay_id,
                     speed=parse_speed(speed[-1]) if speed else self.replay_speed,
                     max_gap=self.replay_max_gap,
+                    # `/` stays open after the run: the unmodified React client reconnects
+                    # on every close and would replay the run again and again (§11).
+                    stay_open=route.kind == "firehose",
                 )
             if route.kind == "replay" and route.experiment_id == replay_id:
                 return route
@@ -319,7 +364,20 @@ class TailerServer:
             return
         peer = connection.remote_address
         label = f"{peer[0]}:{peer[1]} {connection.request.path.split('?')[0] if connection.request else ''}"
-        client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        session = self._session_of.pop(connection, None)
+        client: Client
+        if session is not None:
+            client = SessionClient(
+                connection,
+                queue_bytes=self.queue_bytes,
+                label=label,
+                session=session[0],
+                experiment=route.experiment_id,
+            )
+            # The last count of acknowledged bytes, while the socket still exists.
+            connection.on_lost = client.settle  # type: ignore[attr-defined]
+        else:
+            client = Client(connection, queue_bytes=self.queue_bytes, label=label)
         self.clients.add(client)
         log.info("client %s connected (%d connected)", label, len(self.clients))
         receiver = asyncio.create_task(self._receive(client))
@@ -329,7 +387,10 @@ class TailerServer:
             else:
                 hub = self.hub
                 assert hub is not None
-                if route.kind == "firehose" and route.experiment_id is None:
+                if isinstance(client, SessionClient):
+                    assert self.sessions is not None
+                    await self.sessions.attach(hub, client, route)
+                elif route.kind == "firehose" and route.experiment_id is None:
                     hub.subscribe_firehose(client)
                 else:
                     assert route.experiment_id is not None
@@ -341,6 +402,8 @@ class TailerServer:
             receiver.cancel()
             if self.hub is not None:
                 self.hub.unsubscribe(client)
+            if isinstance(client, SessionClient) and self.sessions is not None:
+                self.sessions.detach(client)
             self.clients.discard(client)
             reason = connection.close_reason
             log.info(
@@ -385,7 +448,18 @@ class TailerServer:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
-        await connection.close(1000, "replay finished")
+        if route.stay_open:
+            await connection.wait_closed()  # pings are still answered by _receive
+        else:
+            await connection.close(1000, "replay finished")
+
+
+async def _refusals_answered(pending: Awaitable[Response]) -> Response:
+    """An endpoint's awaited answer, its :class:`RequestError` turned into the error response."""
+    try:
+        return await pending
+    except RequestError as exc:
+        return _error(exc.status, exc.reason)
 
 
 class ListenError(OSError):
@@ -414,6 +488,7 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
     finally:
         server.close(close_connections=True)  # closes every client with 1001 (going away)
         await server.wait_closed()
+        app.series.close()
 
 
 async def _start(app: TailerServer, host: str, port: int) -> Server:
@@ -424,6 +499,13 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     limit = 2 * app.queue_bytes
 
     class Connection(ServerConnection):
+        on_lost: Callable[[], object] | None = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.on_lost is not None:
+                self.on_lost()
+            super().connection_lost(exc)
+
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             transport = self.transport
@@ -472,12 +554,17 @@ async def serve_directory(
     poll_interval: float = 0.25,
     index_every: int = 1000,
     static_dir: Path = STATIC_DIR,
+    # Cookie sessions on `/` (DESIGN §11)
+    state_dir: str | os.PathLike[str] | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
     on_listen: Callable[[TailerServer], None] | None = None,
 ) -> AsyncIterator[TailerServer]:
     """Stream every ``*.jsonl`` in ``directory`` (created if missing) until the block exits.
 
     Reads the existing files first, then listens and watches. Leaving the
     block closes every client with 1001. Raises ``OSError`` if the port is taken.
+    Sessions are kept under ``state_dir`` (``None``: in memory, lost at exit;
+    ``tailer serve`` defaults to :func:`tailer.sessions.default_state_dir`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -493,13 +580,16 @@ async def serve_directory(
         max_clients=max_clients,
         queue_bytes=queue_bytes,
         static_dir=static_dir,
+        sessions=SessionStore(state_dir, ttl=session_ttl),
     )
+    assert app.sessions is not None
     _warn_exposed(host, token)
 
     async def changed(ids: set[str] | None) -> None:
         await hub.refresh(ids)
 
-    async with _listen(app, host, port):
+    # Sessions outlive the listener: its exit closes every client, whose records are final.
+    async with app.sessions.running(), _listen(app, host, port):
         if on_listen is not None:
             on_listen(app)
         watcher = asyncio.create_task(

@@ -556,12 +556,14 @@ def test_log_reset_drops_the_run_and_starts_again(runs_dir, page_factory):
     console.check()
 
 
-def test_token_is_carried_to_every_request(runs_dir, page_factory):
-    """With --token, the page opened as /?token=T carries T on every HTTP and WebSocket request."""
+def test_token_travels_by_cookie_only(runs_dir, page_factory):
+    """With --token, the page opened as /?token=T works, and T travels by cookie, never in a URL again."""
     page, console = page_factory()
     token = "s3cret-Token"
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
+    responses: list[tuple[str, int]] = []
+    page.on("response", lambda r: responses.append((r.url, r.status)))
     sockets: list[str] = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
     run = _find(runs_dir, "centralized")
@@ -575,8 +577,12 @@ def test_token_is_carried_to_every_request(runs_dir, page_factory):
             lambda: len(runs_state(page)) == len(list(runs_dir.glob("*.jsonl"))), message="list"
         )
         ours = [u for u in requests if u.startswith(server.url)]
-        assert ours and all(f"token={token}" in u for u in ours), ours
-        assert sockets and all(f"token={token}" in u for u in sockets), sockets
+        assert ours[0] == server.page_url(f"#/runs/{run.stem}").split("#")[0], ours
+        assert len(ours) > 3 and not any(token in u for u in ours[1:]), ours
+        assert sockets and not any(token in u for u in sockets), sockets
+        assert all(status < 400 for _, status in responses), responses
+        # The address bar no longer shows the token (screenshots, shared links).
+        assert token not in page.url and page.url.endswith(f"#/runs/{run.stem}")
         # Every request stays on this tailer: no CDN, no fonts, nothing outside.
         assert all(u.startswith((server.url, "data:")) for u in requests), requests
         # Without the token nothing is served, and the refusal says why.

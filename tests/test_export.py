@@ -177,6 +177,7 @@ def test_messages_table_rebuilds_every_message(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "messages.parquet")
     assert table.schema.names == [
         "experiment_id",
+        "rank",
         "seq",
         "timestamp",
         "type",

@@ -22,7 +22,7 @@ from tests._replay_helpers import SAMPLE_RUNS, line, mixed_run, write_run
 
 def careful_table(path: Path) -> tuple[pa.Table, SkipCounts]:
     skips = SkipCounts()
-    run = Run(path.stem, path)
+    run = Run.of(path)
     batches = list(metric_batches(run, skips, careful=True))
     return pa.Table.from_batches(batches, schema=metrics_schema()), skips
 
@@ -30,8 +30,8 @@ def careful_table(path: Path) -> tuple[pa.Table, SkipCounts]:
 def fast_table(path: Path, *, block_bytes: int = 8 << 20) -> tuple[pa.Table, SkipCounts, dict]:
     skips = SkipCounts()
     taken: dict[str, int] = {}
-    run = Run(path.stem, path)
-    builder = _MetricsBuilder(run.experiment_id, metrics_schema())
+    run = Run.of(path)
+    builder = _MetricsBuilder(run.experiment_id, run.rank, metrics_schema())
     batches = list(fast_metric_batches(run, builder, skips, block_bytes=block_bytes, taken=taken))
     return pa.Table.from_batches(batches, schema=metrics_schema()), skips, taken
 

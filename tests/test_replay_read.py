@@ -28,6 +28,7 @@ from tests._replay_helpers import SAMPLE_RUNS, START, line, mixed_run, write_run
 STR = pd.StringDtype(na_value=np.nan)
 METRIC_DTYPES = {
     "experiment_id": STR,
+    "rank": pd.Int64Dtype(),
     "seq": np.dtype("int64"),
     "timestamp": pd.DatetimeTZDtype("us", "UTC"),
     "type": STR,
@@ -41,6 +42,7 @@ METRIC_DTYPES = {
 }
 MESSAGE_DTYPES = {
     "experiment_id": STR,
+    "rank": pd.Int64Dtype(),
     "seq": np.dtype("int64"),
     "timestamp": pd.DatetimeTZDtype("us", "UTC"),
     "type": STR,

@@ -6,11 +6,8 @@
 // every HEAVY_INTERVAL_MS; the model keeps every point, and zooming in thins
 // only the visible range again, so detail is never lost.
 
-// Sibling modules are imported with this module's own query string, so a
-// `?token=` the page was loaded with reaches them too (a static import would
-// drop it and be refused by a server that wants the token).
-const sibling = (name) => new URL(`./${name}${new URL(import.meta.url).search}`, import.meta.url).href;
-const { SECTIONS, decimate, lowerBound } = await import(sibling("model.js"));
+import { SECTIONS } from "./model.js";
+import { seriesPoints } from "./series-data.js";
 
 const RAW_LIMIT = 4000;
 const HEAVY_INTERVAL_MS = 400;
@@ -198,15 +195,8 @@ export class ChartBoard {
   }
 
   traceFor(state, series, index) {
-    const raw = !state.thinned;
-    let i0 = 0;
-    let i1 = series.length;
-    if (!raw && state.range && series.monotonic) {
-      i0 = Math.max(0, lowerBound(series.xs, state.range[0]) - 1);
-      i1 = Math.min(series.length, lowerBound(series.xs, state.range[1]) + 1);
-    }
     const width = Math.max(200, state.plotEl.clientWidth || 600);
-    const shown = decimate(series, i0, i1, raw ? Infinity : width);
+    const shown = seriesPoints(series, { range: state.range, width, thinned: state.thinned });
     const colourIndex = PHASE_COLOURS[series.name] ?? index;
     // Markers where points are few or each one matters (a lone test value, epochs, rounds).
     const markers = MARKER_SECTIONS.has(state.chart.section) || series.length <= 30;
