@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from recorder.format import MAX_LINE_BYTES, is_valid_experiment_id, split_lines, split_rank
+from recorder.format import (
+    MAX_LINE_BYTES,
+    is_blank_line,
+    is_valid_experiment_id,
+    split_lines,
+    split_rank,
+)
 
 __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 
@@ -176,6 +182,7 @@ class LineBlocks:
         read = self.file.read
         rest = b""
         skipping = False  # inside a line already known to be over the limit
+        blank = False  # and all of it read so far was whitespace (a blank line)
         while True:
             block = read(self.block_bytes)
             if not block:
@@ -185,15 +192,16 @@ class LineBlocks:
             if skipping:
                 newline = block.find(b"\n")
                 if newline < 0:
+                    blank = blank and is_blank_line(block)
                     continue
-                oversized = True
+                oversized = not (blank and is_blank_line(block[:newline]))
                 block = block[newline + 1 :]
                 skipping = False
             buffer = rest + block if rest else block
             end = buffer.rfind(b"\n") + 1
             chunk, rest = buffer[:end], buffer[end:]
             if len(rest) > self.max_line_bytes:
-                rest, skipping = b"", True
+                rest, skipping, blank = b"", True, is_blank_line(rest)
             if chunk or oversized:
                 yield oversized, chunk
-        self.torn = bool(rest) or skipping
+        self.torn = not is_blank_line(rest) or (skipping and not blank)

@@ -18,6 +18,11 @@ if [ "$dev" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq chromium >/dev/null
   fi
+  if ! command -v rsync >/dev/null; then
+    echo "setup: installing rsync for the re-sync tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq rsync >/dev/null
+  fi
   if ! command -v java >/dev/null; then
     echo "setup: installing Debian's default-jre-headless (Java 17) for the Spark test"
     export DEBIAN_FRONTEND=noninteractive
