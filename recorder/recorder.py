@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -198,7 +199,7 @@ class MetricsRecorder:
             if claim.experiment_id != self.experiment_id:
                 self.experiment_id = claim.experiment_id
                 self.path = self.log_dir / f"{claim.experiment_id}{self._suffix}.jsonl"
-            fd = claim.fd if claim.fd is not None else os.open(self.path, _OPEN_FLAGS, 0o644)
+            fd = claim.fd if claim.fd is not None else _open_regular(self.path)
         except OSError as exc:
             self._warn_once(f"cannot open {self.path} ({exc})")
             return
@@ -583,15 +584,65 @@ class MetricsRecorder:
         self.record("lr_update", data)
 
 
+def _open_regular(path: Path) -> int:
+    """Open the run file for appending; never a FIFO.
+
+    ``O_NONBLOCK`` so that a FIFO under the run's name fails at once (ENXIO
+    with no reader) instead of blocking training until someone reads it; a
+    FIFO that does open (someone reads it) is refused after ``fstat``, since
+    a full pipe would block every write. Devices (``/dev/null``) are fine.
+    """
+    fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o644)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "a FIFO, not a file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: Pauses while a torn-looking tail may still be a line another process is writing (0.39 s in all).
+_TORN_RECHECKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+# Linux makes a write visible page by page: while one is in progress the file
+# size is a multiple of the page size (4096 or a multiple of it).
+_SIZES_STEP_BY_PAGE = sys.platform.startswith("linux")
+_PAGE = 4096
+
+
 def _ends_torn(path: Path) -> bool:
-    """Whether the file at ``path`` is not empty and does not end in ``\n``; False if unreadable."""
+    """Whether the file at ``path`` ends inside a line that no writer is completing.
+
+    False if it is empty, ends in ``\n`` or cannot be read. Another process
+    may be appending a line at this very moment, so a missing ``\n`` alone
+    does not make the tail torn (taking it for torn would start our first line
+    with a ``\n`` and leave a blank line once that writer finishes):
+
+    1. Writers append whole lines with one ``write``; the kernel serialises
+       writes to a file and copies each page by page, moving the end of the
+       file at each page boundary. So a size that is not a multiple of the
+       page size is the end of a finished write: without ``\n`` there, the
+       tail is torn (a writer died or failed mid-line).
+    2. A size on a page boundary may be a write in progress: look again after
+       a short pause, up to :data:`_TORN_RECHECKS`; a file that grew is judged
+       again by its new end; one that stays put that long is torn.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
         size = os.fstat(fd).st_size
-        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        for pause in (*_TORN_RECHECKS, None):
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                return False
+            if pause is None or (_SIZES_STEP_BY_PAGE and size % _PAGE):
+                return True
+            time.sleep(pause)
+            size = os.fstat(fd).st_size
+        return True  # pragma: no cover (the loop returns)
     except OSError:
         return False
     finally:

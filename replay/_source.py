@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from recorder.format import MAX_LINE_BYTES, is_valid_experiment_id, split_lines, split_rank
+from recorder.format import (
+    MAX_LINE_BYTES,
+    is_blank_line,
+    is_valid_experiment_id,
+    split_lines,
+    split_rank,
+)
 
 __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 
@@ -160,6 +166,7 @@ class LineBlocks:
         read = self.file.read
         rest = b""
         skipping = False  # inside a line already known to be over the limit
+        blank = False  # and all of it read so far was whitespace (a blank line)
         while True:
             block = read(self.block_bytes)
             if not block:
@@ -169,16 +176,18 @@ class LineBlocks:
             if skipping:
                 newline = block.find(b"\n")
                 if newline < 0:
+                    blank = blank and is_blank_line(block)
                     continue
-                head.append(None)
+                if not (blank and is_blank_line(block[:newline])):
+                    head.append(None)
                 block = block[newline + 1 :]
                 skipping = False
             lines, rest = split_lines(rest + block if rest else block)
             if len(rest) > self.max_line_bytes:
-                rest, skipping = b"", True
+                rest, skipping, blank = b"", True, is_blank_line(rest)
             out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment,operator]
             if out:
                 first = self.next_seq
                 self.next_seq += len(out)
                 yield first, out
-        self.torn = bool(rest) or skipping
+        self.torn = not is_blank_line(rest) or (skipping and not blank)

@@ -16,8 +16,10 @@ Nothing else holds messages: history is read back from disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,7 @@ from websockets.protocol import OPEN
 from recorder.format import is_valid_experiment_id
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
-from tailer.reader import FileReader, PollResult, StaleHistory
+from tailer.reader import FileReader, Notes, PollResult, StaleHistory
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -39,6 +41,13 @@ log = logging.getLogger("tailer")
 
 #: Bytes of history read per step of a catch-up; bounds a catching-up client's memory.
 HISTORY_CHUNK = 256 << 10
+
+#: Time a start-up may spend reading files before it listens; what is left is read
+#: in the background (DESIGN §12: /healthz answers within a second of start).
+STARTUP_BUDGET = 0.3
+
+#: A refresh of many files yields to the event loop after this long.
+STEP_BUDGET = 0.02
 
 
 def log_reset_frame(experiment_id: str) -> bytes:
@@ -119,13 +128,21 @@ class Hub:
         *,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         index_every: int = 1000,
+        follow_symlinks: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.queue_bytes = queue_bytes
         self.index_every = index_every
+        #: Symlinks are read only when they resolve inside the directory (None: any).
+        self.root = None if follow_symlinks else self.directory
+        self.notes = Notes()
         self.readers: dict[str, FileReader] = {}
         self.subscribers: dict[str, set[Client]] = {}
         self.firehose: set[Client] = set()
+        # Readers with more to read than one step: each has its own task, so a huge
+        # file (or a verification) never holds up the others.
+        self._catch_ups: dict[FileReader, asyncio.Task[None]] = {}
+        self._again: set[FileReader] = set()
 
     # ------------------------------------------------------------------ files
 
@@ -148,43 +165,103 @@ class Hub:
                 self.directory / f"{experiment_id}.jsonl",
                 experiment_id,
                 index_every=self.index_every,
+                root=self.root,
+                notes=self.notes,
             )
             self.readers[experiment_id] = reader
         return reader
 
-    async def refresh(self, experiment_ids: Iterable[str] | None = None) -> None:
+    async def refresh(
+        self, experiment_ids: Iterable[str] | None = None, *, startup: bool = False
+    ) -> None:
         """Read what is new in the given experiments (all known and listed ones by default).
 
-        New files get a reader; every reader is polled until it has no more
-        bytes, yielding to the event loop between chunks so a burst of writes
-        never starves clients.
+        Each file gets one bounded step here; a file with more to read (a
+        burst, a big file copied in, a replacement to verify) goes on in its
+        own background task, so no file holds up another. At ``startup``, files
+        are read here until :data:`STARTUP_BUDGET` is spent; what they hold
+        beyond is read in the background, sent to the experiment's
+        subscribers but not to the firehose (it was not new).
         """
         if experiment_ids is None:
             ids = set(self.readers)
             ids.update(self.experiment_ids_on_disk())
         else:
             ids = set(experiment_ids)
-        for experiment_id in ids:
+        started = step_started = time.monotonic()
+        for experiment_id in sorted(ids) if startup else ids:
             is_new = experiment_id not in self.readers
             reader = self.reader_for(experiment_id)
+            if reader in self._catch_ups:
+                self._again.add(reader)  # its task reads this change too
+                continue
             while True:
                 result = reader.poll()
+                if startup and is_new and result.kind == "data" and result.more:
+                    reader.backlog_end = reader.size
                 self.dispatch(reader, result)
-                if not result.more or reader.deleted:
+                if not _wants_more(result) or reader.deleted:
                     break
-                await asyncio.sleep(0)
+                if not startup or time.monotonic() - started > STARTUP_BUDGET:
+                    self._catch_up(reader)
+                    break
             if is_new:
                 if not reader.exists:
                     # Named by an event for a file already gone: no experiment.
                     if self.readers.get(experiment_id) is reader:
                         del self.readers[experiment_id]
-                elif not reader.deleted:
+                elif not reader.deleted and reader not in self._catch_ups:
                     log.info("experiment %s: %d messages", experiment_id, reader.messages)
+            if time.monotonic() - step_started > STEP_BUDGET:
+                await asyncio.sleep(0)
+                step_started = time.monotonic()
+
+    def _catch_up(self, reader: FileReader) -> None:
+        """Read ``reader`` to its end in a task of its own, one bounded step per turn of the loop."""
+        task = asyncio.get_running_loop().create_task(self._read_on(reader))
+        self._catch_ups[reader] = task
+
+    async def _read_on(self, reader: FileReader) -> None:
+        result = PollResult("none", more=True)
+        try:
+            while True:
+                if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
+                    return
+                if result.kind == "verify":
+                    result = await reader.verify()
+                else:
+                    await asyncio.sleep(result.retry_after if result.kind == "wait" else 0)
+                    result = reader.poll()
+                self.dispatch(reader, result)
+                if _wants_more(result):
+                    continue
+                if reader in self._again:
+                    self._again.discard(reader)
+                    result = PollResult("none", more=True)
+                    continue
+                if reader.exists and not reader.deleted and reader.backlog_end:
+                    log.info("experiment %s: %d messages", reader.experiment_id, reader.messages)
+                    reader.backlog_end = 0
+                return
+        except Exception:
+            log.exception("reading %s failed", reader.path)
+        finally:
+            self._catch_ups.pop(reader, None)
+            self._again.discard(reader)
+
+    async def close(self) -> None:
+        """Stop the background reads."""
+        tasks = list(self._catch_ups.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def dispatch(self, reader: FileReader, result: PollResult) -> None:
         """Send one poll's outcome to the experiment's subscribers and the firehose."""
         kind = result.kind
-        if kind == "none":
+        if kind in ("none", "wait", "verify"):
             return
         experiment_id = reader.experiment_id
         subscribers = self.subscribers.get(experiment_id)
@@ -194,6 +271,10 @@ class Hub:
                 return
             frames = frame_lines(result.lines, experiment_id)
             seq = result.lines[-1][0]
+            if result.backlog:  # there before the tailer started: history, not news
+                for client in subscribers or ():
+                    client.deliver(frames, experiment_id, seq)
+                return
         elif kind == "reset":
             frames = log_reset_frame(experiment_id)
         else:  # deleted
@@ -296,7 +377,10 @@ class Hub:
                         return False
                 start = end_seq
             except StaleHistory:
-                pass
+                # Replaced under the reader, which has not decided yet (a copy to verify):
+                # give it a moment instead of spinning.
+                if reader.generation == generation:
+                    await asyncio.sleep(0.05)
             if reader.generation != generation or self.readers.get(experiment_id) is not reader:
                 if reader.deleted and self.readers.get(experiment_id) is None:
                     if firehose:
@@ -315,3 +399,7 @@ class Hub:
             for experiment_id in sorted(self.readers)
             if self.readers[experiment_id].exists
         ]
+
+
+def _wants_more(result: PollResult) -> bool:
+    return result.more or result.kind in ("verify", "wait")

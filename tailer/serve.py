@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between checks with --poll (default 0.25)",
     )
     watch.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="serve *.jsonl symlinks wherever they point (default: only links to files "
+        "inside DIR; others are ignored with a warning)",
+    )
+    watch.add_argument(
         "--scan-interval",
         type=float,
         default=None,
@@ -128,13 +134,16 @@ def network_options(args: argparse.Namespace) -> dict[str, object]:
     )
     if max_clients < 1:
         raise ValueError(f"--max-clients must be at least 1, not {max_clients}")
+    if args.token == "":
+        raise ValueError("--token must not be empty (leave it out to serve without a token)")
     port = args.port if args.port is not None else config.env_int("PORT", config.DEFAULT_PORT)
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, not {port}")
     return {
         "host": args.host or config.env_str("HOST", config.DEFAULT_HOST),
         "port": port,
-        "token": args.token or config.env_str("TOKEN", None),
+        # An empty TAILER_TOKEN counts as unset (env_str), never as a token nobody can give.
+        "token": args.token if args.token is not None else config.env_str("TOKEN", None),
         "allow_origins": [*config.env_list("ALLOW_ORIGINS"), *args.allow_origin],
         "allow_hosts": [*config.env_list("ALLOW_HOSTS"), *args.allow_host],
         "max_clients": max_clients,
@@ -257,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
             poll=args.poll,
             poll_interval=args.poll_interval,
             scan_interval=scan_interval,
+            follow_symlinks=args.follow_symlinks,
             state_dir=args.state_dir or default_state_dir(directory),
             session_ttl=args.session_ttl,
             on_listen=on_listen,

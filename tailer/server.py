@@ -56,6 +56,7 @@ from tailer.routes import (
     origin_allowed,
     parse_speed,
     parse_ws_route,
+    single_header,
     split_target,
     static_file,
     token_presented,
@@ -137,6 +138,8 @@ class TailerServer:
         static_dir: Path = STATIC_DIR,
         sessions: SessionStore | None = None,
     ) -> None:
+        if token == "":
+            raise ValueError("an empty token would turn authentication off; pass None for none")
         self.hub = hub
         self.sessions = sessions
         self.host = host
@@ -220,16 +223,19 @@ class TailerServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | Awaitable[Response] | None:
         headers = request.headers
-        if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
-            raise RequestError(403, "Host not allowed (add it with --allow-host)")
-        if not origin_allowed(headers.get("Origin"), self.allow_origins):
-            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        host = single_header(headers, "Host")
+        origin = single_header(headers, "Origin")
+        authorization = single_header(headers, "Authorization")
         path, query = split_target(request.path)
-        upgrade = "websocket" in headers.get("Upgrade", "").lower()
+        if not host_allowed(host, self.host, self.allow_hosts):
+            raise RequestError(403, "Host not allowed (add it with --allow-host)")
+        if not origin_allowed(origin, self.allow_origins):
+            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        upgrade = "websocket" in ",".join(headers.get_all("Upgrade")).lower()
         if path == "/healthz" and not upgrade:
             return _response(200, b"ok\n", "text/plain; charset=utf-8", cache="no-store")
         if self.token is not None and not token_presented(
-            self.token, query, headers.get("Authorization"), headers.get("Cookie")
+            self.token, query, authorization, "; ".join(headers.get_all("Cookie")) or None
         ):
             return _error(
                 401,
@@ -243,11 +249,13 @@ class TailerServer:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
             if self.sessions is not None and route.kind == "firehose":
-                self._session_of[connection] = self.sessions.session_for(headers.get("Cookie"))
+                self._session_of[connection] = self.sessions.session_for(
+                    "; ".join(headers.get_all("Cookie")) or None
+                )
             return None
         if path == "/api/series":
-            return self._series(query, headers.get("Accept-Encoding", ""))
-        return self._http(path, query, headers.get("If-None-Match"))
+            return self._series(query, ", ".join(headers.get_all("Accept-Encoding")))
+        return self._http(path, query, ", ".join(headers.get_all("If-None-Match")) or None)
 
     async def _series(self, query: dict[str, list[str]], accept_encoding: str) -> Response:
         """``GET /api/series`` (docs/DESIGN.md, "Reduced series"), computed on a worker thread."""
@@ -290,8 +298,10 @@ class TailerServer:
                 return route
             raise RequestError(404, "no such experiment")
         assert self.hub is not None
-        if route.kind == "replay" and not self._experiment_path(route.experiment_id).is_file():
-            raise RequestError(404, "no such experiment")
+        if route.kind == "replay":
+            reader = self.hub.readers.get(route.experiment_id or "")
+            if reader is None or not reader.exists:  # never a link out of DIR, a FIFO...
+                raise RequestError(404, "no such experiment")
         return route
 
     def _replay_id(self) -> str:
@@ -444,6 +454,10 @@ class TailerServer:
         try:
             async for frame in frames:
                 await connection.send(frame, text=True)
+        except OSError as exc:  # gone, or no longer a regular file (a FIFO swapped in)
+            log.warning("cannot replay %s: %s", route.experiment_id, exc)
+            await connection.close(1011, "cannot read the run file")
+            return
         finally:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
@@ -460,6 +474,12 @@ async def _refusals_answered(pending: Awaitable[Response]) -> Response:
         return await pending
     except RequestError as exc:
         return _error(exc.status, exc.reason)
+
+
+def _malformed_request() -> bytes:
+    response = _error(400, "malformed request target")
+    head = "".join(f"{k}: {v}\r\n" for k, v in response.headers.raw_items())
+    return f"HTTP/1.1 400 Bad Request\r\n{head}\r\n".encode() + response.body
 
 
 class ListenError(OSError):
@@ -499,6 +519,7 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     limit = 2 * app.queue_bytes
 
     class Connection(ServerConnection):
+        request_line_checked = False
         on_lost: Callable[[], object] | None = None
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -507,6 +528,8 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if not self.request_line_checked and not self._request_line_ok(data):
+                return
             super().data_received(data)
             transport = self.transport
             if transport.get_write_buffer_size() > limit and not transport.is_closing():
@@ -516,6 +539,23 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
                     transport.get_write_buffer_size(),
                 )
                 transport.abort()
+
+        def _request_line_ok(self, data: bytes) -> bool:
+            """Answer 400 to a request line with bytes outside ASCII.
+
+            websockets decodes the request line as ASCII and, failing, closes
+            the connection without a word; a client deserves a status.
+            """
+            self._head = getattr(self, "_head", b"") + data[:8192]
+            end = self._head.find(b"\r\n")
+            if end < 0 and len(self._head) < 8192:
+                return True
+            self.request_line_checked = True
+            if self._head[: end if end >= 0 else 8192].isascii():
+                return True
+            self.transport.write(_malformed_request())
+            self.transport.close()
+            return False
 
     return await serve(
         app.handler,
@@ -553,6 +593,7 @@ async def serve_directory(
     scan_interval: float = DEFAULT_SCAN_INTERVAL,
     poll_interval: float = 0.25,
     index_every: int = 1000,
+    follow_symlinks: bool = False,
     static_dir: Path = STATIC_DIR,
     # Cookie sessions on `/` (DESIGN §11)
     state_dir: str | os.PathLike[str] | None = None,
@@ -561,15 +602,23 @@ async def serve_directory(
 ) -> AsyncIterator[TailerServer]:
     """Stream every ``*.jsonl`` in ``directory`` (created if missing) until the block exits.
 
-    Reads the existing files first, then listens and watches. Leaving the
-    block closes every client with 1001. Raises ``OSError`` if the port is taken.
-    Sessions are kept under ``state_dir`` (``None``: in memory, lost at exit;
-    ``tailer serve`` defaults to :func:`tailer.sessions.default_state_dir`).
+    Reads the existing files first (big ones go on in the background), then
+    listens and watches. Leaving the block closes every client with 1001.
+    Raises ``OSError`` if the port is taken. A ``*.jsonl`` symlink is an
+    experiment only if it resolves to a file inside ``directory``, unless
+    ``follow_symlinks``. Sessions are kept under ``state_dir`` (``None``: in
+    memory, lost at exit; ``tailer serve`` defaults to
+    :func:`tailer.sessions.default_state_dir`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hub = Hub(directory, queue_bytes=queue_bytes, index_every=index_every)
-    await hub.refresh()
+    hub = Hub(
+        directory,
+        queue_bytes=queue_bytes,
+        index_every=index_every,
+        follow_symlinks=follow_symlinks,
+    )
+    await hub.refresh(startup=True)
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -612,6 +661,7 @@ async def serve_directory(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await hub.close()
 
 
 @contextlib.asynccontextmanager

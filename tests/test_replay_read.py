@@ -326,7 +326,7 @@ def test_malformed_lines_are_counted_in_seq(tmp_path: Path) -> None:
         b"not json\n",
         b"[1, 2]\n",
         b'{"type": 5, "data": {"loss": 2}}\n',
-        b"\n",
+        b"{}\n",
         line("epoch_end", {"epoch": 1, "metrics": {"loss": 0.5}}),
     ]
     path = write_run(tmp_path / "bad.jsonl", lines)
@@ -559,3 +559,22 @@ def test_federated_sample_pivots_per_client() -> None:
     assert table.shape[0] >= 2 and table.shape[1] >= 2
     assert not table.isna().any().any()
     assert all(c.isdigit() for c in table.columns)  # Flower node ids, as decimal text
+
+
+def test_blank_lines_are_skipped_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank lines (empty or whitespace) are no lines: no warning, no seq, in any block size."""
+    lines = [
+        b"\n",
+        line("epoch_end", {"epoch": 0, "metrics": {"loss": 1.0}}),
+        b"\n",
+        b" \t\r\n",
+        line("epoch_end", {"epoch": 1, "metrics": {"loss": 0.5}}),
+        b"\n",
+    ]
+    path = write_run(tmp_path / "blank.jsonl", lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for block in (1 << 20, 3):
+            monkeypatch.setattr(source, "BLOCK_BYTES", block)
+            assert read_metrics(path)["seq"].tolist() == [0, 1]
+            assert read_messages(path)["seq"].tolist() == [0, 1]

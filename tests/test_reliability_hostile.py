@@ -1,0 +1,393 @@
+"""Hostile files and requests (DESIGN §12): nothing in DIR or on the wire leaks, stalls or crashes the tailer.
+
+Each test drives a real ``tailer serve`` (a subprocess, so a stalled event loop
+cannot stall the test) or an in-process server, and measures what the other
+runs see while the hostile thing is present. Latency bounds here are loose
+(seconds, against tens of seconds before the fix); the figures themselves
+come from ``benchmarks/bench_hostile.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests._reliability_helpers import env_without_tailer
+from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, ws_connect
+from tests.test_serve_cli import tailer
+
+
+async def _raw_status(port: int, request: bytes) -> int | None:
+    """Send raw request bytes; the status the server answers with (None: it just closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else None
+
+
+async def _healthz_seconds(port: int, timeout: float = 30) -> float:
+    started = time.monotonic()
+    status, _, _ = await asyncio.wait_for(http_get(port, "/healthz"), timeout)
+    assert status == 200
+    return time.monotonic() - started
+
+
+async def _other_run_latency(port: int, runs: Path, rounds: int = 5) -> float:
+    """Worst time for a line appended to another run to reach its live subscriber."""
+    w = Writer(runs, "good")
+    worst = 0.0
+    try:
+        async with ws_connect(f"ws://127.0.0.1:{port}/?experiment=good", open_timeout=30) as ws:
+            for i in range(rounds):
+                started = time.monotonic()
+                w.message("m", {"probe": i})
+                got = await recv_json(ws, timeout=30)
+                assert got["data"] == {"probe": i}
+                worst = max(worst, time.monotonic() - started)
+                await asyncio.sleep(0.1)
+    finally:
+        w.close()
+    return worst
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+def test_an_empty_token_is_refused(tmp_path):
+    """--token "" exits 2 with one line; TAILER_TOKEN="" means no token (not an impossible one)."""
+    import subprocess
+
+    env = {**env_without_tailer(), "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tailer", "serve", str(tmp_path), "--port", "0", "--token", ""],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "token" in lines[0], lines
+    Writer(tmp_path, "x").message("m")
+    done = subprocess.run(
+        [sys.executable, "-m", "tailer", "replay", str(tmp_path / "x.jsonl"), "--token", ""],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and b"token" in done.stderr, done
+
+
+@aio(60)
+async def test_an_empty_tailer_token_in_the_environment_counts_as_unset(tmp_path):
+    async with tailer(
+        "serve", str(tmp_path), "--port", "0", log=tmp_path / "serve.log", env={"TAILER_TOKEN": ""}
+    ) as (_, port, line):
+        assert "token=" not in line
+        assert (await http_get(port, "/api/experiments"))[0] == 200
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+@aio(60)
+async def test_duplicated_headers_and_bad_targets_get_400_never_500(tmp_path):
+    """Two Host, Origin or Authorization headers, or bytes no URL has, are a 400 and no traceback."""
+    head = "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+    cases = [
+        head.format(target="/api/experiments", extra="Host: 127.0.0.1\r\n").encode(),
+        head.format(target="/", extra="Origin: http://localhost\r\nOrigin: http://x\r\n").encode(),
+        head.format(
+            target="/api/experiments",
+            extra="Authorization: Bearer t\r\nAuthorization: Bearer u\r\n",
+        ).encode(),
+        head.format(target="//[/", extra="").encode(),
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET /api/\x01experiments HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET http://[::1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    ]
+    log = tmp_path / "serve.log"
+    for token in (None, "t"):
+        args = ["serve", str(tmp_path), "--port", "0"] + (["--token", token] if token else [])
+        async with tailer(*args, log=log) as (proc, port, _):
+            statuses = [await _raw_status(port, request) for request in cases]
+            assert statuses == [400] * len(cases), statuses
+            assert await _healthz_seconds(port) < 10
+            assert proc.returncode is None
+        text = log.read_text()
+        assert "Traceback" not in text and " 500" not in text, text[-3000:]
+
+
+# --------------------------------------------------------------------------- item 1
+
+
+@aio(90)
+async def test_a_fifo_swapped_in_under_a_replay_never_freezes_the_server(tmp_path):
+    """`tailer replay x.jsonl`, then x.jsonl replaced by a FIFO: a client is refused, /healthz answers, SIGTERM stops it."""
+    run = tmp_path / "x.jsonl"
+    Writer(tmp_path, "x").message("m", {"i": 0})
+    log = tmp_path / "replay.log"
+    async with tailer("replay", str(run), "--port", "0", "--speed", "0", log=log) as (
+        proc,
+        port,
+        _,
+    ):
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        os.replace(fifo, run)
+        try:
+            async with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws:
+                with pytest.raises(Exception):  # noqa: B017 - closed, or timed out if frozen
+                    await asyncio.wait_for(ws.recv(), 5)
+        except (OSError, TimeoutError):
+            pass
+        assert await _healthz_seconds(port, timeout=5) < 5
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert "Traceback" not in log.read_text()
+
+
+# --------------------------------------------------------------------------- items 2 and 3
+
+
+@pytest.mark.slow
+@aio(240)
+async def test_a_file_of_newlines_or_binary_data_does_not_hold_up_other_runs(tmp_path):
+    """16 MiB of newlines, then 16 MiB of random bytes, appear at runtime: other runs' lines stay prompt."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    Writer(runs, "good").message("m", {"probe": -1})
+    async with tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+        proc,
+        port,
+        _,
+    ):
+        figures = {}
+        for name, data in (("newlines", b"\n" * (16 << 20)), ("binary", os.urandom(16 << 20))):
+            (runs / f"{name}.jsonl").write_bytes(data)
+            figures[name] = await _other_run_latency(port, runs)
+            assert await _healthz_seconds(port) < 2
+        print(
+            "other runs' worst latency: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items())
+        )
+        assert max(figures.values()) < 2, figures
+        _, _, body = await http_get(port, "/api/experiments")
+        assert {e["experiment_id"] for e in orjson.loads(body)} >= {"good", "newlines", "binary"}
+        assert proc.returncode is None
+
+
+def _sparse(path: Path, size: int = 5 << 30) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.slow
+@aio(240)
+async def test_a_huge_sparse_file_delays_neither_start_up_nor_other_runs(tmp_path):
+    """A 5 GB sparse big.jsonl at start, and another appearing later: /healthz at once, other runs prompt."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _sparse(runs / "big.jsonl")
+    Writer(runs, "good").message("m", {"probe": -1})
+    # Bigger than anything that can be read in the time allowed: only the start-up order counts.
+    _sparse(runs / "bigger.jsonl", 200 << 30)
+    started = time.monotonic()
+    async with tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+        proc,
+        port,
+        _,
+    ):
+        listening = time.monotonic() - started
+        healthz = await _healthz_seconds(port, timeout=10)
+        at_start = await _other_run_latency(port, runs)
+        _sparse(runs / "later.jsonl")
+        await asyncio.sleep(0.2)
+        at_runtime = await _other_run_latency(port, runs)
+        print(
+            f"5 GB + 200 GB sparse files: listening {listening:.2f} s after spawn, /healthz in "
+            f"{healthz * 1000:.0f} ms; other runs' worst latency {at_start * 1000:.0f} ms at start, "
+            f"{at_runtime * 1000:.0f} ms with another 5 GB appearing"
+        )
+        assert healthz < 1 and at_start < 2 and at_runtime < 2
+        assert proc.returncode is None
+
+
+# --------------------------------------------------------------------------- item 4
+
+
+@aio(60)
+async def test_symlinks_out_of_the_runs_directory_are_ignored_with_one_warning(tmp_path, caplog):
+    """A link to a file outside DIR is no experiment (one warning); a link inside DIR is; --follow-symlinks lifts it."""
+    from tailer.server import serve_directory
+
+    caplog.set_level(logging.WARNING, logger="tailer")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = Writer(outside, "secret")
+    secret.message("m", {"secret": 1})
+    Writer(runs, "real").message("m", {"i": 0})
+    (runs / "leak.jsonl").symlink_to(outside / "secret.jsonl")
+    (runs / "etc.jsonl").symlink_to("/etc/hostname")
+    (runs / "dangling.jsonl").symlink_to(tmp_path / "nothing.jsonl")
+    (runs / "alias.jsonl").symlink_to("real.jsonl")
+    async with serve_directory(runs, port=0) as app, ws_connect(app.ws_url) as fire:
+        ids = [e["experiment_id"] for e in app.summaries()]
+        assert ids == ["alias", "real"], ids
+        (runs / "later.jsonl").symlink_to(outside / "secret.jsonl")
+        secret.message("m", {"secret": 2})
+        await asyncio.sleep(1.5)  # a sweep meets every link
+        Writer(runs, "real").message("m", {"i": 1})
+        got = [await recv_json(fire) for _ in range(2)]
+        assert sorted(m["experiment_id"] for m in got) == ["alias", "real"]
+        _, _, body = await http_get(app.port, "/api/experiments")
+        assert b"secret" not in body and [e["experiment_id"] for e in orjson.loads(body)] == [
+            "alias",
+            "real",
+        ]
+        async with ws_connect(app.ws_url + "experiments/leak") as ws:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.5)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for name in ("leak", "etc", "later"):
+        assert sum(f"{name}.jsonl" in m for m in warned) == 1, warned
+    async with serve_directory(runs, port=0, follow_symlinks=True) as app:
+        ids = [e["experiment_id"] for e in app.summaries()]
+        assert ids == ["alias", "etc", "later", "leak", "real"], ids
+    secret.close()
+
+
+# --------------------------------------------------------------------------- item 9
+
+
+def test_an_unreadable_file_warns_once(tmp_path, monkeypatch, caplog):
+    """EACCES on every open: one warning, not one a second; readable again, it streams."""
+    from tailer import reader as reader_module
+    from tailer.reader import FileReader
+
+    caplog.set_level(logging.WARNING, logger="tailer")
+    Writer(tmp_path, "locked").message("m", {"i": 0})
+    real_open = os.open
+    locked = [True]
+
+    def guarded(path, flags, *args, **kwargs):
+        if locked[0] and str(path).endswith("locked.jsonl"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(reader_module.os, "open", guarded)
+    r = FileReader(tmp_path / "locked.jsonl", "locked")
+    for _ in range(5):
+        assert r.poll().kind == "none"
+    assert len([x for x in caplog.records if "locked.jsonl" in x.getMessage()]) == 1
+    locked[0] = False
+    result = r.poll()
+    assert result.kind == "data" and len(result.lines) == 1
+
+
+def test_a_recorder_pointed_at_a_fifo_does_not_block(tmp_path):
+    """runs/x.jsonl is a FIFO nobody reads: resuming it warns once and counts what it could not write."""
+    import subprocess
+
+    os.mkfifo(tmp_path / "x.jsonl")
+    script = (
+        "import sys, warnings; sys.path.insert(0, sys.argv[1])\n"
+        "warnings.simplefilter('always')\n"
+        "from recorder import MetricsRecorder\n"
+        "r = MetricsRecorder(sys.argv[2], 'x', resume=True)\n"
+        "for i in range(3): r.record('m', {'i': i})\n"
+        "print('lost', r.lost, flush=True); r.close()\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(ROOT), str(tmp_path)],
+            capture_output=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the recorder blocked opening a FIFO")
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.strip() == b"lost 3"
+    err = done.stderr.decode()
+    assert err.count("RuntimeWarning: runtail: cannot open") == 1, err  # one warning, not 3
+
+
+# --------------------------------------------------------------------------- item 10 (DESIGN §10)
+
+
+def _lines(start: int, stop: int) -> bytes:
+    from recorder.format import encode_message
+
+    return b"".join(
+        encode_message("batch_metrics", {"step": i, "loss": 0.5}) for i in range(start, stop)
+    )
+
+
+async def _sync(how: str, source: Path, dest: Path) -> None:
+    """Bring ``dest`` up to date with ``source`` the way an offline machine's sync does."""
+    import shutil
+
+    if how == "cp":
+        await asyncio.to_thread(shutil.copyfile, source, dest)  # truncates dest, then writes
+        return
+    args = ["rsync", "--append"] if how == "rsync --append" else ["rsync"]
+    proc = await asyncio.create_subprocess_exec(*args, str(source), str(dest))
+    assert await proc.wait() == 0
+
+
+@aio(120)
+async def test_a_re_synced_file_continues_as_an_append(tmp_path):
+    """rsync (temp file + rename), rsync --append and cp over the run: only new lines, seq goes on; a changed prefix resets."""
+    import shutil
+
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (scripts/setup.sh --dev installs it)")
+    from tailer.server import serve_directory
+
+    offline = tmp_path / "offline"
+    runs = tmp_path / "runs"
+    offline.mkdir()
+    runs.mkdir()
+    source = offline / "sync.jsonl"
+    source.write_bytes(_lines(0, 1000))
+    shutil.copyfile(source, runs / "sync.jsonl")
+    async with (
+        serve_directory(runs, port=0) as app,
+        ws_connect(app.ws_url + "experiments/sync?since=-1") as ws,
+        ws_connect(app.ws_url) as fire,
+    ):
+        assert [m["seq"] for m in [await recv_json(ws) for _ in range(1000)]] == list(range(1000))
+        end = 1000
+        for how in ("rsync", "rsync --append", "cp", "rsync", "cp"):
+            with open(source, "ab") as f:
+                f.write(_lines(end, end + 300))
+            await _sync(how, source, runs / "sync.jsonl")
+            for client in (ws, fire):
+                got = [await recv_json(client) for _ in range(300)]
+                assert [m.get("seq") for m in got] == list(range(end, end + 300)), how
+                assert [m["data"]["step"] for m in got] == list(range(end, end + 300)), how
+            end += 300
+        # A copy whose already-read bytes differ is another run: log_reset, then from 0.
+        source.write_bytes(_lines(5000, 6000) + _lines(0, 1000))
+        await _sync("rsync", source, runs / "sync.jsonl")
+        for client in (ws, fire):
+            assert (await recv_json(client))["type"] == "log_reset"
+            first = await recv_json(client)
+            assert (first["seq"], first["data"]["step"]) == (0, 5000)
+        summary = app.summaries()[0]
+        assert summary["lines"] == 2000
