@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,8 +41,14 @@ from tailer.series import X_KINDS, SeriesQuery, SeriesStore, parse_first_timesta
 
 __all__ = ["DEFAULT_STORE_BYTES", "SeriesService", "parse_series_query"]
 
+log = logging.getLogger("tailer")
+
 #: Memory the stores of all runs may hold together before the least recently used go.
 DEFAULT_STORE_BYTES = 512 << 20
+#: Runs at least this long get their store built in the background at start (see warm()).
+WARM_FROM_LINES = 20_000
+#: Bytes of store per line, as estimated for warming (batch lines with two values).
+_BYTES_PER_LINE = 80
 MAX_WIDTH = 10_000
 MAX_RAW = 200_000
 #: Answers at least this long are compressed when the client accepts gzip.
@@ -80,6 +87,19 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, top: int) ->
     return value
 
 
+def _upto(query: Mapping[str, list[str]]) -> int | None:
+    text = _one(query, "upto")
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise RequestError(400, f"upto must be an integer >= -1, not {text[:40]!r}")
+    return value
+
+
 def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
     """The parameters of ``/api/series``; an invalid run id is a 404, a bad value a 400."""
     run = _one(query, "run")
@@ -100,6 +120,7 @@ def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
         width=_count(query, "width", 1000, MAX_WIDTH),
         max_raw=_count(query, "max_raw", SeriesQuery.max_raw, MAX_RAW),
         events=_one(query, "events") != "0",
+        upto=_upto(query),
     )
 
 
@@ -160,6 +181,36 @@ class SeriesService:
                 del self.stores[query.run]
         raise RequestError(503, "the run's file keeps changing; try again")
 
+    def warm(self, readers: Iterable[FileReader], *, min_lines: int = WARM_FROM_LINES) -> None:
+        """Build the stores of long runs in the background, most recently active first.
+
+        A page opening a long run then gets its series at once instead of
+        waiting for the file to be read (seconds for a million lines); later
+        requests only read what was appended since. Runs are taken while
+        their estimated size fits in :attr:`max_bytes`.
+        """
+        loop = asyncio.get_running_loop()
+        chosen = sorted(
+            (r for r in readers if r.exists and r.next_seq >= min_lines),
+            key=lambda r: r.last_timestamp or "",
+            reverse=True,
+        )
+        budget = self.max_bytes
+        for reader in chosen:
+            estimate = reader.next_seq * _BYTES_PER_LINE
+            if estimate > budget or reader.experiment_id in self.stores:
+                continue
+            budget -= estimate
+            store = SeriesStore(
+                reader.path,
+                reader.experiment_id,
+                generation=reader.generation,
+                max_line_bytes=reader.max_line_bytes,
+            )
+            self.stores[reader.experiment_id] = store
+            future = loop.run_in_executor(self._executor, _build, store, reader.consumed)
+            future.add_done_callback(_log_failure)
+
     def _evict(self, *, keep: str) -> None:
         """Drop the least recently used stores past :attr:`max_bytes` (never ``keep``)."""
         total = sum(store.nbytes for store in self.stores.values())
@@ -168,6 +219,16 @@ class SeriesService:
                 return
             if run != keep:
                 total -= self.stores.pop(run).nbytes
+
+
+def _build(store: SeriesStore, end_offset: int) -> None:
+    with store.lock:
+        store.catch_up(end_offset)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("building series in the background failed", exc_info=future.exception())
 
 
 def _answer(

@@ -655,6 +655,7 @@ async def serve_directory(
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         await hub.refresh()
+        app.series.warm(hub.readers.values())  # long runs' series, built in the background
         try:
             yield app
         finally:
