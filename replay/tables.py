@@ -37,7 +37,7 @@ Naming rules for ``metric``:
   and empty containers are not;
 * a value whose path is an index key (``epoch``, ``step``, ``round``,
   ``round_num``, ``total_epochs``, ``total_rounds``, ``batch_idx``,
-  ``local_epoch``, ``client_id``), that is one directly in ``data`` or in its
+  ``local_epoch``, ``client_id``, ``rank``), that is one directly in ``data`` or in its
   ``metrics`` dict, is not a metric; deeper ones (``fit_metrics.round``) are;
 * ``data`` that is a number gives one row named ``value``; ``data`` that is a
   list is walked like a nested list (``0``, ``1``, ...).
@@ -94,6 +94,7 @@ INDEX_KEYS = frozenset(
         "batch_idx",
         "local_epoch",
         "client_id",
+        "rank",
     }
 )
 
