@@ -72,6 +72,7 @@ __all__ = [
     "INDEX_KEYS",
     "MESSAGE_COLUMNS",
     "METRIC_COLUMNS",
+    "MetricOrder",
     "SkippedLinesWarning",
     "message_batches",
     "message_table_schema",
@@ -295,6 +296,29 @@ def _client_text(value: Any) -> str | None:
 # --------------------------------------------------------------------------- metrics
 
 
+class MetricOrder:
+    """The order of a run's metric names: the order in which each first gave a row.
+
+    Rows of one message come sorted by it (a stable sort, so a name repeated
+    within a message keeps its key order). For a log that writes its keys in
+    one order, that is the order of the keys. Every reader of one run (the
+    careful walk and :mod:`replay._arrow`, block by block) shares one
+    ``MetricOrder``, so both give the same rows in the same order.
+    """
+
+    __slots__ = ("rank",)
+
+    def __init__(self) -> None:
+        self.rank: dict[str, int] = {}
+
+    def add(self, name: str) -> int:
+        """The rank of ``name``, given the next one if it had none."""
+        rank = self.rank.get(name)
+        if rank is None:
+            rank = self.rank[name] = len(self.rank)
+        return rank
+
+
 class _Node:
     """One level of metric paths: key -> code of the leaf there, key -> child level."""
 
@@ -318,12 +342,20 @@ class _MetricsBuilder:
     message's rows by Arrow's ``take``.
     """
 
-    def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        experiment_id: str,
+        rank: int | None,
+        schema: pa.Schema,
+        order: MetricOrder | None = None,
+    ) -> None:
         self.experiment_id = experiment_id
         self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
+        self.order = MetricOrder() if order is None else order
+        self._code_ranks: Any = None  # numpy array: code -> rank in self.order, -1 while none
         self.names: list[str] = []
         self._name_codes: dict[str, int] = {}
         self._names_array: pa.Array = pa.array([], pa.string())
@@ -577,9 +609,41 @@ class _MetricsBuilder:
         columns.extend(
             per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
         )
-        columns.append(self._names_array.take(pa.array(self.codes, pa.int32())))
-        columns.append(_float_array(self.values))
+        codes = np.array(self.codes, np.int32)
+        values = _float_array(self.values)
+        order = self._rank_order(codes, owner.to_numpy())
+        if order is not None:
+            codes = codes[order]
+            values = values.take(pa.array(order))
+        columns.append(self._names_array.take(pa.array(codes)))
+        columns.append(values)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def _rank_order(self, codes: Any, owner: Any) -> Any:
+        """The permutation that sorts each message's rows by :class:`MetricOrder`, or None.
+
+        Names that give their first row in this block are ranked here, in the
+        order of those rows (the walk's order). None when every message's rows
+        are already in rank order (a log that keeps its keys in one order).
+        """
+        import numpy as np
+
+        ranks = self._code_ranks
+        if ranks is None or len(ranks) < len(self.names):
+            grown = np.full(len(self.names), -1, np.int64)
+            if ranks is not None:
+                grown[: len(ranks)] = ranks
+            ranks = self._code_ranks = grown
+        row_ranks = ranks[codes]
+        unranked = row_ranks < 0
+        if unranked.any():
+            new_codes, first = np.unique(codes[unranked], return_index=True)
+            for code in new_codes[np.argsort(first, kind="stable")]:
+                ranks[code] = self.order.add(self.names[code])
+            row_ranks = ranks[codes]
+        if not ((row_ranks[1:] < row_ranks[:-1]) & (owner[1:] == owner[:-1])).any():
+            return None
+        return np.lexsort((row_ranks, owner))
 
 
 # --------------------------------------------------------------------------- messages
@@ -722,14 +786,22 @@ def metric_batches(
     *,
     with_experiment_id: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    careful: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """The metrics table of one run as record batches, one per block of lines read.
 
     Lines that are not messages are counted into ``skips``; ``on_bytes`` is
     called with the number of bytes read after each block (for progress).
+    pyarrow parses the blocks it can read exactly (:mod:`replay._arrow`); the
+    others, and every block when ``careful`` is true, are decoded line by line.
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MetricsBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes)
+    builder = _MetricsBuilder(run.experiment_id, run.rank, schema)
+    if careful:
+        return _run_batches(run, builder, skips, on_bytes=on_bytes)
+    from replay._arrow import fast_metric_batches
+
+    return fast_metric_batches(run, builder, skips, on_bytes=on_bytes)
 
 
 def metric_block_reader(
@@ -757,7 +829,9 @@ def message_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
     schema = message_table_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes)
+    return _run_batches(
+        run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes
+    )
 
 
 def _warn_skipped(skips: SkipCounts, skipped_names: list[str]) -> None:
