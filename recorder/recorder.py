@@ -180,6 +180,7 @@ class MetricsRecorder:
         self._warned = False
         self._torn = False  # a line was cut off by a failed write: start the next on a new line
         self._finalizer: weakref.finalize | None = None
+        self._sampler: Any = None  # a SystemMetricsSampler, stopped by close()
         # The descriptor while the hot path applies (open, no fsync, nothing
         # torn), else -1: one attribute to test under the lock.
         self._fast_fd = -1
@@ -226,8 +227,12 @@ class MetricsRecorder:
     def close(self) -> None:
         """Close the file and report (warning and log) how many messages were lost, if any.
 
-        Idempotent. Messages recorded afterwards are counted as lost.
+        Idempotent. Messages recorded afterwards are counted as lost. A
+        system metrics sampler started here is stopped first.
         """
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
         with self._lock:
             if self._closed:
                 return
@@ -242,6 +247,23 @@ class MetricsRecorder:
             text = f"runtail: {lost} message(s) could not be written to {self.path}"
             log.warning(text)
             warnings.warn(text, RuntimeWarning, stacklevel=2)
+
+    def start_system_metrics(self, interval: float = 10.0, *, gpu: bool = True) -> Any:
+        """Record ``system_metrics`` every ``interval`` seconds on a background thread until :meth:`close`.
+
+        CPU, RAM, process, disk and network figures (psutil), per-GPU figures
+        (NVML) and torch's CUDA memory where present: see :mod:`recorder.system`.
+        Needs the ``runtail[system]`` extra (:class:`ImportError` otherwise).
+        Returns the :class:`recorder.system.SystemMetricsSampler`; calling
+        again replaces it.
+        """
+        from recorder.system import SystemMetricsSampler
+
+        sampler = SystemMetricsSampler(self, interval, gpu=gpu)
+        old, self._sampler = self._sampler, sampler
+        if old is not None:
+            old.stop()
+        return sampler.start()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled (multiprocessing "spawn", DDP spawn), a recorder travels as

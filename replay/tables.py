@@ -38,7 +38,7 @@ Naming rules for ``metric``:
   and empty containers are not;
 * a value whose path is an index key (``epoch``, ``step``, ``round``,
   ``round_num``, ``total_epochs``, ``total_rounds``, ``batch_idx``,
-  ``local_epoch``, ``client_id``), that is one directly in ``data`` or in its
+  ``local_epoch``, ``client_id``, ``rank``), that is one directly in ``data`` or in its
   ``metrics`` dict, is not a metric; deeper ones (``fit_metrics.round``) are;
 * ``data`` that is a number gives one row named ``value``; ``data`` that is a
   list is walked like a nested list (``0``, ``1``, ...).
@@ -73,6 +73,7 @@ __all__ = [
     "INDEX_KEYS",
     "MESSAGE_COLUMNS",
     "METRIC_COLUMNS",
+    "MetricOrder",
     "SkippedLinesWarning",
     "message_batches",
     "message_table_schema",
@@ -95,6 +96,7 @@ INDEX_KEYS = frozenset(
         "batch_idx",
         "local_epoch",
         "client_id",
+        "rank",
     }
 )
 
@@ -324,6 +326,25 @@ class _Attempts:
             self.marks.append((position, self.current))
         self._started = True
 
+    def of_rows(self, starts: Any) -> tuple[Any, bool]:
+        """The attempt of every message of a block, from a bool array of where its starts are.
+
+        Leaves the state alone: pass the result to :meth:`settle` once the
+        block is taken (a block given up is read again another way).
+        """
+        import numpy as np
+
+        bumps = starts.astype(np.int64)
+        if not self._started and bumps.any():
+            bumps[int(np.argmax(starts))] = 0  # the file's first training_start
+        return self.current + np.cumsum(bumps), self._started or bool(starts.any())
+
+    def settle(self, per_row: Any, started: bool) -> None:
+        """Take the state after a block :meth:`of_rows` numbered."""
+        if len(per_row):
+            self.current = int(per_row[-1])
+        self._started = started
+
     def column(self, first: int, n: int) -> pa.Array:
         """The attempt at positions ``0 .. n-1``, ``first`` being the one in force at 0; clears marks."""
         if not self.marks:
@@ -335,6 +356,29 @@ class _Attempts:
             values[position:] = attempt
         self.marks.clear()
         return pa.array(values, pa.int64())
+
+
+class MetricOrder:
+    """The order of a run's metric names: the order in which each first gave a row.
+
+    Rows of one message come sorted by it (a stable sort, so a name repeated
+    within a message keeps its key order). For a log that writes its keys in
+    one order, that is the order of the keys. Every reader of one run (the
+    careful walk and :mod:`replay._arrow`, block by block) shares one
+    ``MetricOrder``, so both give the same rows in the same order.
+    """
+
+    __slots__ = ("rank",)
+
+    def __init__(self) -> None:
+        self.rank: dict[str, int] = {}
+
+    def add(self, name: str) -> int:
+        """The rank of ``name``, given the next one if it had none."""
+        rank = self.rank.get(name)
+        if rank is None:
+            rank = self.rank[name] = len(self.rank)
+        return rank
 
 
 class _Node:
@@ -360,13 +404,21 @@ class _MetricsBuilder:
     message's rows by Arrow's ``take``.
     """
 
-    def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        experiment_id: str,
+        rank: int | None,
+        schema: pa.Schema,
+        order: MetricOrder | None = None,
+    ) -> None:
         self.experiment_id = experiment_id
         self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
         self.attempts = _Attempts()
+        self.order = MetricOrder() if order is None else order
+        self._code_ranks: Any = None  # numpy array: code -> rank in self.order, -1 while none
         self.names: list[str] = []
         self._name_codes: dict[str, int] = {}
         self._names_array: pa.Array = pa.array([], pa.string())
@@ -628,9 +680,41 @@ class _MetricsBuilder:
         columns.extend(
             per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
         )
-        columns.append(self._names_array.take(pa.array(self.codes, pa.int32())))
-        columns.append(_float_array(self.values))
+        codes = np.array(self.codes, np.int32)
+        values = _float_array(self.values)
+        order = self._rank_order(codes, owner.to_numpy())
+        if order is not None:
+            codes = codes[order]
+            values = values.take(pa.array(order))
+        columns.append(self._names_array.take(pa.array(codes)))
+        columns.append(values)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def _rank_order(self, codes: Any, owner: Any) -> Any:
+        """The permutation that sorts each message's rows by :class:`MetricOrder`, or None.
+
+        Names that give their first row in this block are ranked here, in the
+        order of those rows (the walk's order). None when every message's rows
+        are already in rank order (a log that keeps its keys in one order).
+        """
+        import numpy as np
+
+        ranks = self._code_ranks
+        if ranks is None or len(ranks) < len(self.names):
+            grown = np.full(len(self.names), -1, np.int64)
+            if ranks is not None:
+                grown[: len(ranks)] = ranks
+            ranks = self._code_ranks = grown
+        row_ranks = ranks[codes]
+        unranked = row_ranks < 0
+        if unranked.any():
+            new_codes, first = np.unique(codes[unranked], return_index=True)
+            for code in new_codes[np.argsort(first, kind="stable")]:
+                ranks[code] = self.order.add(self.names[code])
+            row_ranks = ranks[codes]
+        if not ((row_ranks[1:] < row_ranks[:-1]) & (owner[1:] == owner[:-1])).any():
+            return None
+        return np.lexsort((row_ranks, owner))
 
 
 # --------------------------------------------------------------------------- messages
@@ -779,14 +863,22 @@ def metric_batches(
     *,
     with_experiment_id: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    careful: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """The metrics table of one run as record batches, one per block of lines read.
 
     Lines that are not messages are counted into ``skips``; ``on_bytes`` is
     called with the number of bytes read after each block (for progress).
+    pyarrow parses the blocks it can read exactly (:mod:`replay._arrow`); the
+    others, and every block when ``careful`` is true, are decoded line by line.
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MetricsBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes)
+    builder = _MetricsBuilder(run.experiment_id, run.rank, schema)
+    if careful:
+        return _run_batches(run, builder, skips, on_bytes=on_bytes)
+    from replay._arrow import fast_metric_batches
+
+    return fast_metric_batches(run, builder, skips, on_bytes=on_bytes)
 
 
 def metric_block_reader(
@@ -814,7 +906,9 @@ def message_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
     schema = message_table_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes)
+    return _run_batches(
+        run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes
+    )
 
 
 def _warn_skipped(skips: SkipCounts, skipped_names: list[str]) -> None:

@@ -498,12 +498,19 @@ def same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
     )
 )
 def test_rows_follow_the_naming_rules(tmp_path: Path, datas: list[Any]) -> None:
-    """For any data, read_metrics gives exactly the rows the plainly written rules give, per message."""
+    """For any data, read_metrics gives exactly the rows the plainly written rules give, per message.
+
+    A message's rows come in the order in which their names first gave a row in the run.
+    """
     path = write_run(tmp_path / "prop.jsonl", [line("custom", data) for data in datas])
     df = read_metrics(path)
+    first_seen: dict[str, int] = {}
     for seq, data in enumerate(datas):
         recorded = read_messages(path)["data"].iloc[seq]
-        expected = reference_rows(recorded)
+        in_key_order = reference_rows(recorded)
+        for name, _ in in_key_order:
+            first_seen.setdefault(name, len(first_seen))
+        expected = sorted(in_key_order, key=lambda row: first_seen[row[0]])
         got = rows(df[df["seq"] == seq])
         assert same(got, expected), (data, got, expected)
 
@@ -611,8 +618,10 @@ def test_attempt_counts_the_training_starts_of_a_file(tmp_path: Path) -> None:
         ("b", 0, 0.9),
         ("b", 1, 0.8),
     ]
-    # Read in blocks of a few bytes, the attempt carries over from block to block.
-    monkeypatch = pytest.MonkeyPatch()
-    with monkeypatch.context() as patch:
+    # In blocks of a few lines (pyarrow's and the careful path's), the attempt carries over.
+    import replay._arrow
+
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(source, "BLOCK_BYTES", 64)
+        patch.setattr(replay._arrow, "FAST_BLOCK_BYTES", 300)
         pd.testing.assert_frame_equal(read_metrics(tmp_path / "runs"), metrics)
