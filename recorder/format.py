@@ -47,6 +47,7 @@ __all__ = [
     "encode_line",
     "encode_message",
     "format_timestamp",
+    "is_blank_line",
     "is_valid_experiment_id",
     "parse_timestamp",
     "rank_file_id",
@@ -430,16 +431,30 @@ def restore_non_finite(value: Any) -> Any:
     return value
 
 
+def is_blank_line(line: bytes) -> bool:
+    """Whether ``line`` (without its ``\\n``) is empty or only ASCII whitespace.
+
+    A blank line is not a message: every reader skips it silently, it is not
+    malformed and takes no ``seq``.
+    """
+    return not line.strip()
+
+
 def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Split ``buffer`` into its complete lines (without ``\\n``) and the trailing rest.
 
-    The rest is a line still being written (or torn by a crash): readers keep
-    it until its newline arrives and never treat it as a message before that.
+    Blank lines (:func:`is_blank_line`) are left out. The rest is a line still
+    being written (or torn by a crash): readers keep it until its newline
+    arrives and never treat it as a message before that.
     """
     end = buffer.rfind(b"\n")
     if end < 0:
         return [], buffer
-    return buffer[:end].split(b"\n"), buffer[end + 1 :]
+    lines = buffer[:end].split(b"\n")
+    # One C-level pass finds out whether there is a blank line at all (rare).
+    if b"" in map(bytes.strip, lines):
+        lines = [line for line in lines if line.strip()]
+    return lines, buffer[end + 1 :]
 
 
 def status_of(message: Mapping[str, Any]) -> str | None:
@@ -489,9 +504,13 @@ def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
 
 
 def iter_messages(lines: Iterable[bytes]) -> Iterable[tuple[int, dict[str, Any] | None]]:
-    """Number ``lines`` from 0 and decode each; malformed ones give ``None``."""
-    for seq, line in enumerate(lines):
+    """Number ``lines`` from 0 and decode each; malformed ones give ``None``, blank ones nothing."""
+    seq = 0
+    for line in lines:
+        if is_blank_line(line):
+            continue
         try:
             yield seq, decode_line(line)
         except MalformedLine:
             yield seq, None
+        seq += 1

@@ -194,6 +194,10 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
             instead of starting ``<id>-2`` (see :class:`MetricsRecorder`). Give
             a ``JsonlLogger`` of the same Trainer the same id: both write the
             file the first of them claimed.
+        system_metrics: Also record ``system_metrics`` (CPU, RAM, process,
+            disk, network, GPUs; :mod:`recorder.system`) on a background
+            thread from setup to teardown: ``True`` every 10 s, a number every
+            that many seconds. Needs the ``runtail[system]`` extra.
     """
 
     def __init__(
@@ -208,6 +212,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         fsync: bool = False,
         per_rank: bool = False,
         resume: bool = False,
+        system_metrics: bool | float = False,
     ) -> None:
         super().__init__()
         if batch_every_n_steps is not None and (
@@ -235,6 +240,8 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self._given = recorder
         self._recorder: MetricsRecorder | None = recorder
         self._active = True
+        self._system_interval = _system_interval(system_metrics)
+        self._sampler: Any = None
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -321,10 +328,17 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
                 resume=self._resume,
             )
             self.experiment_id = self._recorder.experiment_id  # <id>-2 if <id> held a run
+        if self._system_interval and self._active and self._sampler is None:
+            from recorder.system import SystemMetricsSampler
+
+            self._sampler = SystemMetricsSampler(self._recorder, self._system_interval).start()
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._flush(trainer)
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
         if self._given is None and self._recorder is not None:
             self._recorder.close()
             self._recorder = None  # a later trainer.test() opens the same file again
@@ -481,6 +495,19 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
             },
         )
         self._lifecycle("failed", f"Training failed: {type(exception).__name__}: {exception}")
+
+
+def _system_interval(system_metrics: bool | float) -> float:
+    """The sampling interval ``system_metrics`` asks for (0: off); psutil checked up front."""
+    if system_metrics is False or system_metrics is None:
+        return 0.0
+    from recorder.system import DEFAULT_INTERVAL, require_psutil
+
+    require_psutil()  # ImportError naming the extra now, not at fit time
+    interval = DEFAULT_INTERVAL if system_metrics is True else float(system_metrics)
+    if not interval >= 0.01:
+        raise ValueError(f"system_metrics interval must be at least 0.01 s, not {system_metrics!r}")
+    return interval
 
 
 def _stopped(early_stopping: Any) -> bool:

@@ -180,6 +180,7 @@ class MetricsRecorder:
         self._warned = False
         self._torn = False  # a line was cut off by a failed write: start the next on a new line
         self._finalizer: weakref.finalize | None = None
+        self._sampler: Any = None  # a SystemMetricsSampler, stopped by close()
         # The descriptor while the hot path applies (open, no fsync, nothing
         # torn), else -1: one attribute to test under the lock.
         self._fast_fd = -1
@@ -226,8 +227,12 @@ class MetricsRecorder:
     def close(self) -> None:
         """Close the file and report (warning and log) how many messages were lost, if any.
 
-        Idempotent. Messages recorded afterwards are counted as lost.
+        Idempotent. Messages recorded afterwards are counted as lost. A
+        system metrics sampler started here is stopped first.
         """
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
         with self._lock:
             if self._closed:
                 return
@@ -242,6 +247,23 @@ class MetricsRecorder:
             text = f"runtail: {lost} message(s) could not be written to {self.path}"
             log.warning(text)
             warnings.warn(text, RuntimeWarning, stacklevel=2)
+
+    def start_system_metrics(self, interval: float = 10.0, *, gpu: bool = True) -> Any:
+        """Record ``system_metrics`` every ``interval`` seconds on a background thread until :meth:`close`.
+
+        CPU, RAM, process, disk and network figures (psutil), per-GPU figures
+        (NVML) and torch's CUDA memory where present: see :mod:`recorder.system`.
+        Needs the ``runtail[system]`` extra (:class:`ImportError` otherwise).
+        Returns the :class:`recorder.system.SystemMetricsSampler`; calling
+        again replaces it.
+        """
+        from recorder.system import SystemMetricsSampler
+
+        sampler = SystemMetricsSampler(self, interval, gpu=gpu)
+        old, self._sampler = self._sampler, sampler
+        if old is not None:
+            old.stop()
+        return sampler.start()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled (multiprocessing "spawn", DDP spawn), a recorder travels as
@@ -603,15 +625,46 @@ def _open_regular(path: Path) -> int:
     return fd
 
 
+#: Pauses while a torn-looking tail may still be a line another process is writing (0.39 s in all).
+_TORN_RECHECKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+# Linux makes a write visible page by page: while one is in progress the file
+# size is a multiple of the page size (4096 or a multiple of it).
+_SIZES_STEP_BY_PAGE = sys.platform.startswith("linux")
+_PAGE = 4096
+
+
 def _ends_torn(path: Path) -> bool:
-    """Whether the file at ``path`` is not empty and does not end in ``\n``; False if unreadable."""
+    """Whether the file at ``path`` ends inside a line that no writer is completing.
+
+    False if it is empty, ends in ``\n`` or cannot be read. Another process
+    may be appending a line at this very moment, so a missing ``\n`` alone
+    does not make the tail torn (taking it for torn would start our first line
+    with a ``\n`` and leave a blank line once that writer finishes):
+
+    1. Writers append whole lines with one ``write``; the kernel serialises
+       writes to a file and copies each page by page, moving the end of the
+       file at each page boundary. So a size that is not a multiple of the
+       page size is the end of a finished write: without ``\n`` there, the
+       tail is torn (a writer died or failed mid-line).
+    2. A size on a page boundary may be a write in progress: look again after
+       a short pause, up to :data:`_TORN_RECHECKS`; a file that grew is judged
+       again by its new end; one that stays put that long is torn.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
         size = os.fstat(fd).st_size
-        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        for pause in (*_TORN_RECHECKS, None):
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                return False
+            if pause is None or (_SIZES_STEP_BY_PAGE and size % _PAGE):
+                return True
+            time.sleep(pause)
+            size = os.fstat(fd).st_size
+        return True  # pragma: no cover (the loop returns)
     except OSError:
         return False
     finally:

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from recorder.format import MAX_LINE_BYTES, is_valid_experiment_id, split_lines, split_rank
+from recorder.format import (
+    MAX_LINE_BYTES,
+    is_blank_line,
+    is_valid_experiment_id,
+    split_lines,
+    split_rank,
+)
 
 __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 
@@ -157,28 +163,45 @@ class LineBlocks:
         self.torn = False
 
     def __iter__(self) -> Iterator[tuple[int, list[bytes | None]]]:
+        for oversized, chunk in self.chunks():
+            lines: list[bytes | None] = split_lines(chunk)[0]  # type: ignore[assignment]
+            out = [None, *lines] if oversized else lines
+            if out:
+                first = self.next_seq
+                self.next_seq += len(out)
+                yield first, out
+
+    def chunks(self) -> Iterator[tuple[bool, bytes]]:
+        """The file as ``(oversized, chunk)``: raw bytes of complete lines, each ending in ``\\n``.
+
+        ``oversized`` says that one line over the limit, left out of ``chunk``,
+        came just before it. Only the caller numbers the lines (and so
+        advances :attr:`next_seq`); :attr:`torn` and :attr:`bytes_read` are
+        kept here, as for iteration.
+        """
         read = self.file.read
         rest = b""
         skipping = False  # inside a line already known to be over the limit
+        blank = False  # and all of it read so far was whitespace (a blank line)
         while True:
             block = read(self.block_bytes)
             if not block:
                 break
             self.bytes_read += len(block)
-            head: list[bytes | None] = []
+            oversized = False
             if skipping:
                 newline = block.find(b"\n")
                 if newline < 0:
+                    blank = blank and is_blank_line(block)
                     continue
-                head.append(None)
+                oversized = not (blank and is_blank_line(block[:newline]))
                 block = block[newline + 1 :]
                 skipping = False
-            lines, rest = split_lines(rest + block if rest else block)
+            buffer = rest + block if rest else block
+            end = buffer.rfind(b"\n") + 1
+            chunk, rest = buffer[:end], buffer[end:]
             if len(rest) > self.max_line_bytes:
-                rest, skipping = b"", True
-            out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment,operator]
-            if out:
-                first = self.next_seq
-                self.next_seq += len(out)
-                yield first, out
-        self.torn = bool(rest) or skipping
+                rest, skipping, blank = b"", True, is_blank_line(rest)
+            if chunk or oversized:
+                yield oversized, chunk
+        self.torn = not is_blank_line(rest) or (skipping and not blank)

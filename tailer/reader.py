@@ -7,8 +7,9 @@ statistics and the sparse index, and reads history back from disk.
 
 Numbering: ``seq`` is the 0-based index of a complete line in its file,
 counting every line, valid or not, so it is the same for every reader and
-across tailer restarts. A trailing line without its ``\\n`` is held (not
-numbered) until the newline arrives.
+across tailer restarts. Blank lines are no lines: skipped silently, never
+numbered. A trailing line without its ``\\n`` is held (not numbered) until
+the newline arrives.
 
 The partial-line race, step by step (why holding the rest is enough):
 
@@ -43,6 +44,7 @@ from recorder.format import (
     MAX_LINE_BYTES,
     MalformedLine,
     decode_line,
+    is_blank_line,
     split_lines,
     split_rank,
     status_of,
@@ -130,7 +132,16 @@ class LineSplitter:
     it is returned as ``None`` so it still takes its ``seq``.
     """
 
-    __slots__ = ("_rest", "_skip", "consumed", "index", "max_line_bytes", "next_seq", "read_pos")
+    __slots__ = (
+        "_rest",
+        "_skip",
+        "_skip_blank",
+        "consumed",
+        "index",
+        "max_line_bytes",
+        "next_seq",
+        "read_pos",
+    )
 
     def __init__(
         self,
@@ -147,6 +158,7 @@ class LineSplitter:
         self.max_line_bytes = max_line_bytes
         self._rest = b""
         self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
+        self._skip_blank = False  # whether those bytes were all whitespace (a blank line)
 
     @property
     def pending(self) -> int:
@@ -162,47 +174,65 @@ class LineSplitter:
             newline = data.find(b"\n")
             if newline < 0:
                 self._skip += len(data)
+                self._skip_blank = self._skip_blank and is_blank_line(data)
                 return head
             skipped = self._skip + newline  # length of the over-long line, newline excluded
-            head.append(None)
+            if not (self._skip_blank and is_blank_line(data[:newline])):
+                head.append(None)
             data = data[newline + 1 :]
             self._skip = -1
         if self._rest:
             data = self._rest + data
         lines, rest = split_lines(data)
+        complete = len(data) - len(rest)  # bytes of the complete lines, blank ones included
         if len(rest) > self.max_line_bytes:
-            self._skip, rest = len(rest), b""
+            self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
         self._rest = rest
         out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment, operator]
+        pos = self.consumed
+        end = pos + skipped + 1 + complete  # skipped is -1 when no over-long line ended
         if not out:
+            self.consumed = end  # nothing, or only blank lines
             return out
         first = self.next_seq
         n = len(out)
-
-        # Only out[0] can be None (the end of an over-long line); its length is `skipped`.
-        def span(a: int, b: int) -> int:
-            if a == b:
-                return 0
-            if a == 0 and head:
-                return skipped + 1 + sum(map(len, lines[: b - 1])) + (b - 1)
-            return sum(map(len, out[a:b])) + (b - a)  # type: ignore[arg-type]
-
-        pos = self.consumed
         index = self.index
         if index is not None:
-            every = index.every
-            j = (-first) % every  # position in `out` of the first line whose seq is a multiple
-            a = 0
-            while j < n:
-                pos += span(a, j)
-                index.record(first + j, pos)
-                a, j = j, j + every
-            pos += span(a, n)
-        else:
-            pos += span(0, n)
-        self.consumed = pos
-        self.next_seq = first + len(out)
+            if head and first % index.every == 0:
+                index.record(first, pos)
+            pos += skipped + 1
+            starts = _line_starts(data, lines, complete, pos, first + len(head), index.every)
+            for seq, offset in starts:
+                index.record(seq, offset)
+        self.consumed = end
+        self.next_seq = first + n
         return out
+
+
+def _line_starts(
+    data: bytes, lines: list[bytes], complete: int, base: int, first: int, every: int
+) -> Iterator[tuple[int, int]]:
+    """``(seq, offset)`` of the lines of ``data`` whose seq is a multiple of ``every``.
+
+    ``lines`` are the non-blank complete lines :func:`split_lines` found in
+    the first ``complete`` bytes of ``data``, which starts at file offset
+    ``base``; the first of them has seq ``first``.
+    """
+    if sum(map(len, lines)) + len(lines) == complete:  # no blank line: lengths give offsets
+        j = (-first) % every
+        pos, a = base, 0
+        while j < len(lines):
+            pos += sum(map(len, lines[a:j])) + (j - a)
+            yield first + j, pos
+            a, j = j, j + every
+        return
+    seq, pos = first, base
+    for raw in data[: complete - 1].split(b"\n"):
+        if not is_blank_line(raw):
+            if seq % every == 0:
+                yield seq, pos
+            seq += 1
+        pos += len(raw) + 1
 
 
 @dataclass

@@ -84,6 +84,7 @@ class SeriesQuery:
     width: int = 1000
     max_raw: int = 20_000
     events: bool = True
+    upto: int | None = None
 
 
 class _Column:
@@ -127,6 +128,7 @@ class _Series:
             "type": self.type,
             "phase": self.phase,
             "client_id": self.client_id,
+            "bulk": self.type in BULK_TYPES,
             "points": self.index.size,
         }
 
@@ -186,6 +188,7 @@ class SeriesStore:
         self.events: list[bytes] = []
         self.event_bytes = 0
         self.events_dropped = 0
+        self.messages = 0  # valid messages kept as events, plus lines of bulk types
 
     # ------------------------------------------------------------------ size
 
@@ -302,12 +305,16 @@ class SeriesStore:
         seq = first_seq - 1
         for line in lines:
             seq += 1
-            if line is None or _is_bulk(line):
+            if line is None:
+                continue
+            if _is_bulk(line):
+                self.messages += 1
                 continue
             try:
                 message = decode_line(line, max_bytes=limit)
             except MalformedLine:
                 continue
+            self.messages += 1
             if message["type"] in BULK_TYPES:
                 continue
             frame = wire_frame(line, self.experiment_id, seq)
@@ -353,6 +360,7 @@ class SeriesStore:
         answer: dict[str, Any] = {
             "run": self.experiment_id,
             "seq": self.last_seq,
+            "messages": self.messages,
             "series": [s.describe() for s in self.series.values()],
         }
         if query.events:
@@ -365,10 +373,20 @@ class SeriesStore:
         if query.metric is None:
             return self.catalogue(query)
         x_all = self.x_values(query.x, t0)
+        last_seq = self.last_seq
+        messages = len(x_all)
+        if query.upto is not None and query.upto < last_seq:
+            # Several requests answered up to one seq: one consistent snapshot of the run.
+            last_seq = query.upto
+            messages = int(np.searchsorted(self.msg_seq.view(), query.upto, "right"))
         out = []
         for series in self.by_metric.get(query.metric, ()):
-            xs = x_all[series.index.view()]
+            index = series.index.view()
             ys = series.values.view()
+            if messages < len(x_all):
+                end = int(np.searchsorted(index, messages, "left"))
+                index, ys = index[:end], ys[:end]
+            xs = x_all[index]
             keep = ~np.isnan(xs)
             if not keep.all():
                 xs, ys = xs[keep], ys[keep]
@@ -393,7 +411,7 @@ class SeriesStore:
             "run": self.experiment_id,
             "metric": query.metric,
             "x": query.x,
-            "seq": self.last_seq,
+            "seq": last_seq,
             "width": query.width,
             "series": out,
         }

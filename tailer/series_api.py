@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,14 +39,23 @@ from tailer.reader import FileReader
 from tailer.routes import RequestError
 from tailer.series import X_KINDS, SeriesQuery, SeriesStore, parse_first_timestamp
 
-__all__ = ["DEFAULT_STORE_BYTES", "SeriesService", "parse_series_query"]
+__all__ = ["DEFAULT_STORE_BYTES", "SeriesBuilding", "SeriesService", "parse_series_query"]
+
+log = logging.getLogger("tailer")
 
 #: Memory the stores of all runs may hold together before the least recently used go.
 DEFAULT_STORE_BYTES = 512 << 20
+#: Runs at least this long get their store built in the background at start (see warm()).
+WARM_FROM_LINES = 20_000
+#: Bytes of store per line, as estimated for warming (batch lines with two values).
+_BYTES_PER_LINE = 80
 MAX_WIDTH = 10_000
 MAX_RAW = 200_000
 #: Answers at least this long are compressed when the client accepts gzip.
 GZIP_FROM = 2048
+#: Seconds a request waits for a run being read before it is answered 503 (retry): well
+#: within the handshake timeout that also bounds an HTTP request.
+BUILD_WAIT_S = 5.0
 _ATTEMPTS = 3
 
 
@@ -80,6 +90,19 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, top: int) ->
     return value
 
 
+def _upto(query: Mapping[str, list[str]]) -> int | None:
+    text = _one(query, "upto")
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise RequestError(400, f"upto must be an integer >= -1, not {text[:40]!r}")
+    return value
+
+
 def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
     """The parameters of ``/api/series``; an invalid run id is a 404, a bad value a 400."""
     run = _one(query, "run")
@@ -100,6 +123,7 @@ def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
         width=_count(query, "width", 1000, MAX_WIDTH),
         max_raw=_count(query, "max_raw", SeriesQuery.max_raw, MAX_RAW),
         events=_one(query, "events") != "0",
+        upto=_upto(query),
     )
 
 
@@ -110,6 +134,14 @@ def _encode(answer: dict[str, Any]) -> bytes:
     if events is None:
         return body
     return body[:-1] + b',"events":[' + b",".join(events) + b"]}"
+
+
+class SeriesBuilding(RequestError):
+    """503: the run's file is still being read; ``Retry-After`` says when to ask again."""
+
+    def __init__(self, done: float) -> None:
+        super().__init__(503, f"reading the run: {done:.0%} done; retry")
+        self.done = done
 
 
 class SeriesService:
@@ -125,6 +157,8 @@ class SeriesService:
         self.reader_for = reader_for
         self.max_bytes = max_bytes
         self.stores: OrderedDict[str, SeriesStore] = OrderedDict()
+        self.build_wait = BUILD_WAIT_S
+        self._building: dict[str, asyncio.Future[None]] = {}
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tailer-series")
 
     def close(self) -> None:
@@ -150,6 +184,8 @@ class SeriesService:
                 )
                 self.stores[query.run] = store
             self.stores.move_to_end(query.run)
+            if store.offset < end_offset:
+                await self._built(store, end_offset)
             body = await loop.run_in_executor(
                 self._executor, _answer, store, query, end_offset, t0, gzip_ok
             )
@@ -160,6 +196,60 @@ class SeriesService:
                 del self.stores[query.run]
         raise RequestError(503, "the run's file keeps changing; try again")
 
+    def _build_soon(self, store: SeriesStore, end_offset: int) -> asyncio.Future[None]:
+        """The background read of ``store`` (one at a time per run), started if none runs."""
+        building = self._building.get(store.experiment_id)
+        if building is None or building.done():
+            loop = asyncio.get_running_loop()
+            building = loop.run_in_executor(self._executor, _build, store, end_offset)
+            building.add_done_callback(_log_failure)
+            self._building[store.experiment_id] = building
+        return building
+
+    async def _built(self, store: SeriesStore, end_offset: int) -> None:
+        """Wait for ``store`` to be read up to ``end_offset``, at most :attr:`build_wait` seconds.
+
+        Past that the request gets :class:`SeriesBuilding` (503 with
+        ``Retry-After``) while the read goes on: a cold file of millions of lines
+        never runs into the handshake timeout, and the client asks again.
+        """
+        while store.offset < end_offset:
+            building = self._build_soon(store, end_offset)
+            try:
+                await asyncio.wait_for(asyncio.shield(building), self.build_wait)
+            except TimeoutError:
+                raise SeriesBuilding(store.offset / max(end_offset, 1)) from None
+            if building.exception() is not None:
+                raise RequestError(500, "could not read the run's series") from None
+
+    def warm(self, readers: Iterable[FileReader], *, min_lines: int = WARM_FROM_LINES) -> None:
+        """Build the stores of long runs in the background, most recently active first.
+
+        A page opening a long run then gets its series at once instead of
+        waiting for the file to be read (seconds for a million lines); later
+        requests only read what was appended since. Runs are taken while
+        their estimated size fits in :attr:`max_bytes`.
+        """
+        chosen = sorted(
+            (r for r in readers if r.exists and r.next_seq >= min_lines),
+            key=lambda r: r.last_timestamp or "",
+            reverse=True,
+        )
+        budget = self.max_bytes
+        for reader in chosen:
+            estimate = reader.next_seq * _BYTES_PER_LINE
+            if estimate > budget or reader.experiment_id in self.stores:
+                continue
+            budget -= estimate
+            store = SeriesStore(
+                reader.path,
+                reader.experiment_id,
+                generation=reader.generation,
+                max_line_bytes=reader.max_line_bytes,
+            )
+            self.stores[reader.experiment_id] = store
+            self._build_soon(store, reader.consumed)
+
     def _evict(self, *, keep: str) -> None:
         """Drop the least recently used stores past :attr:`max_bytes` (never ``keep``)."""
         total = sum(store.nbytes for store in self.stores.values())
@@ -168,6 +258,16 @@ class SeriesService:
                 return
             if run != keep:
                 total -= self.stores.pop(run).nbytes
+
+
+def _build(store: SeriesStore, end_offset: int) -> None:
+    with store.lock:
+        store.catch_up(end_offset)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("building series in the background failed", exc_info=future.exception())
 
 
 def _answer(

@@ -64,7 +64,7 @@ from tailer.routes import (
     static_file,
     token_presented,
 )
-from tailer.series_api import SeriesService, parse_series_query
+from tailer.series_api import SeriesBuilding, SeriesService, parse_series_query
 from tailer.sessions import DEFAULT_SESSION_TTL, Session, SessionClient, SessionStore
 from tailer.watcher import watch_directory
 
@@ -274,7 +274,10 @@ class TailerServer:
     async def _series(self, query: dict[str, list[str]], accept_encoding: str) -> Response:
         """``GET /api/series`` (docs/DESIGN.md, "Reduced series"), computed on a worker thread."""
         gzip_ok = "gzip" in accept_encoding.lower()
-        body, gzipped = await self.series.respond(parse_series_query(query), gzip_ok=gzip_ok)
+        try:
+            body, gzipped = await self.series.respond(parse_series_query(query), gzip_ok=gzip_ok)
+        except SeriesBuilding as exc:
+            return _error(exc.status, exc.reason, extra=[("Retry-After", "1")])
         extra = [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []
         return _response(200, body, "application/json", cache="no-store", extra=extra)
 
@@ -689,6 +692,7 @@ async def serve_directory(
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         await hub.refresh()
+        app.series.warm(hub.readers.values())  # long runs' series, built in the background
         try:
             yield app
         finally:

@@ -864,10 +864,6 @@ for opening in range(50):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an opener takes another process's line in progress for a torn tail: blank lines",
-)
 def test_concurrent_reopeners_leave_no_blank_or_malformed_line(tmp_path: Path) -> None:
     """4 processes × 50 re-opens with resume=True, writing at once: only whole, valid lines.
 

@@ -121,6 +121,8 @@ def test_store_grows_block_by_block_like_one_read(tmp_path):
     lines = [encode_message("batch_metrics", {"step": i, "loss": 1 / (i + 1)}) for i in range(3000)]
     lines.insert(10, b"not json\n")
     lines.insert(20, encode_message("status", {"status": "running", "message": "hi"}))
+    lines.insert(30, b"\n")  # blank lines are no lines (no seq), as on the WebSocket
+    lines.insert(40, b"  \n")
     path.write_bytes(b"".join(lines))
     whole = _store(path)
     pieces = SeriesStore(path, "r")
@@ -135,7 +137,7 @@ def test_store_grows_block_by_block_like_one_read(tmp_path):
     assert orjson.dumps(pieces.answer(q), option=dumps) == orjson.dumps(
         whole.answer(q), option=dumps
     )
-    assert pieces.last_seq == whole.last_seq == len(lines) - 1
+    assert pieces.last_seq == whole.last_seq == len(lines) - 3
     assert [orjson.loads(e)["seq"] for e in pieces.events] == [20]
 
 
@@ -177,9 +179,12 @@ async def test_series_endpoint_reduces_zooms_and_continues_live(tmp_path):
         assert status == 200 and head["content-type"] == "application/json"
         assert head.get("content-encoding") == "gzip"
         assert catalogue["seq"] == 20_020
-        assert {(s["metric"], s["type"], s["phase"], s["points"]) for s in catalogue["series"]} == {
-            ("loss", "batch_metrics", None, 20_000),
-            ("loss", "epoch_end", "val", 20),
+        assert {
+            (s["metric"], s["type"], s["phase"], s["bulk"], s["points"])
+            for s in catalogue["series"]
+        } == {
+            ("loss", "batch_metrics", None, True, 20_000),
+            ("loss", "epoch_end", "val", False, 20),
         }
         events = catalogue["events"]
         assert [e["type"] for e in events] == ["status"] + ["epoch_end"] * 20
@@ -197,6 +202,11 @@ async def test_series_endpoint_reduces_zooms_and_continues_live(tmp_path):
         batch = next(s for s in zoom["series"] if s["type"] == "batch_metrics")
         assert not batch["reduced"] and batch["x"] == list(range(999, 1201))
         assert batch["y"] == [(step % 97) / 97 for step in range(999, 1201)]
+
+        status, _, snapshot = await _get(app.port, "/api/series?run=big&metric=loss&upto=1500")
+        batch = next(s for s in snapshot["series"] if s["type"] == "batch_metrics")
+        assert snapshot["seq"] == 1500 and batch["count"] == 1499  # seq 0 is the status line
+        assert catalogue["messages"] == 20_021
 
         seq = full["seq"]
         async with ws_connect(f"{app.ws_url}experiments/big?since={seq}") as ws:
@@ -260,6 +270,8 @@ async def test_series_refuses_bad_requests(tmp_path):
             "/api/series?run=r&width=0",
             "/api/series?run=r&width=100000",
             "/api/series?run=r&max_raw=-1",
+            "/api/series?run=r&upto=-2",
+            "/api/series?run=r&upto=x",
         ]:
             assert (await _get(app.port, target))[0] == 400, target
         status, _, answer = await _get(app.port, "/api/series?run=r&metric=nothing")
@@ -313,6 +325,7 @@ async def test_cold_series_request_does_not_stall_other_clients(tmp_path, monkey
         serve_directory(tmp_path, port=0) as app,
         ws_connect(f"{app.ws_url}experiments/other?since=0") as ws,
     ):
+        app.series.build_wait = 60
         pending = asyncio.create_task(_get(app.port, "/api/series?run=big&metric=loss"))
         assert await asyncio.to_thread(started.wait, 30)
         other.message("batch_metrics", {"step": 1, "loss": 0.5})
@@ -324,3 +337,46 @@ async def test_cold_series_request_does_not_stall_other_clients(tmp_path, monkey
         status, _, answer = await pending
         assert status == 200 and answer["series"][0]["count"] == 5000
     other.close()
+
+
+@aio(120)
+async def test_long_runs_are_built_in_the_background_at_start(tmp_path):
+    """A run past WARM_FROM_LINES has its series built at start, before any request."""
+    _write_run(tmp_path, "big", 20_000).close()
+    _write_run(tmp_path, "small", 100).close()
+    async with serve_directory(tmp_path, port=0) as app:
+        for _ in range(600):
+            store = app.series.stores.get("big")
+            if store is not None and store.last_seq == 20_020:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the long run was not built in the background")
+        assert "small" not in app.series.stores
+        _, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
+        assert answer["seq"] == 20_020 and app.series.stores["big"] is store
+
+
+@aio(120)
+async def test_a_run_still_being_read_is_answered_503_with_retry_after(tmp_path, monkeypatch):
+    """A request that waited build_wait for the read gets 503 + Retry-After; the read goes on."""
+    _write_run(tmp_path, "big", 3000).close()
+    release = threading.Event()
+    add_lines = SeriesStore.add_lines
+
+    def paused(self, first_seq, lines):
+        assert release.wait(60)
+        add_lines(self, first_seq, lines)
+
+    monkeypatch.setattr(SeriesStore, "add_lines", paused)
+    async with serve_directory(tmp_path, port=0) as app:
+        app.series.build_wait = 0.2
+        status, head, body = await _get(app.port, "/api/series?run=big&metric=loss")
+        assert status == 503 and head["retry-after"] == "1" and b"retry" in body
+        release.set()
+        for _ in range(200):
+            status, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and answer["series"][0]["count"] == 3000

@@ -66,6 +66,14 @@ def test_splitter_drops_overlong_partial_line_but_keeps_its_seq():
     assert (splitter.next_seq, splitter.consumed) == (2, 64)
 
 
+def test_splitter_skips_an_overlong_blank_line_without_a_seq():
+    """A whitespace-only line is blank however long it grows: dropped, and no seq."""
+    splitter = LineSplitter(max_line_bytes=10)
+    assert splitter.feed(b" " * 30) == []
+    assert splitter.feed(b"\t" * 30 + b"\nok\n") == [b"ok"]
+    assert (splitter.next_seq, splitter.consumed) == (1, 64)
+
+
 def test_index_records_every_nth_line_offset():
     """The sparse index points at the start of every `every`-th line, whatever the chunking."""
     data = b"".join(_line(i) for i in range(100))
@@ -296,15 +304,68 @@ def test_splitter_is_independent_of_chunking(lines, tail, cuts, every):
         got += splitter.feed(data[pos : pos + cut])
         pos += cut
     got += splitter.feed(data[pos:])
-    # A line over the limit comes back whole if one feed completed it, else as None.
-    for g, line in zip(got, lines, strict=True):
-        assert g == line or (g is None and len(line) > 25)
-    assert splitter.next_seq == len(lines)
-    assert splitter.consumed == len(data) - len(tail)
-    offsets = [0]
+    # Blank lines are no lines; a line over the limit comes back whole if one feed
+    # completed it, else as None.
+    offsets, pos = [], 0
     for line in lines:
-        offsets.append(offsets[-1] + len(line) + 1)
-    assert [index.seek(k * every)[1] for k in range(len(index))] == [
-        offsets[k * every] for k in range(len(index))
+        if line.strip():
+            offsets.append(pos)
+        pos += len(line) + 1
+    kept = [line for line in lines if line.strip()]
+    for g, line in zip(got, kept, strict=True):
+        assert g == line or (g is None and len(line) > 25)
+    assert splitter.next_seq == len(kept)
+    assert splitter.consumed == len(data) - len(tail)
+    # (seek(0) is always offset 0: blank lines before the first line are skipped again.)
+    assert [index.seek(k * every)[1] for k in range(1, len(index))] == [
+        offsets[k * every] for k in range(1, len(index))
     ]
-    assert len(index) == (len(lines) + every - 1) // every
+    assert len(index) == (len(kept) + every - 1) // every
+
+
+_BLANKS = (b"\n", b" \n", b"\t\r\n", b"  \r\n")
+
+
+def _with_blanks(n: int) -> tuple[bytes, list[bytes]]:
+    """``n`` messages with blank lines before, between (one to three) and after them."""
+    messages = [_line(i) for i in range(n)]
+    parts = [b"\n"]
+    for i, message in enumerate(messages):
+        parts.append(message)
+        parts.extend(_BLANKS[: i % 4])
+    return b"".join(parts), [m[:-1] for m in messages]
+
+
+def test_blank_lines_are_skipped_silently_and_take_no_seq(tmp_path):
+    """Blank lines are not messages: not malformed, not numbered, whatever the chunking."""
+    data, messages = _with_blanks(300)
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(data)
+    reader = FileReader(path, "r", index_every=7)
+    reader.read_all()
+    assert reader.malformed == 0 and reader.next_seq == 300 and reader.consumed == len(data)
+    summary = reader.summary()
+    assert (summary["messages"], summary["malformed"], summary["lines"]) == (300, 0, 300)
+    # The index still seeks to the right line: history from any seq is exact.
+    for start in (0, 1, 6, 7, 8, 150, 299):
+        got = [pair for chunk in reader.history(start, reader.consumed) for pair in chunk]
+        assert got == [(i, messages[i]) for i in range(start, 300)]
+    # Byte by byte, the same lines and the same index.
+    index = SparseIndex(7)
+    splitter = LineSplitter(index=index)
+    got = []
+    for i in range(len(data)):
+        got += splitter.feed(data[i : i + 1])
+    assert got == messages and splitter.consumed == len(data)
+    assert [index.seek(k * 7) for k in range(len(index))] == [
+        reader.index.seek(k * 7) for k in range(len(reader.index))
+    ]
+
+
+def test_tailer_ls_counts_no_blank_line(tmp_path):
+    """`tailer ls` counts messages, not blank lines, and no blank line is malformed."""
+    from tailer.ls import list_experiments
+
+    (tmp_path / "r.jsonl").write_bytes(_with_blanks(10)[0])
+    (row,) = list_experiments(tmp_path)
+    assert (row["messages"], row["malformed"], row["lines"]) == (10, 0, 10)

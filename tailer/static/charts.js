@@ -196,7 +196,8 @@ export class ChartBoard {
 
   traceFor(state, series, index) {
     const width = Math.max(200, state.plotEl.clientWidth || 600);
-    const shown = seriesPoints(series, { range: state.range, width, thinned: state.thinned });
+    const redraw = () => { if (this.states.get(state.chart.id) === state) this.redraw(state); };
+    const shown = seriesPoints(series, { range: state.range, width, thinned: state.thinned, redraw });
     const colourIndex = PHASE_COLOURS[series.name] ?? index;
     // Markers where points are few or each one matters (a lone test value, epochs, rounds).
     const markers = MARKER_SECTIONS.has(state.chart.section) || series.length <= 30;
@@ -282,7 +283,9 @@ export class ChartBoard {
     } else if (Array.isArray(event["xaxis.range"])) range = event["xaxis.range"].map(Number);
     else return;
     state.range = range;
-    if (state.thinned) this.redraw(state);
+    // Lines of a big run (reduced.js) ask the server for the new range.
+    const remote = [...state.chart.traces.values()].some((s) => s.remote);
+    if (state.thinned || remote) this.redraw(state);
   }
 
   update(chart, now) {

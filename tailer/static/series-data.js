@@ -6,6 +6,7 @@
 // the visible range, so spikes survive and zooming in shows the raw points.
 
 import { decimate, lowerBound } from "./model.js";
+import { remotePoints } from "./reduced.js";
 
 /**
  * The points to draw of `series` (a model.js Series): `{x, y, text}` with
@@ -13,9 +14,13 @@ import { decimate, lowerBound } from "./model.js";
  *
  * `range` is the visible x range after a zoom ([x0, x1]) or null for all;
  * `width` the plot's width in pixels; `thinned` whether the chart draws a
- * reduced copy (false: every point, for extendTraces).
+ * reduced copy (false: every point, for extendTraces). A line of a big run
+ * (reduced.js) shows the server's points for a zoomed range once they arrive
+ * (`redraw` is called then); until then, what the model holds.
  */
-export function seriesPoints(series, { range = null, width = 600, thinned = false } = {}) {
+export function seriesPoints(series, { range = null, width = 600, thinned = false, redraw } = {}) {
+  const remote = redraw ? remotePoints(series, range, width, redraw) : null;
+  if (remote) return remote;
   let i0 = 0;
   let i1 = series.length;
   if (thinned && range && series.monotonic) {
