@@ -1,20 +1,28 @@
-"""Benchmark ``tailer export`` and ``replay.read_metrics`` against the obvious baselines.
+"""Benchmark ``tailer export`` and ``replay.read_metrics`` against ``pyarrow.json.read_json``.
 
-Generates a log of ``--lines`` messages (default 1,000,000, about 200 MB: 90 %
-batch_metrics, 5 % epoch_end, 5 % round_end, all with finite values so the
-baselines can read it) into a temporary directory, deleted afterwards, then
-measures, each in its own subprocess so its peak RSS is its own:
+Reads ``--log FILE`` (issue 13's figures use the file made by
+``../shared/bench/make_mixed_log.py``: 1,000,000 lines, 216 MB), or generates a
+log of ``--lines`` messages (90 % batch_metrics, 5 % epoch_end, 5 % round_end)
+into a temporary directory, deleted afterwards. Then it measures, each in its
+own subprocess so its peak RSS is its own, in ``--repeat`` rounds that
+alternate the contenders (a burst of load elsewhere on a shared machine hits
+them all alike), and reports medians:
 
-* ``tailer export LOG --out X.parquet`` against ``pyarrow.json.read_json(LOG)``;
-* ``replay.read_metrics(LOG)`` against ``pandas.read_json(LOG, lines=True)``.
+* ``pyarrow.json.read_json(LOG)``: the baseline, Arrow's multi-threaded parser;
+* ``tailer export LOG --out X.parquet`` (Arrow path) and the same export read
+  line by line (the careful path, what export did before issue 13);
+* ``replay.read_metrics(LOG)`` (Arrow path, and careful with ``--careful``);
+* ``tailer export --table messages`` and ``pandas.read_json(lines=True)``
+  unless ``--skip-extra``.
 
 Peak RSS is the child's ``ru_maxrss`` (``resource.getrusage(RUSAGE_CHILDREN)``
-after a fresh ``fork`` per measurement). Targets: export within 1.2x the time
-of ``read_json``, at most 300 MB peak RSS.
+after a fresh ``fork`` per measurement). Targets: export within 1.2x the time of
+``read_json`` at most 300 MB peak RSS; ``read_metrics`` within 1.5x at most 1 GB.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_export.py [--lines N] [--repeat R] [--skip-pandas]
+    .venv/bin/python benchmarks/bench_export.py [--log FILE | --lines N] [--repeat R]
+        [--careful] [--skip-extra]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import ast
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +119,18 @@ SNIPPETS = {
         "import sys; sys.path.insert(0, {root!r}); import replay.tables as r; "
         "df = r.read_metrics(sys.argv[1]); print(len(df))"
     ),
+    "replay.read_metrics (careful)": (
+        "import sys, functools; sys.path.insert(0, {root!r}); import replay.tables as r; "
+        "r.metric_batches = functools.partial(r.metric_batches, careful=True); "
+        "df = r.read_metrics(sys.argv[1]); print(len(df))"
+    ),
+    "tailer export (careful)": (
+        "import sys, functools; sys.path.insert(0, {root!r}); import pyarrow as pa; "
+        "pa.set_memory_pool(pa.system_memory_pool()); import replay.tables as r; "
+        "r.metric_batches = functools.partial(r.metric_batches, careful=True); "
+        "from replay.export import export; "
+        "print(export(sys.argv[1], sys.argv[2], force=True).rows)"
+    ),
     "pandas.read_json(lines=True)": (
         "import pandas as pd, sys; df = pd.read_json(sys.argv[1], lines=True); print(len(df))"
     ),
@@ -140,104 +161,95 @@ def measure(argv: list[str]) -> tuple[float, float, float, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=1_000_000, help="messages in the log")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best kept)")
-    parser.add_argument("--skip-pandas", action="store_true", help="leave out pandas.read_json")
+    parser.add_argument("--log", type=Path, help="an existing run log to read (not deleted)")
+    parser.add_argument("--lines", type=int, default=1_000_000, help="messages in a generated log")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
+    parser.add_argument("--careful", action="store_true", help="also the line-by-line path")
+    parser.add_argument(
+        "--skip-extra", action="store_true", help="leave out --table messages and pandas"
+    )
     parser.add_argument("--compression", default="zstd", help="export --compression")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
-        log = tmp / "bench-run.jsonl"
-        t = time.perf_counter()
-        size = generate(log, args.lines)
-        print(
-            f"log: {args.lines:,} lines, {size / 1e6:.0f} MB "
-            f"(generated in {time.perf_counter() - t:.1f} s)"
-        )
+        if args.log is not None:
+            log = args.log
+            size = log.stat().st_size
+            with open(log, "rb") as file:
+                count = sum(block.count(b"\n") for block in iter(lambda: file.read(1 << 24), b""))
+            print(f"log: {log} ({count:,} lines, {size / 1e6:.0f} MB)")
+        else:
+            log = tmp / "bench-run.jsonl"
+            t = time.perf_counter()
+            size = generate(log, args.lines)
+            print(
+                f"log: {args.lines:,} lines, {size / 1e6:.0f} MB "
+                f"(generated in {time.perf_counter() - t:.1f} s)"
+            )
         out = tmp / "out.parquet"
+        export_argv = [sys.executable, "-m", "tailer", "export", str(log), "--out", str(out)]
+        export_argv += ["--force", "--compression", args.compression]
+
+        def snippet(name: str, *extra: str) -> list[str]:
+            code = SNIPPETS[name].format(root=str(ROOT))
+            return [sys.executable, "-c", code, str(log), *extra]
+
         runs: dict[str, list[str]] = {
-            "tailer export (metrics)": [
-                sys.executable,
-                "-m",
-                "tailer",
-                "export",
-                str(log),
-                "--out",
-                str(out),
-                "--force",
-                "--compression",
-                args.compression,
-            ],
-            "tailer export --table messages": [
-                sys.executable,
-                "-m",
-                "tailer",
-                "export",
-                str(log),
-                "--out",
-                str(out),
-                "--force",
-                "--table",
-                "messages",
-                "--compression",
-                args.compression,
-            ],
-            "pyarrow.json.read_json": [
-                sys.executable,
-                "-c",
-                SNIPPETS["pyarrow.json.read_json"],
-                str(log),
-            ],
-            "replay.read_metrics": [
-                sys.executable,
-                "-c",
-                SNIPPETS["replay.read_metrics"].format(root=str(ROOT)),
-                str(log),
-            ],
+            "pyarrow.json.read_json": snippet("pyarrow.json.read_json"),
+            "tailer export (metrics)": export_argv,
+            "replay.read_metrics": snippet("replay.read_metrics"),
         }
-        if not args.skip_pandas:
-            runs["pandas.read_json(lines=True)"] = [
-                sys.executable,
-                "-c",
-                SNIPPETS["pandas.read_json(lines=True)"],
-                str(log),
-            ]
-        # Rounds interleave the measurements, so a burst of load elsewhere on a shared
-        # machine hits all of them alike; the best (least disturbed) of each is kept.
-        results: dict[str, tuple[float, float, float, str]] = {}
+        if args.careful:
+            runs["tailer export (careful)"] = snippet("tailer export (careful)", str(out))
+            runs["replay.read_metrics (careful)"] = snippet("replay.read_metrics (careful)")
+        if not args.skip_extra:
+            runs["tailer export --table messages"] = [*export_argv, "--table", "messages"]
+            runs["pandas.read_json(lines=True)"] = snippet("pandas.read_json(lines=True)")
+        # Rounds alternate the contenders; each ratio is taken within its round (against
+        # that round's read_json), and medians over rounds are reported.
+        results: dict[str, list[tuple[float, float, float, str]]] = {name: [] for name in runs}
         for _ in range(args.repeat):
             for name, argv in runs.items():
-                result = measure(argv)
-                if name not in results or result[0] < results[name][0]:
-                    results[name] = result
+                results[name].append(measure(argv))
 
-        base_t, base_cpu, _, _ = results["pyarrow.json.read_json"]
+        def median(name: str, i: int) -> float:
+            return statistics.median(r[i] for r in results[name])
+
+        def ratio(name: str) -> float:
+            base = results["pyarrow.json.read_json"]
+            return statistics.median(r[0] / b[0] for r, b in zip(results[name], base, strict=True))
+
+        base_cpu = median("pyarrow.json.read_json", 1)
         print()
         print(
-            f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)"
+            f"load average after the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+            f"({os.cpu_count()} CPUs); {args.repeat} alternating rounds, medians"
         )
         print(
             f"{'what':32} {'seconds':>8} {'x read_json':>11} {'CPU s':>7} {'x CPU':>6} "
             f"{'peak RSS MB':>11}  output"
         )
-        for name, (seconds, cpu, rss, stdout) in results.items():
+        for name in runs:
+            seconds, cpu, rss = median(name, 0), median(name, 1), max(r[2] for r in results[name])
             print(
-                f"{name:32} {seconds:8.2f} {seconds / base_t:11.2f} {cpu:7.2f} {cpu / base_cpu:6.2f} "
-                f"{rss:11.0f}  {stdout[-50:]}"
+                f"{name:32} {seconds:8.2f} {ratio(name):11.2f} {cpu:7.2f} {cpu / base_cpu:6.2f} "
+                f"{rss:11.0f}  {results[name][-1][3][-50:]}"
             )
-        export_t, _, export_rss, _ = results["tailer export (metrics)"]
         print()
+        export_rss = max(r[2] for r in results["tailer export (metrics)"])
         print(
-            f"export / read_json time: {export_t / base_t:.2f} (target <= 1.2); "
+            f"export / read_json time: {ratio('tailer export (metrics)'):.2f} (target <= 1.2); "
             f"export peak RSS: {export_rss:.0f} MB (target <= 300)"
         )
-        if "pandas.read_json(lines=True)" in results:
-            rm_t, _, rm_rss, _ = results["replay.read_metrics"]
-            pd_t, _, pd_rss, _ = results["pandas.read_json(lines=True)"]
-            print(
-                f"read_metrics / pandas.read_json: time {rm_t / pd_t:.2f}, peak RSS {rm_rss / pd_rss:.2f}"
-            )
+        metrics_rss = max(r[2] for r in results["replay.read_metrics"])
+        print(
+            f"read_metrics / read_json time: {ratio('replay.read_metrics'):.2f} (target <= 1.5); "
+            f"read_metrics peak RSS: {metrics_rss:.0f} MB (target <= 1000)"
+        )
+        print("per round (seconds):")
+        for name in runs:
+            print(f"  {name:32} " + " ".join(f"{r[0]:6.2f}" for r in results[name]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

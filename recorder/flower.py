@@ -612,7 +612,8 @@ def client_callback(
         context: the ClientApp's :class:`flwr.app.Context`.
         log_dir, experiment_id: where to record; by default what the server
             sent with :func:`client_config` (``runs`` and a new id if nothing).
-        **kwargs: passed on to ``RecorderCallback``.
+        **kwargs: passed on to ``RecorderCallback``; ``resume`` is ``True``
+            unless given: the clients append to the run the server started.
     """
     from recorder.lightning import RecorderCallback
 
@@ -625,6 +626,7 @@ def client_callback(
     if experiment_id is None:
         experiment_id = config.get(CONFIG_EXPERIMENT_ID)
     server_round = config.get("server-round")
+    kwargs.setdefault("resume", True)
     return RecorderCallback(
         log_dir=log_dir,
         experiment_id=experiment_id,

@@ -40,25 +40,34 @@ __all__ = [
     "EXPERIMENT_ID_PATTERN",
     "MAX_LINE_BYTES",
     "NON_FINITE",
+    "RANK_SUFFIX",
     "STATUS_TYPES",
     "MalformedLine",
     "decode_line",
     "encode_line",
     "encode_message",
     "format_timestamp",
+    "is_blank_line",
     "is_valid_experiment_id",
     "parse_timestamp",
+    "rank_file_id",
+    "rank_suffix",
     "restore_non_finite",
     "split_lines",
+    "split_rank",
     "status_of",
     "to_python",
     "utc_timestamp",
     "validate_experiment_id",
+    "validate_run_id",
     "wire_frame",
 ]
 
 #: What an experiment id may look like; it is also the file's stem.
 EXPERIMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+#: The suffix of a per-rank file's id: ``<run>.rank<N>`` is rank N of run ``<run>``.
+RANK_SUFFIX = re.compile(r"\.rank([0-9]+)\Z")
 
 #: Lines longer than this (without the newline) are malformed for readers.
 MAX_LINE_BYTES = 1 << 20
@@ -102,6 +111,45 @@ def validate_experiment_id(experiment_id: object) -> str:
             "letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return experiment_id  # type: ignore[return-value]
+
+
+# One rule, here only: a file's id is ``<run>`` or ``<run>.rank<N>``. On the wire
+# and in ``/api/experiments`` every file keeps its own id; ``run``/``rank`` (the
+# tailer's listings) and replay's tables group a run's per-rank files.
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` unchanged if it may name a run, else raise :class:`ValueError`.
+
+    A run id is a valid experiment id that does not itself end in
+    ``.rank<digits>``: that suffix is how per-rank files name their rank
+    (:func:`rank_file_id`), so ``a.rank1`` could not be told from rank 1 of ``a``.
+    """
+    validate_experiment_id(run_id)
+    if RANK_SUFFIX.search(run_id) is not None:  # type: ignore[arg-type]
+        raise ValueError(
+            f"invalid experiment id {run_id!r}: an id may not end in '.rank<digits>' "
+            "(per-rank files are named <id>.rank<N>; pass per_rank=True instead)"
+        )
+    return run_id  # type: ignore[return-value]
+
+
+def rank_suffix(rank: int) -> str:
+    """What a per-rank file's id adds to its run's: ``.rank<rank>``."""
+    return f".rank{int(rank)}"
+
+
+def rank_file_id(run_id: str, rank: int) -> str:
+    """The id (file stem) of rank ``rank``'s file of run ``run_id``: ``<run_id>.rank<rank>``."""
+    return validate_experiment_id(run_id + rank_suffix(rank))
+
+
+def split_rank(experiment_id: str) -> tuple[str, int | None]:
+    """The run and rank a file's id names: ``a.rank3`` → ``("a", 3)``, ``a`` → ``("a", None)``."""
+    found = RANK_SUFFIX.search(experiment_id)
+    if found is None:
+        return experiment_id, None
+    return experiment_id[: found.start()], int(found.group(1))
 
 
 # --------------------------------------------------------------------------- timestamps
@@ -383,16 +431,30 @@ def restore_non_finite(value: Any) -> Any:
     return value
 
 
+def is_blank_line(line: bytes) -> bool:
+    """Whether ``line`` (without its ``\\n``) is empty or only ASCII whitespace.
+
+    A blank line is not a message: every reader skips it silently, it is not
+    malformed and takes no ``seq``.
+    """
+    return not line.strip()
+
+
 def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Split ``buffer`` into its complete lines (without ``\\n``) and the trailing rest.
 
-    The rest is a line still being written (or torn by a crash): readers keep
-    it until its newline arrives and never treat it as a message before that.
+    Blank lines (:func:`is_blank_line`) are left out. The rest is a line still
+    being written (or torn by a crash): readers keep it until its newline
+    arrives and never treat it as a message before that.
     """
     end = buffer.rfind(b"\n")
     if end < 0:
         return [], buffer
-    return buffer[:end].split(b"\n"), buffer[end + 1 :]
+    lines = buffer[:end].split(b"\n")
+    # One C-level pass finds out whether there is a blank line at all (rare).
+    if b"" in map(bytes.strip, lines):
+        lines = [line for line in lines if line.strip()]
+    return lines, buffer[end + 1 :]
 
 
 def status_of(message: Mapping[str, Any]) -> str | None:
@@ -442,9 +504,13 @@ def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
 
 
 def iter_messages(lines: Iterable[bytes]) -> Iterable[tuple[int, dict[str, Any] | None]]:
-    """Number ``lines`` from 0 and decode each; malformed ones give ``None``."""
-    for seq, line in enumerate(lines):
+    """Number ``lines`` from 0 and decode each; malformed ones give ``None``, blank ones nothing."""
+    seq = 0
+    for line in lines:
+        if is_blank_line(line):
+            continue
         try:
             yield seq, decode_line(line)
         except MalformedLine:
             yield seq, None
+        seq += 1

@@ -42,7 +42,7 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from recorder.format import to_python, validate_experiment_id
+from recorder.format import to_python, validate_run_id
 from recorder.recorder import MetricsRecorder, new_experiment_id
 
 __all__ = ["JsonlLogger", "RecorderCallback", "split_metrics"]
@@ -190,6 +190,14 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         round: The federated round (from 1, as Flower counts).
         fsync: ``fsync`` after every message.
         per_rank: Every rank writes ``<experiment_id>.rank<N>.jsonl``.
+        resume: Append to the run already recorded under ``experiment_id``
+            instead of starting ``<id>-2`` (see :class:`MetricsRecorder`). Give
+            a ``JsonlLogger`` of the same Trainer the same id: both write the
+            file the first of them claimed.
+        system_metrics: Also record ``system_metrics`` (CPU, RAM, process,
+            disk, network, GPUs; :mod:`recorder.system`) on a background
+            thread from setup to teardown: ``True`` every 10 s, a number every
+            that many seconds. Needs the ``runtail[system]`` extra.
     """
 
     def __init__(
@@ -203,6 +211,8 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         round: int | None = None,
         fsync: bool = False,
         per_rank: bool = False,
+        resume: bool = False,
+        system_metrics: bool | float = False,
     ) -> None:
         super().__init__()
         if batch_every_n_steps is not None and (
@@ -215,7 +225,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
             experiment_id = recorder.experiment_id
         elif experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self.log_dir = os.fspath(log_dir)
         self.batch_every_n_steps = batch_every_n_steps
         self.client_id = (
@@ -226,9 +236,12 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self.round = round
         self._fsync = fsync
         self._per_rank = per_rank
+        self._resume = resume
         self._given = recorder
         self._recorder: MetricsRecorder | None = recorder
         self._active = True
+        self._system_interval = _system_interval(system_metrics)
+        self._sampler: Any = None
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -318,11 +331,20 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
                 fsync=self._fsync,
                 per_rank=self._per_rank,
                 rank=trainer.global_rank,
+                resume=self._resume,
             )
+            self.experiment_id = self._recorder.experiment_id  # <id>-2 if <id> held a run
+        if self._system_interval and self._active and self._sampler is None:
+            from recorder.system import SystemMetricsSampler
+
+            self._sampler = SystemMetricsSampler(self._recorder, self._system_interval).start()
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._flush(trainer)
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
         if self._given is None and self._recorder is not None:
             self._recorder.close()
             self._recorder = None  # a later trainer.test() opens the same file again
@@ -485,6 +507,19 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self._lifecycle("failed", f"Training failed: {type(exception).__name__}: {exception}")
 
 
+def _system_interval(system_metrics: bool | float) -> float:
+    """The sampling interval ``system_metrics`` asks for (0: off); psutil checked up front."""
+    if system_metrics is False or system_metrics is None:
+        return 0.0
+    from recorder.system import DEFAULT_INTERVAL, require_psutil
+
+    require_psutil()  # ImportError naming the extra now, not at fit time
+    interval = DEFAULT_INTERVAL if system_metrics is True else float(system_metrics)
+    if not interval >= 0.01:
+        raise ValueError(f"system_metrics interval must be at least 0.01 s, not {system_metrics!r}")
+    return interval
+
+
 def _stopped(early_stopping: Any) -> bool:
     reason = getattr(early_stopping, "stopping_reason", None)
     if reason is not None:
@@ -543,6 +578,9 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
         recorder: An existing :class:`MetricsRecorder` to write through (not closed by the logger).
         fsync: ``fsync`` after every message.
         per_rank: Every rank writes its own file (by default only rank 0 logs).
+        resume: Append to the run already recorded under ``experiment_id``
+            instead of starting ``<id>-2`` (see :class:`MetricsRecorder`);
+            ``version``, ``experiment_id`` and ``path`` name the id used.
     """
 
     LOGGER_JOIN_CHAR = "-"
@@ -556,18 +594,20 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
         recorder: MetricsRecorder | None = None,
         fsync: bool = False,
         per_rank: bool = False,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         if recorder is not None:
             experiment_id = recorder.experiment_id
         elif experiment_id is None:
             experiment_id = new_experiment_id()
-        self._experiment_id = validate_experiment_id(experiment_id)
+        self._experiment_id = validate_run_id(experiment_id)
         self._log_dir = os.fspath(log_dir)
         self._prefix = prefix
         self._given = recorder
         self._fsync = fsync
         self._per_rank = per_rank
+        self._resume = resume
         self._experiment: _JsonlWriter | None = None
 
     @property
@@ -579,12 +619,14 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
     @property
     @override
     def version(self) -> str:
-        """The experiment id."""
-        return self._experiment_id
+        """The experiment id used (claimed on first use: ``<id>-2`` if ``<id>`` held a run)."""
+        return self.experiment_id
 
     @property
     def experiment_id(self) -> str:
-        """The experiment id (the file stem)."""
+        """The experiment id used (the file stem)."""
+        if self._experiment is None and self._writes():
+            self.experiment  # noqa: B018 (claims the id)
         return self._experiment_id
 
     @property
@@ -608,7 +650,7 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
     @property
     def path(self) -> str:
         """The file written on rank 0."""
-        return os.path.join(self._log_dir, f"{self._experiment_id}.jsonl")
+        return os.path.join(self._log_dir, f"{self.experiment_id}.jsonl")
 
     @property
     def experiment(self) -> _JsonlWriter:
@@ -626,7 +668,9 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
                 fsync=self._fsync,
                 per_rank=self._per_rank,
                 rank=getattr(rank_zero_only, "rank", None),
+                resume=self._resume,
             )
+            self._experiment_id = recorder.experiment_id
             self._experiment = _JsonlWriter(recorder, owned=True)
         return self._experiment
 

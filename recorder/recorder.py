@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder import format as _format
+from recorder._runs import claim_run
 from recorder.format import (
     _FAST_OPTIONS,
     MAX_LINE_BYTES,
@@ -43,7 +45,9 @@ from recorder.format import (
     _stamp_at,
     _time_ns,
     encode_message,
+    rank_suffix,
     validate_experiment_id,
+    validate_run_id,
 )
 
 __all__ = ["MetricsRecorder", "default_rank", "new_experiment_id"]
@@ -115,7 +119,8 @@ class MetricsRecorder:
     Args:
         log_dir: Directory of the run files; created if missing.
         experiment_id: The run's id and file stem. ``None`` makes a unique one
-            (:func:`new_experiment_id`). An invalid id raises
+            (:func:`new_experiment_id`). An invalid id, or one ending in
+            ``.rank<digits>`` (:func:`recorder.format.validate_run_id`), raises
             :class:`ValueError` before anything is created.
         fsync: ``os.fsync`` after every message (survives a machine crash; costs
             a disk flush per message).
@@ -124,9 +129,17 @@ class MetricsRecorder:
             writes and the other ranks' recorders drop messages silently.
         rank: This process's global rank; read from ``RANK``, ``LOCAL_RANK``,
             ``SLURM_PROCID`` or ``JSM_NAMESPACE_RANK`` when ``None``.
+        resume: Append to the run already recorded under ``experiment_id``
+            (training resumed from a checkpoint, or several processes writing
+            one run). By default a new run never goes into a file that holds
+            one: the recorder claims ``<id>-2``, ``<id>-3``, … and warns once
+            with the id it used (see :mod:`recorder._runs`). In one process,
+            every recorder given the same ``(log_dir, experiment_id)`` writes
+            the same file.
 
     Attributes:
-        experiment_id: The run id (without the ``.rank<N>`` suffix).
+        experiment_id: The run id actually used (without the ``.rank<N>``
+            suffix): ``<id>-2`` when ``<id>`` already held a run.
         path: The file this recorder appends to.
         rank: The global rank it was made for.
         enabled: Whether this process writes at all (rank 0, or ``per_rank``).
@@ -142,18 +155,19 @@ class MetricsRecorder:
         fsync: bool = False,
         per_rank: bool = False,
         rank: int | None = None,
+        resume: bool = False,
     ) -> None:
         if experiment_id is None:
             experiment_id = new_experiment_id()
-        self.experiment_id: str = validate_experiment_id(experiment_id)
+        self.experiment_id: str = validate_run_id(experiment_id)
         self._rank_given = rank
         self.rank: int = default_rank() if rank is None else int(rank)
         self.per_rank = bool(per_rank)
-        stem = self.experiment_id
-        if self.per_rank:
-            stem = validate_experiment_id(f"{stem}.rank{self.rank}")
+        self.resume = bool(resume)
+        self._suffix = rank_suffix(self.rank) if self.per_rank else ""
+        validate_experiment_id(self.experiment_id + self._suffix)
         self.log_dir = Path(log_dir)
-        self.path: Path = self.log_dir / f"{stem}.jsonl"
+        self.path: Path = self.log_dir / f"{self.experiment_id}{self._suffix}.jsonl"
         self.enabled: bool = self.per_rank or self.rank == 0
         self.lost: int = 0
         self._fsync = bool(fsync)
@@ -166,6 +180,7 @@ class MetricsRecorder:
         self._warned = False
         self._torn = False  # a line was cut off by a failed write: start the next on a new line
         self._finalizer: weakref.finalize | None = None
+        self._sampler: Any = None  # a SystemMetricsSampler, stopped by close()
         # The descriptor while the hot path applies (open, no fsync, nothing
         # torn), else -1: one attribute to test under the lock.
         self._fast_fd = -1
@@ -179,7 +194,13 @@ class MetricsRecorder:
     def _open(self) -> None:
         try:
             os.makedirs(self.log_dir, exist_ok=True)
-            fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+            claim = claim_run(
+                self.log_dir, self.experiment_id, suffix=self._suffix, resume=self.resume
+            )
+            if claim.experiment_id != self.experiment_id:
+                self.experiment_id = claim.experiment_id
+                self.path = self.log_dir / f"{claim.experiment_id}{self._suffix}.jsonl"
+            fd = claim.fd if claim.fd is not None else _open_regular(self.path)
         except OSError as exc:
             self._warn_once(f"cannot open {self.path} ({exc})")
             return
@@ -187,7 +208,8 @@ class MetricsRecorder:
         self._finalizer = weakref.finalize(self, _close_fd, fd)
         # A writer that died mid-line left the file without its last "\n": start our
         # first line on a new line, so only the torn one is malformed, not our first too.
-        if _ends_torn(self.path):
+        # (A freshly claimed file is empty.)
+        if claim.fd is None and _ends_torn(self.path):
             self._torn = True
         if self._fsync:  # make the new file's directory entry durable too
             with contextlib.suppress(OSError):
@@ -205,8 +227,12 @@ class MetricsRecorder:
     def close(self) -> None:
         """Close the file and report (warning and log) how many messages were lost, if any.
 
-        Idempotent. Messages recorded afterwards are counted as lost.
+        Idempotent. Messages recorded afterwards are counted as lost. A
+        system metrics sampler started here is stopped first.
         """
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
         with self._lock:
             if self._closed:
                 return
@@ -222,13 +248,31 @@ class MetricsRecorder:
             log.warning(text)
             warnings.warn(text, RuntimeWarning, stacklevel=2)
 
+    def start_system_metrics(self, interval: float = 10.0, *, gpu: bool = True) -> Any:
+        """Record ``system_metrics`` every ``interval`` seconds on a background thread until :meth:`close`.
+
+        CPU, RAM, process, disk and network figures (psutil), per-GPU figures
+        (NVML) and torch's CUDA memory where present: see :mod:`recorder.system`.
+        Needs the ``runtail[system]`` extra (:class:`ImportError` otherwise).
+        Returns the :class:`recorder.system.SystemMetricsSampler`; calling
+        again replaces it.
+        """
+        from recorder.system import SystemMetricsSampler
+
+        sampler = SystemMetricsSampler(self, interval, gpu=gpu)
+        old, self._sampler = self._sampler, sampler
+        if old is not None:
+            old.stop()
+        return sampler.start()
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickled (multiprocessing "spawn", DDP spawn), a recorder travels as
-        # its settings and opens the same file again on the other side; the
-        # rank is read there again unless it was given.
+        # its settings and opens the same file again on the other side (the
+        # id it claimed, resumed); the rank is read there again unless given.
         return {
             "log_dir": self.log_dir,
             "experiment_id": self.experiment_id,
+            "resume": self.enabled or self.resume,
             "fsync": self._fsync,
             "per_rank": self.per_rank,
             "rank": self._rank_given,
@@ -242,6 +286,7 @@ class MetricsRecorder:
             fsync=state["fsync"],
             per_rank=state["per_rank"],
             rank=state["rank"],
+            resume=state.get("resume", True),
         )
         if state["closed"]:
             self.close()
@@ -561,15 +606,65 @@ class MetricsRecorder:
         self.record("lr_update", data)
 
 
+def _open_regular(path: Path) -> int:
+    """Open the run file for appending; never a FIFO.
+
+    ``O_NONBLOCK`` so that a FIFO under the run's name fails at once (ENXIO
+    with no reader) instead of blocking training until someone reads it; a
+    FIFO that does open (someone reads it) is refused after ``fstat``, since
+    a full pipe would block every write. Devices (``/dev/null``) are fine.
+    """
+    fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o644)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "a FIFO, not a file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: Pauses while a torn-looking tail may still be a line another process is writing (0.39 s in all).
+_TORN_RECHECKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+# Linux makes a write visible page by page: while one is in progress the file
+# size is a multiple of the page size (4096 or a multiple of it).
+_SIZES_STEP_BY_PAGE = sys.platform.startswith("linux")
+_PAGE = 4096
+
+
 def _ends_torn(path: Path) -> bool:
-    """Whether the file at ``path`` is not empty and does not end in ``\n``; False if unreadable."""
+    """Whether the file at ``path`` ends inside a line that no writer is completing.
+
+    False if it is empty, ends in ``\n`` or cannot be read. Another process
+    may be appending a line at this very moment, so a missing ``\n`` alone
+    does not make the tail torn (taking it for torn would start our first line
+    with a ``\n`` and leave a blank line once that writer finishes):
+
+    1. Writers append whole lines with one ``write``; the kernel serialises
+       writes to a file and copies each page by page, moving the end of the
+       file at each page boundary. So a size that is not a multiple of the
+       page size is the end of a finished write: without ``\n`` there, the
+       tail is torn (a writer died or failed mid-line).
+    2. A size on a page boundary may be a write in progress: look again after
+       a short pause, up to :data:`_TORN_RECHECKS`; a file that grew is judged
+       again by its new end; one that stays put that long is torn.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
         size = os.fstat(fd).st_size
-        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        for pause in (*_TORN_RECHECKS, None):
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                return False
+            if pause is None or (_SIZES_STEP_BY_PAGE and size % _PAGE):
+                return True
+            time.sleep(pause)
+            size = os.fstat(fd).st_size
+        return True  # pragma: no cover (the loop returns)
     except OSError:
         return False
     finally:

@@ -4,7 +4,7 @@ Two pieces shared by :mod:`replay.tables`, :mod:`replay.export` and
 :mod:`replay.pacing`:
 
 * :func:`resolve_sources` turns what a user passes (a file, a directory of
-  runs, or a list of them) into ``(experiment_id, path)`` pairs.
+  runs, or a list of them) into :class:`Run` s: ``(experiment_id, path, rank)``.
 * :class:`LineBlocks` reads one file in large blocks and yields its complete
   lines, numbered the way the tailer numbers them: ``seq`` is the 0-based
   index of a complete line, counting every line, valid or not. A last line
@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from recorder.format import MAX_LINE_BYTES, is_valid_experiment_id, split_lines
+from recorder.format import (
+    MAX_LINE_BYTES,
+    is_blank_line,
+    is_valid_experiment_id,
+    split_lines,
+    split_rank,
+)
 
 __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 
@@ -36,10 +42,21 @@ BLOCK_BYTES = 2 << 20
 
 @dataclass(frozen=True)
 class Run:
-    """One run file and the experiment id its rows carry (the file's stem)."""
+    """One run file, and the experiment id and rank its rows carry.
+
+    A per-rank file ``<run>.rank<N>.jsonl`` is rank ``N`` of run ``<run>``
+    (:func:`recorder.format.split_rank`); any other file is a whole run, rank ``None``.
+    """
 
     experiment_id: str
     path: Path
+    rank: int | None = None
+
+    @classmethod
+    def of(cls, path: Path) -> Run:
+        """The run a file holds, named by its stem."""
+        experiment_id, rank = split_rank(path.stem)
+        return cls(experiment_id, path, rank)
 
 
 @dataclass
@@ -83,7 +100,7 @@ def _runs_in_directory(directory: Path, skipped: list[str]) -> list[Run]:
         if not is_valid_experiment_id(path.stem):
             skipped.append(path.name)
             continue
-        runs.append(Run(path.stem, path))
+        runs.append(Run.of(path))
     return runs
 
 
@@ -93,7 +110,7 @@ def resolve_sources(src: Source, *, skipped: list[str] | None = None) -> list[Ru
     A directory contributes every ``*.jsonl`` directly in it (sorted by name)
     whose stem is a valid experiment id, as the tailer sees it; other names
     are appended to ``skipped``. A file named explicitly is always read, its
-    stem being its experiment id.
+    stem naming its run and rank (:meth:`Run.of`).
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -115,7 +132,7 @@ def resolve_sources(src: Source, *, skipped: list[str] | None = None) -> list[Ru
         if path.is_dir():
             runs.extend(_runs_in_directory(path, skipped))
         elif path.exists():
-            runs.append(Run(path.stem, path))
+            runs.append(Run.of(path))
         else:
             raise FileNotFoundError(f"no such file or directory: {str(path)!r}")
     return runs
@@ -146,28 +163,45 @@ class LineBlocks:
         self.torn = False
 
     def __iter__(self) -> Iterator[tuple[int, list[bytes | None]]]:
+        for oversized, chunk in self.chunks():
+            lines: list[bytes | None] = split_lines(chunk)[0]  # type: ignore[assignment]
+            out = [None, *lines] if oversized else lines
+            if out:
+                first = self.next_seq
+                self.next_seq += len(out)
+                yield first, out
+
+    def chunks(self) -> Iterator[tuple[bool, bytes]]:
+        """The file as ``(oversized, chunk)``: raw bytes of complete lines, each ending in ``\\n``.
+
+        ``oversized`` says that one line over the limit, left out of ``chunk``,
+        came just before it. Only the caller numbers the lines (and so
+        advances :attr:`next_seq`); :attr:`torn` and :attr:`bytes_read` are
+        kept here, as for iteration.
+        """
         read = self.file.read
         rest = b""
         skipping = False  # inside a line already known to be over the limit
+        blank = False  # and all of it read so far was whitespace (a blank line)
         while True:
             block = read(self.block_bytes)
             if not block:
                 break
             self.bytes_read += len(block)
-            head: list[bytes | None] = []
+            oversized = False
             if skipping:
                 newline = block.find(b"\n")
                 if newline < 0:
+                    blank = blank and is_blank_line(block)
                     continue
-                head.append(None)
+                oversized = not (blank and is_blank_line(block[:newline]))
                 block = block[newline + 1 :]
                 skipping = False
-            lines, rest = split_lines(rest + block if rest else block)
+            buffer = rest + block if rest else block
+            end = buffer.rfind(b"\n") + 1
+            chunk, rest = buffer[:end], buffer[end:]
             if len(rest) > self.max_line_bytes:
-                rest, skipping = b"", True
-            out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment,operator]
-            if out:
-                first = self.next_seq
-                self.next_seq += len(out)
-                yield first, out
-        self.torn = bool(rest) or skipping
+                rest, skipping, blank = b"", True, is_blank_line(rest)
+            if chunk or oversized:
+                yield oversized, chunk
+        self.torn = not is_blank_line(rest) or (skipping and not blank)

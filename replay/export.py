@@ -4,12 +4,19 @@ A run file gives one Parquet file; a directory of runs gives a dataset
 partitioned by experiment, hive style (``DEST/experiment_id=<id>/part-0.parquet``),
 that pyarrow, pandas, DuckDB, Polars and Spark read as is. In a dataset the
 experiment id lives only in the directory names (as Spark and
-``pyarrow.dataset.write_dataset`` write it), so no reader sees it twice.
+``pyarrow.dataset.write_dataset`` write it), so no reader sees it twice. A
+run's per-rank files (``<id>.rank<N>.jsonl``) share its partition, one
+``part-rank<N>.parquet`` each, with the ``rank`` column.
 
 The log is read a block of lines at a time; each block becomes one record
 batch written at once, so memory does not grow with the log. The output is
 written under a temporary name next to ``DEST`` and renamed into place only
 when complete: an interrupted export leaves no half-written file behind.
+
+``DEST`` may also be a URL of object storage or any filesystem pyarrow or
+fsspec knows (:mod:`replay._dest`), and ``--incremental`` updates a dataset in
+place, one run's partition at a time, rewriting only the runs whose files
+changed (:mod:`replay._manifest` says what "atomic" means on object storage).
 
 Readers infer the type of a partition column from its values, so ids made only
 of digits come back as integers unless the reader is told otherwise (pyarrow:
@@ -33,6 +40,15 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from replay._dest import Destination, open_destination
+from replay._manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    commit_partition,
+    fingerprint,
+    read_manifest,
+    write_manifest,
+)
 from replay._source import Run, SkipCounts, resolve_sources
 
 __all__ = ["ExportError", "ExportResult", "add_arguments", "export", "run"]
@@ -42,6 +58,8 @@ PART_NAME = "part-0.parquet"
 #: Rows gathered into one Parquet row group (a few MB of Arrow data).
 ROW_GROUP_ROWS = 256 * 1024
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
+#: Columns written with a Parquet dictionary (few distinct values); the others plain.
+DICTIONARY_COLUMNS = ("experiment_id", "type", "phase", "client_id", "metric")
 
 
 class ExportError(Exception):
@@ -58,6 +76,8 @@ class ExportResult:
         self.bytes_written = 0
         self.skips = SkipCounts()
         self.ignored: list[str] = []
+        self.unchanged = 0  # runs an incremental export left as they were
+        self.kept = 0  # runs at the destination no longer in the source, kept
 
 
 # --------------------------------------------------------------------------- destination
@@ -69,7 +89,11 @@ def _looks_like_dataset(path: Path) -> bool:
         entries = list(path.iterdir())
     except OSError:
         return False
-    return all(entry.is_dir() and entry.name.startswith(f"{PARTITION_KEY}=") for entry in entries)
+    return all(
+        (entry.is_dir() and entry.name.startswith(f"{PARTITION_KEY}="))
+        or (entry.name == MANIFEST_NAME and entry.is_file())
+        for entry in entries
+    )
 
 
 def _check_destination(dest: Path, *, dataset: bool, force: bool) -> None:
@@ -113,12 +137,12 @@ def _remove(path: Path) -> None:
 
 
 def _write_run(
-    path: Path,
+    path: Any,
     batches: Iterator[Any],
     schema: Any,
     compression: str,
 ) -> int:
-    """Write one run's batches to the Parquet file ``path``; return the rows written.
+    """Write one run's batches to the Parquet file ``path`` (or open sink); return the rows written.
 
     Blocks are small (to bound memory), so row groups are gathered from
     several of them. Encoding and compressing a row group runs in a writer
@@ -140,6 +164,9 @@ def _write_run(
             schema,
             compression=None if compression == "none" else compression,
             write_statistics=True,
+            # Dictionary pages only where values repeat: hashing every seq, step and value
+            # cost a third of the writing, and plain numbers compress smaller.
+            use_dictionary=[name for name in DICTIONARY_COLUMNS if name in schema.names],
         ) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtail-export") as pool,
     ):
@@ -167,6 +194,19 @@ def _write_run(
     return rows
 
 
+def part_name(run: Run) -> str:
+    """The Parquet file of ``run`` inside its partition: ``part-0`` or ``part-rank<N>``."""
+    return PART_NAME if run.rank is None else f"part-rank{run.rank}.parquet"
+
+
+def _group(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by experiment id: a run's per-rank files share one partition."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.experiment_id, []).append(run)
+    return groups
+
+
 def export(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -174,6 +214,8 @@ def export(
     table: str = "metrics",
     force: bool = False,
     compression: str = "zstd",
+    incremental: bool = False,
+    endpoint_url: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ExportResult:
@@ -181,14 +223,23 @@ def export(
 
     Args:
         src: a run file (one Parquet file is written) or a directory of runs
-            (a hive-partitioned dataset is written).
-        dest: the Parquet file or dataset directory to create.
+            (a hive-partitioned dataset is written, one partition per run, a
+            Parquet file per rank file in it).
+        dest: the Parquet file or dataset directory to create: a path, or a
+            URL of any filesystem pyarrow or fsspec knows (``s3://bucket/prefix``,
+            ``gs://...``, ``file://...``; see :mod:`replay._dest`).
         table: ``"metrics"`` (:func:`replay.read_metrics`'s table) or
             ``"messages"`` (the lossless message table, see
             :func:`replay.tables.message_table_schema`).
         force: replace an existing ``dest`` (a file, or a directory holding
             only ``experiment_id=*`` partitions).
         compression: a Parquet codec, or ``"none"``.
+        incremental: update the dataset at ``dest`` in place, rewriting only
+            the runs whose files changed since the last incremental export
+            (recorded in ``dest/_runtail_manifest.json``). Runs no longer in
+            ``src`` are kept.
+        endpoint_url: an S3-compatible server for ``s3://`` (else
+            ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``).
         on_start: called once with the total bytes to read.
         on_bytes: called with the bytes read after each block.
 
@@ -204,11 +255,17 @@ def export(
         raise ExportError(
             f"unknown compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}"
         )
-    src_path, dest_path = Path(src), Path(dest)
+    src_path = Path(src)
     result = ExportResult()
     if not src_path.exists():
         raise ExportError(f"{src_path}: no such file or directory")
+    try:
+        destination = open_destination(dest, endpoint_url=endpoint_url)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     dataset = src_path.is_dir()
+    if incremental and not dataset:
+        raise ExportError("--incremental needs a directory of runs as SRC")
     if dataset:
         runs = resolve_sources(src_path, skipped=result.ignored)
         if not runs:
@@ -216,14 +273,30 @@ def export(
                 f"{src_path} holds no runs (no *.jsonl file named by a valid experiment id)"
             )
     else:
-        runs = [Run(src_path.stem, src_path)]
+        runs = [Run.of(src_path)]
+    batches_of = metric_batches if table == "metrics" else message_batches
+    schema_of = metrics_schema if table == "metrics" else message_table_schema
+    writer = _RunWriter(
+        batches_of, schema_of(with_experiment_id=not dataset), compression, result, on_bytes
+    )
+    if destination.local is None or incremental:
+        if dataset:
+            _export_partitions(
+                _group(runs),
+                destination,
+                writer,
+                settings={"table": table, "compression": compression},
+                incremental=incremental,
+                force=force,
+                on_start=on_start,
+            )
+        else:
+            _export_remote_file(runs[0], destination, writer, force=force, on_start=on_start)
+        return result
+    dest_path = destination.local
     if dest_path.exists() and dest_path.resolve() == src_path.resolve():
         raise ExportError(f"{dest_path} is the source; refusing to overwrite it")
     _check_destination(dest_path, dataset=dataset, force=force)
-
-    batches_of = metric_batches if table == "metrics" else message_batches
-    schema_of = metrics_schema if table == "metrics" else message_table_schema
-    schema = schema_of(with_experiment_id=not dataset)
     try:
         dest_path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -240,30 +313,193 @@ def export(
                 tmp.mkdir()
         except OSError as exc:
             raise ExportError(f"cannot write {dest_path}: {exc.strerror or exc}") from None
-        for run in runs:
+        for experiment_id, group in _group(runs).items():
             if dataset:
-                part_dir = tmp / f"{PARTITION_KEY}={run.experiment_id}"
+                part_dir = tmp / f"{PARTITION_KEY}={experiment_id}"
                 part_dir.mkdir()
-                target = part_dir / PART_NAME
-            else:
-                target = tmp
-            batches = batches_of(
-                run, result.skips, with_experiment_id=not dataset, on_bytes=on_bytes
-            )
-            try:
-                result.rows += _write_run(target, batches, schema, compression)
-            except OSError as exc:
-                if exc.filename is not None and Path(exc.filename) == run.path:
-                    raise ExportError(f"cannot read {run.path}: {exc.strerror or exc}") from None
-                raise ExportError(f"cannot write {dest_path}: {exc.strerror or exc}") from None
+            for run in group:
+                target = part_dir / part_name(run) if dataset else tmp
+                with _errors(run, dest_path):
+                    writer.write(run, target)
+                result.bytes_written += target.stat().st_size
             result.runs += 1
-            result.files += 1
-            result.bytes_written += target.stat().st_size
         _replace(tmp, dest_path)
     except BaseException:
         _remove(tmp)
         raise
     return result
+
+
+@contextlib.contextmanager
+def _errors(run: Run | None, dest: object) -> Iterator[None]:
+    """``OSError`` as an :class:`ExportError` naming the source or the destination."""
+    try:
+        yield
+    except OSError as exc:
+        if run is not None and exc.filename is not None and Path(exc.filename) == run.path:
+            raise ExportError(f"cannot read {run.path}: {exc.strerror or exc}") from None
+        raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+class _RunWriter:
+    """Writes one run file's table to one Parquet file (a path, or an open sink)."""
+
+    def __init__(
+        self,
+        batches_of: Callable[..., Iterator[Any]],
+        schema: Any,
+        compression: str,
+        result: ExportResult,
+        on_bytes: Callable[[int], None] | None,
+    ) -> None:
+        self.batches_of = batches_of
+        self.schema = schema
+        self.compression = compression
+        self.result = result
+        self.on_bytes = on_bytes
+
+    def write(self, run: Run, target: Any) -> None:
+        with_id = self.schema.names[0] == PARTITION_KEY
+        batches = self.batches_of(
+            run, self.result.skips, with_experiment_id=with_id, on_bytes=self.on_bytes
+        )
+        self.result.rows += _write_run(target, batches, self.schema, self.compression)
+        self.result.files += 1
+
+
+def _export_remote_file(
+    run: Run,
+    destination: Destination,
+    writer: _RunWriter,
+    *,
+    force: bool,
+    on_start: Callable[[int], None] | None,
+) -> None:
+    """One run file to one Parquet object: written under a hidden name, then moved into place."""
+    from pyarrow import fs as pafs
+
+    filesystem = destination.fs
+    with _errors(run, destination.url):
+        kind = filesystem.get_file_info(destination.path).type
+        if kind == pafs.FileType.Directory:
+            raise ExportError(
+                f"{destination.url} is a directory; refusing to replace it with a file"
+            )
+        if kind == pafs.FileType.File and not force:
+            raise ExportError(f"{destination.url} already exists; pass --force to replace it")
+        parent, _, name = destination.path.rpartition("/")
+        tmp = f"{parent}/.{name}.tmp-{secrets.token_hex(4)}" if parent else f".{name}.tmp"
+        if on_start is not None:
+            on_start(run.path.stat().st_size)
+        try:
+            with filesystem.open_output_stream(tmp) as sink:
+                writer.write(run, sink)
+            writer.result.bytes_written += filesystem.get_file_info(tmp).size
+            filesystem.move(tmp, destination.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                filesystem.delete_file(tmp)
+            raise
+    writer.result.runs += 1
+
+
+def _export_partitions(
+    groups: dict[str, list[Run]],
+    destination: Destination,
+    writer: _RunWriter,
+    *,
+    settings: dict[str, str],
+    incremental: bool,
+    force: bool,
+    on_start: Callable[[int], None] | None,
+) -> None:
+    """Write (or, incrementally, update) a hive dataset one partition at a time.
+
+    Each partition is written under a hidden staging directory in ``dest``
+    (readers skip names starting with ``.``), then committed: moved into
+    place where the filesystem renames, file by file where it only copies
+    (object storage; see :mod:`replay._manifest` for what each reader sees).
+    The manifest is written last.
+    """
+    filesystem = destination.fs
+    result = writer.result
+    with _errors(None, destination.url):
+        existing = _partitions_at(destination)
+        if existing and not (incremental or force):
+            raise ExportError(
+                f"{destination.url} already exists; pass --force to replace it "
+                "or --incremental to update it"
+            )
+        old = read_manifest(destination) if incremental else None
+        fingerprints = {
+            run_id: {run.path.name: fingerprint(run.path) for run in group}
+            for run_id, group in groups.items()
+        }
+        todo = [
+            run_id
+            for run_id in groups
+            if not (
+                old is not None
+                and old.matches(settings, run_id, fingerprints[run_id])
+                and run_id in existing
+            )
+        ]
+        result.unchanged = len(groups) - len(todo)
+        if on_start is not None:
+            on_start(sum(run.path.stat().st_size for run_id in todo for run in groups[run_id]))
+        manifest = Manifest.start(settings, old)
+        staging = destination.join(f".runtail-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            for run_id in todo:
+                names, rows_before = [], result.rows
+                part_dir = f"{staging}/{PARTITION_KEY}={run_id}"
+                if destination.makes_dirs:
+                    filesystem.create_dir(part_dir, recursive=True)
+                for run in groups[run_id]:
+                    name = part_name(run)
+                    target = f"{part_dir}/{name}"
+                    with (
+                        _errors(run, destination.url),
+                        filesystem.open_output_stream(target) as sink,
+                    ):
+                        writer.write(run, sink)
+                    result.bytes_written += filesystem.get_file_info(target).size
+                    names.append(name)
+                commit_partition(destination, f"{PARTITION_KEY}={run_id}", part_dir, names, staging)
+                manifest.add(run_id, fingerprints[run_id], names, result.rows - rows_before)
+                result.runs += 1
+            if not incremental:
+                for stale in sorted(existing - set(groups)):
+                    filesystem.delete_dir(destination.join(f"{PARTITION_KEY}={stale}"))
+                    manifest.drop(stale)
+            result.kept = sum(1 for run_id in manifest.runs if run_id not in groups)
+            write_manifest(destination, manifest, staging)
+        finally:
+            with contextlib.suppress(OSError):
+                filesystem.delete_dir(staging)
+
+
+def _partitions_at(destination: Destination) -> set[str]:
+    """The runs with a partition at ``destination``; raises if it holds anything else."""
+    from pyarrow import fs as pafs
+
+    filesystem = destination.fs
+    kind = filesystem.get_file_info(destination.path).type
+    if kind == pafs.FileType.NotFound:
+        return set()
+    if kind != pafs.FileType.Directory:
+        raise ExportError(f"{destination.url} is a file, not a dataset; refusing to replace it")
+    runs = set()
+    for info in filesystem.get_file_info(pafs.FileSelector(destination.path)):
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith(f"{PARTITION_KEY}="):
+            runs.add(name.split("=", 1)[1])
+        elif not (name == MANIFEST_NAME or name.startswith(".")):
+            raise ExportError(
+                f"{destination.url} holds {name!r}, so it is not an exported dataset; "
+                "refusing to write into it"
+            )
+    return runs
 
 
 # --------------------------------------------------------------------------- command
@@ -277,7 +513,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o",
         required=True,
         metavar="DEST",
-        help="Parquet file to write (SRC a file) or dataset directory (SRC a directory)",
+        help="Parquet file to write (SRC a file) or dataset directory (SRC a directory): a path "
+        "or a URL (s3://bucket/prefix, gs://..., file://..., any pyarrow or fsspec filesystem)",
     )
     parser.add_argument(
         "--table",
@@ -287,6 +524,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "data as JSON text, from which every message can be rebuilt",
     )
     parser.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="update the dataset at DEST, rewriting only the runs whose files changed since "
+        "the last --incremental export (kept in DEST/_runtail_manifest.json)",
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="an S3-compatible server for s3:// (default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL)",
+    )
     parser.add_argument(
         "--compression", choices=COMPRESSIONS, default="zstd", help="Parquet codec (default: zstd)"
     )
@@ -354,6 +602,8 @@ def run(args: argparse.Namespace) -> int:
                 table=args.table,
                 force=args.force,
                 compression=args.compression,
+                incremental=args.incremental,
+                endpoint_url=args.endpoint_url,
                 on_start=on_start,
                 on_bytes=on_bytes,
             )
@@ -370,6 +620,12 @@ def run(args: argparse.Namespace) -> int:
         f"{'s' if result.runs != 1 else ''} to {args.out} ({result.files} file"
         f"{'s' if result.files != 1 else ''}, {_size(result.bytes_written)}) in {seconds:.1f} s"
     )
+    if result.unchanged:
+        summary += f"; {result.unchanged} unchanged run{'s' if result.unchanged != 1 else ''} left as they were"
+    if result.kept:
+        summary += (
+            f"; kept {result.kept} run{'s' if result.kept != 1 else ''} no longer in {args.src}"
+        )
     if result.skips:
         summary += f"; skipped {result.skips.describe()}"
     if result.ignored:

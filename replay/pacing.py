@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -70,11 +71,43 @@ def _check(
     return path, experiment_id
 
 
-def _messages(path: Path, block_bytes: int) -> Iterator[tuple[int, bytes, dict[str, object]]]:
-    """``(seq, line, message)`` for each valid message of the file, read a block at a time."""
-    with open(path, "rb") as file:
+def _open_run(path: Path) -> int:
+    """A descriptor on the run file, which must be a regular file.
+
+    ``O_NONBLOCK``, then ``fstat``: a FIFO swapped in under the name must not
+    block the opener (on a server, the whole event loop) until a writer comes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: With ``ticks``, :func:`_messages` yields ``None`` once every this many lines.
+_TICK_LINES = 1024
+
+
+def _messages(
+    path: Path, block_bytes: int, *, ticks: bool = False
+) -> Iterator[tuple[int, bytes, dict[str, object]] | None]:
+    """``(seq, line, message)`` for each valid message of the file, read a block at a time.
+
+    With ``ticks``, also ``None`` every :data:`_TICK_LINES` lines, valid or
+    not, so an async consumer can yield to its event loop even in a file of
+    nothing but blank or broken lines.
+    """
+    with os.fdopen(_open_run(path), "rb") as file:
         for first_seq, lines in LineBlocks(file, block_bytes=block_bytes):
+            if ticks:
+                yield None
             for seq, line in enumerate(lines, first_seq):
+                if ticks and seq % _TICK_LINES == 0:
+                    yield None
                 if line is None:
                     continue
                 try:
@@ -102,7 +135,7 @@ def iter_frames(
 
 def _frames(path: Path, experiment_id: str, replay_end: bool) -> Iterator[bytes]:
     count = 0
-    for seq, line, _ in _messages(path, REPLAY_BLOCK_BYTES):
+    for seq, line, _ in _messages(path, REPLAY_BLOCK_BYTES):  # type: ignore[misc]
         count += 1
         yield wire_frame(line, experiment_id, seq)
     if replay_end:
@@ -164,9 +197,13 @@ async def _paced(
     latest: float | None = None  # the latest recorded timestamp seen
     count = 0
     unpaused = 0
-    messages = _messages(path, REPLAY_BLOCK_BYTES)
+    messages = _messages(path, REPLAY_BLOCK_BYTES, ticks=True)
     try:
-        for seq, line, message in messages:
+        for item in messages:
+            if item is None:
+                await asyncio.sleep(0)
+                continue
+            seq, line, message = item
             if wait:
                 seconds = _seconds(message)
                 if seconds is not None:

@@ -10,8 +10,10 @@ The metrics table (one row per numeric value of a message's ``data``):
 ============= =================== ============================================================================
 column        dtype (pandas)      meaning
 ============= =================== ============================================================================
-experiment_id str                 the run file's stem
+experiment_id str                 the run: the file's stem, less a ``.rank<N>`` suffix
+rank          Int64               ``N`` for a per-rank file ``<run>.rank<N>.jsonl``, else null
 seq           int64               0-based index of the line in its file (every line counts)
+attempt       Int64               0, then +1 at every later ``training_start`` in the same file (a resumed run)
 timestamp     datetime64[us, UTC] the message's timestamp (NaT when missing or unparsable)
 type          str                 the message type
 phase         str                 ``data.phase`` (``train``, ``val``, ...) when it is a string
@@ -36,7 +38,7 @@ Naming rules for ``metric``:
   and empty containers are not;
 * a value whose path is an index key (``epoch``, ``step``, ``round``,
   ``round_num``, ``total_epochs``, ``total_rounds``, ``batch_idx``,
-  ``local_epoch``, ``client_id``), that is one directly in ``data`` or in its
+  ``local_epoch``, ``client_id``, ``rank``), that is one directly in ``data`` or in its
   ``metrics`` dict, is not a metric; deeper ones (``fit_metrics.round``) are;
 * ``data`` that is a number gives one row named ``value``; ``data`` that is a
   list is walked like a nested list (``0``, ``1``, ...).
@@ -62,6 +64,7 @@ from recorder.format import (
     decode_line,
     parse_timestamp,
     restore_non_finite,
+    split_rank,
 )
 from replay._plans import EPOCH_KEYS, MAX_PLANS, MISS, ROUND_KEYS, STEP_KEYS, PlanCompiler
 from replay._source import LineBlocks, Run, SkipCounts, Source, resolve_sources
@@ -70,10 +73,12 @@ __all__ = [
     "INDEX_KEYS",
     "MESSAGE_COLUMNS",
     "METRIC_COLUMNS",
+    "MetricOrder",
     "SkippedLinesWarning",
     "message_batches",
     "message_table_schema",
     "metric_batches",
+    "metric_block_reader",
     "metrics_schema",
     "read_messages",
     "read_metrics",
@@ -91,13 +96,16 @@ INDEX_KEYS = frozenset(
         "batch_idx",
         "local_epoch",
         "client_id",
+        "rank",
     }
 )
 
 #: Columns of :func:`read_metrics`, in order.
 METRIC_COLUMNS = (
     "experiment_id",
+    "rank",
     "seq",
+    "attempt",
     "timestamp",
     "type",
     "phase",
@@ -110,7 +118,10 @@ METRIC_COLUMNS = (
 )
 
 #: Columns of :func:`read_messages`, in order.
-MESSAGE_COLUMNS = ("experiment_id", "seq", "timestamp", "type", "data")
+MESSAGE_COLUMNS = ("experiment_id", "rank", "seq", "attempt", "timestamp", "type", "data")
+
+#: The message type that starts a new attempt of a run when it is not the file's first.
+ATTEMPT_START = "training_start"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -124,7 +135,9 @@ class SkippedLinesWarning(UserWarning):
 
 _METRIC_TYPES: dict[str, pa.DataType] = {
     "experiment_id": pa.string(),
+    "rank": pa.int64(),
     "seq": pa.int64(),
+    "attempt": pa.int64(),
     "timestamp": _TIMESTAMP,
     "type": pa.string(),
     "phase": pa.string(),
@@ -135,12 +148,14 @@ _METRIC_TYPES: dict[str, pa.DataType] = {
     "metric": pa.string(),
     "value": pa.float64(),
 }
-_NULLABLE_INTS = frozenset({"epoch", "step", "round"})
+_NULLABLE_INTS = frozenset({"rank", "attempt", "epoch", "step", "round"})
 
 #: Columns of the lossless message table ``tailer export --table messages`` writes.
 _MESSAGE_TABLE_TYPES: dict[str, pa.DataType] = {
     "experiment_id": pa.string(),
+    "rank": pa.int64(),
     "seq": pa.int64(),
+    "attempt": pa.int64(),
     "timestamp": _TIMESTAMP,
     "type": pa.string(),
     "data": pa.string(),
@@ -288,6 +303,84 @@ def _client_text(value: Any) -> str | None:
 # --------------------------------------------------------------------------- metrics
 
 
+class _Attempts:
+    """The ``attempt`` of the messages of one file: 0, then +1 at every later ``training_start``.
+
+    Callers check ``type == ATTEMPT_START`` themselves (it is on the hot path)
+    and call :meth:`start` then; ``marks`` holds ``(position, attempt)`` where
+    the attempt changed, positions counted by the caller, until :meth:`column`
+    turns them into one value per position.
+    """
+
+    __slots__ = ("_started", "current", "marks")
+
+    def __init__(self) -> None:
+        self.current = 0
+        self._started = False
+        self.marks: list[tuple[int, int]] = []
+
+    def start(self, position: int) -> None:
+        """A ``training_start`` at ``position``: the file's first, or a new attempt from here."""
+        if self._started:
+            self.current += 1
+            self.marks.append((position, self.current))
+        self._started = True
+
+    def of_rows(self, starts: Any) -> tuple[Any, bool]:
+        """The attempt of every message of a block, from a bool array of where its starts are.
+
+        Leaves the state alone: pass the result to :meth:`settle` once the
+        block is taken (a block given up is read again another way).
+        """
+        import numpy as np
+
+        bumps = starts.astype(np.int64)
+        if not self._started and bumps.any():
+            bumps[int(np.argmax(starts))] = 0  # the file's first training_start
+        return self.current + np.cumsum(bumps), self._started or bool(starts.any())
+
+    def settle(self, per_row: Any, started: bool) -> None:
+        """Take the state after a block :meth:`of_rows` numbered."""
+        if len(per_row):
+            self.current = int(per_row[-1])
+        self._started = started
+
+    def column(self, first: int, n: int) -> pa.Array:
+        """The attempt at positions ``0 .. n-1``, ``first`` being the one in force at 0; clears marks."""
+        if not self.marks:
+            return pa.repeat(pa.scalar(first, pa.int64()), n)  # type: ignore[attr-defined]
+        import numpy as np
+
+        values = np.full(n, first, dtype=np.int64)
+        for position, attempt in self.marks:
+            values[position:] = attempt
+        self.marks.clear()
+        return pa.array(values, pa.int64())
+
+
+class MetricOrder:
+    """The order of a run's metric names: the order in which each first gave a row.
+
+    Rows of one message come sorted by it (a stable sort, so a name repeated
+    within a message keeps its key order). For a log that writes its keys in
+    one order, that is the order of the keys. Every reader of one run (the
+    careful walk and :mod:`replay._arrow`, block by block) shares one
+    ``MetricOrder``, so both give the same rows in the same order.
+    """
+
+    __slots__ = ("rank",)
+
+    def __init__(self) -> None:
+        self.rank: dict[str, int] = {}
+
+    def add(self, name: str) -> int:
+        """The rank of ``name``, given the next one if it had none."""
+        rank = self.rank.get(name)
+        if rank is None:
+            rank = self.rank[name] = len(self.rank)
+        return rank
+
+
 class _Node:
     """One level of metric paths: key -> code of the leaf there, key -> child level."""
 
@@ -311,11 +404,21 @@ class _MetricsBuilder:
     message's rows by Arrow's ``take``.
     """
 
-    def __init__(self, experiment_id: str, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        experiment_id: str,
+        rank: int | None,
+        schema: pa.Schema,
+        order: MetricOrder | None = None,
+    ) -> None:
         self.experiment_id = experiment_id
+        self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
+        self.attempts = _Attempts()
+        self.order = MetricOrder() if order is None else order
+        self._code_ranks: Any = None  # numpy array: code -> rank in self.order, -1 while none
         self.names: list[str] = []
         self._name_codes: dict[str, int] = {}
         self._names_array: pa.Array = pa.array([], pa.string())
@@ -448,6 +551,8 @@ class _MetricsBuilder:
         counts_append = counts.append
         rows: list[tuple[Any, ...]] = []  # per message with values: its message-level columns
         rows_append = rows.append
+        attempts = self.attempts
+        first_attempt = attempts.current
         malformed = 0
         seq = first_seq - 1
         for line in lines:
@@ -460,6 +565,8 @@ class _MetricsBuilder:
             except MalformedLine:
                 malformed += 1
                 continue
+            if message["type"] == ATTEMPT_START:
+                attempts.start(len(rows))
             data = message.get("data")
             before = len(values)
             if type(data) is not dict:
@@ -528,9 +635,10 @@ class _MetricsBuilder:
             )
         self.malformed += malformed
         if not values:
+            attempts.marks.clear()
             return None
         try:
-            return self._batch(counts, rows)
+            return self._batch(counts, rows, attempts.column(first_attempt, len(rows)))
         finally:
             codes.clear()
             values.clear()
@@ -542,7 +650,9 @@ class _MetricsBuilder:
         elif data is not None and type(data) is not bool:
             self._walk({"value": data}, self.root)
 
-    def _batch(self, counts: list[int], rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    def _batch(
+        self, counts: list[int], rows: list[tuple[Any, ...]], attempt: pa.Array
+    ) -> pa.RecordBatch:
         import numpy as np
 
         if len(self._names_array) != len(self.names):
@@ -552,6 +662,7 @@ class _MetricsBuilder:
         per_message = pa.table(
             {
                 "seq": pa.array(seqs, pa.int64()),
+                "attempt": attempt,
                 "timestamp": _timestamps(stamps),
                 "type": pa.array(types, pa.string()),
                 "phase": pa.array(phases, pa.string()),
@@ -565,12 +676,45 @@ class _MetricsBuilder:
         columns = []
         if self.with_experiment_id:
             columns.append(pa.repeat(self.experiment_id, rows))  # type: ignore[attr-defined]
+        columns.append(pa.repeat(self.rank, rows))  # type: ignore[attr-defined]
         columns.extend(
             per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
         )
-        columns.append(self._names_array.take(pa.array(self.codes, pa.int32())))
-        columns.append(_float_array(self.values))
+        codes = np.array(self.codes, np.int32)
+        values = _float_array(self.values)
+        order = self._rank_order(codes, owner.to_numpy())
+        if order is not None:
+            codes = codes[order]
+            values = values.take(pa.array(order))
+        columns.append(self._names_array.take(pa.array(codes)))
+        columns.append(values)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def _rank_order(self, codes: Any, owner: Any) -> Any:
+        """The permutation that sorts each message's rows by :class:`MetricOrder`, or None.
+
+        Names that give their first row in this block are ranked here, in the
+        order of those rows (the walk's order). None when every message's rows
+        are already in rank order (a log that keeps its keys in one order).
+        """
+        import numpy as np
+
+        ranks = self._code_ranks
+        if ranks is None or len(ranks) < len(self.names):
+            grown = np.full(len(self.names), -1, np.int64)
+            if ranks is not None:
+                grown[: len(ranks)] = ranks
+            ranks = self._code_ranks = grown
+        row_ranks = ranks[codes]
+        unranked = row_ranks < 0
+        if unranked.any():
+            new_codes, first = np.unique(codes[unranked], return_index=True)
+            for code in new_codes[np.argsort(first, kind="stable")]:
+                ranks[code] = self.order.add(self.names[code])
+            row_ranks = ranks[codes]
+        if not ((row_ranks[1:] < row_ranks[:-1]) & (owner[1:] == owner[:-1])).any():
+            return None
+        return np.lexsort((row_ranks, owner))
 
 
 # --------------------------------------------------------------------------- messages
@@ -590,14 +734,18 @@ _DATA_KEY = re.compile(rb'"data"[ \t\r\n]*:')
 class _MessageTableBuilder:
     """Turns blocks of lines into record batches of the lossless message table."""
 
-    def __init__(self, experiment_id: str, schema: pa.Schema) -> None:
+    def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
         self.experiment_id = experiment_id
+        self.rank = pa.scalar(rank, pa.int64())
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
+        self.attempts = _Attempts()
 
     def add(self, first_seq: int, lines: list[bytes | None]) -> pa.RecordBatch | None:
         decode = decode_line
+        attempts = self.attempts
+        first_attempt = attempts.current
         dumps = _json_text
         seqs: list[int] = []
         types: list[str] = []
@@ -616,6 +764,8 @@ class _MessageTableBuilder:
             except MalformedLine:
                 malformed += 1
                 continue
+            if message["type"] == ATTEMPT_START:
+                attempts.start(len(seqs))
             seqs.append(seq)
             types.append(message["type"])
             stamp = message.get("timestamp")
@@ -652,7 +802,9 @@ class _MessageTableBuilder:
         if self.with_experiment_id:
             columns.append(pa.repeat(self.experiment_id, len(seqs)))  # type: ignore[attr-defined]
         columns += [
+            pa.repeat(self.rank, len(seqs)),  # type: ignore[attr-defined]
             pa.array(seqs, pa.int64()),
+            attempts.column(first_attempt, len(seqs)),
             _timestamps(stamps),
             pa.array(types, pa.string()),
             pa.array(datas, pa.string()),
@@ -711,14 +863,38 @@ def metric_batches(
     *,
     with_experiment_id: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    careful: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """The metrics table of one run as record batches, one per block of lines read.
 
     Lines that are not messages are counted into ``skips``; ``on_bytes`` is
     called with the number of bytes read after each block (for progress).
+    pyarrow parses the blocks it can read exactly (:mod:`replay._arrow`); the
+    others, and every block when ``careful`` is true, are decoded line by line.
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    return _run_batches(run, _MetricsBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes)
+    builder = _MetricsBuilder(run.experiment_id, run.rank, schema)
+    if careful:
+        return _run_batches(run, builder, skips, on_bytes=on_bytes)
+    from replay._arrow import fast_metric_batches
+
+    return fast_metric_batches(run, builder, skips, on_bytes=on_bytes)
+
+
+def metric_block_reader(
+    experiment_id: str, *, with_experiment_id: bool = False
+) -> Callable[[int, list[bytes | None]], pa.RecordBatch | None]:
+    """A function turning consecutive lines into the metrics table's rows, block by block.
+
+    Call it with ``(seq of the first line, lines)`` for each block, in file
+    order, lines as :class:`tailer.reader.LineSplitter` gives them (``None``
+    for an over-long line); it returns that block's rows, or ``None`` when the
+    block has none. The rows and their ``metric`` names are exactly those of
+    :func:`read_metrics`: the naming rules stay here, used by whoever reads a
+    file incrementally (the tailer's reduced series).
+    """
+    schema = metrics_schema(with_experiment_id=with_experiment_id)
+    return _MetricsBuilder(*split_rank(experiment_id), schema).add
 
 
 def message_batches(
@@ -731,7 +907,7 @@ def message_batches(
     """The lossless message table of one run as record batches (see :func:`message_table_schema`)."""
     schema = message_table_schema(with_experiment_id=with_experiment_id)
     return _run_batches(
-        run, _MessageTableBuilder(run.experiment_id, schema), skips, on_bytes=on_bytes
+        run, _MessageTableBuilder(run.experiment_id, run.rank, schema), skips, on_bytes=on_bytes
     )
 
 
@@ -793,9 +969,11 @@ def read_messages(src: Source) -> Any:
         src: a run file, a directory of runs, or a list of them (as for :func:`read_metrics`).
 
     Returns:
-        A :class:`pandas.DataFrame` with the columns ``experiment_id`` (str),
-        ``seq`` (int64: the line's 0-based index in its file, every line
-        counting, as on the tailer's wire), ``timestamp`` (datetime64[us, UTC],
+        A :class:`pandas.DataFrame` with the columns ``experiment_id`` (str:
+        the run, a per-rank file's stem less its ``.rank<N>``), ``rank``
+        (Int64: that ``N``, null for other files), ``seq`` (int64: the line's 0-based index in its file, every line
+        counting, as on the tailer's wire), ``attempt`` (Int64: 0, then +1
+        at every later ``training_start`` in the same file), ``timestamp`` (datetime64[us, UTC],
         NaT when missing or unparsable), ``type`` (str) and ``data`` (the
         message's ``data`` as Python objects, the strings ``"NaN"``,
         ``"Infinity"`` and ``"-Infinity"`` turned back into floats; None when
@@ -811,6 +989,8 @@ def read_messages(src: Source) -> Any:
     runs = resolve_sources(src, skipped=skipped_names)
     skips = SkipCounts()
     ids: list[pa.Array] = []
+    ranks: list[pa.Array] = []
+    attempt_columns: list[pa.Array] = []
     seqs: list[int] = []
     stamps: list[Any] = []
     types: list[str] = []
@@ -823,6 +1003,7 @@ def read_messages(src: Source) -> Any:
         for run in runs:
             count = 0
             malformed = 0
+            attempts = _Attempts()
             with open(run.path, "rb") as file:
                 blocks = LineBlocks(file)
                 for first_seq, lines in blocks:
@@ -837,6 +1018,8 @@ def read_messages(src: Source) -> Any:
                         except MalformedLine:
                             malformed += 1
                             continue
+                        if message["type"] == ATTEMPT_START:
+                            attempts.start(count)
                         seqs.append(seq)
                         stamps.append(message.get("timestamp"))
                         types.append(message["type"])
@@ -848,11 +1031,16 @@ def read_messages(src: Source) -> Any:
                         count += 1
             skips.add(run.path, malformed, blocks.torn)
             ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
-    schema = pa.schema([pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]])
+            ranks.append(pa.repeat(pa.scalar(run.rank, pa.int64()), count))  # type: ignore[attr-defined]
+            attempt_columns.append(attempts.column(0, count))
+    fields = [pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]]
+    schema = pa.schema(fields, metadata={b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)})
     table = pa.Table.from_arrays(
         [
             pa.chunked_array(ids, pa.string()),
+            pa.chunked_array(ranks, pa.int64()),
             pa.array(seqs, pa.int64()),
+            pa.chunked_array(attempt_columns, pa.int64()),
             _timestamps(stamps),
             pa.array(types, pa.string()),
         ],

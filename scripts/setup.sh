@@ -18,6 +18,16 @@ if [ "$dev" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq chromium >/dev/null
   fi
+  if ! command -v rsync >/dev/null; then
+    echo "setup: installing rsync for the re-sync tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq rsync >/dev/null
+  fi
+  if ! command -v java >/dev/null; then
+    echo "setup: installing Debian's default-jre-headless (Java 17) for the Spark test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null
+  fi
   # The local CPU build; plain `torch` would pull a multi-GB CUDA build.
   "${pip[@]}" torch==2.13.0
   "${pip[@]}" -e '.[dev]'

@@ -16,19 +16,22 @@ Nothing else holds messages: history is read back from disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import OPEN
 
 from recorder.format import is_valid_experiment_id
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
-from tailer.reader import FileReader, PollResult, StaleHistory
+from tailer.reader import FileReader, Notes, PollResult, StaleHistory
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -39,6 +42,13 @@ log = logging.getLogger("tailer")
 
 #: Bytes of history read per step of a catch-up; bounds a catching-up client's memory.
 HISTORY_CHUNK = 256 << 10
+
+#: Time a start-up may spend reading files before it listens; what is left is read
+#: in the background (DESIGN §12: /healthz answers within a second of start).
+STARTUP_BUDGET = 0.3
+
+#: A refresh of many files yields to the event loop after this long.
+STEP_BUDGET = 0.02
 
 
 def log_reset_frame(experiment_id: str) -> bytes:
@@ -51,7 +61,7 @@ def log_reset_frame(experiment_id: str) -> bytes:
 class Client:
     """One WebSocket subscriber and its bounded send queue."""
 
-    __slots__ = ("closing", "connection", "label", "queue_bytes", "transport")
+    __slots__ = ("budget", "charged", "closing", "connection", "label", "queue_bytes", "transport")
 
     def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
         self.connection = connection
@@ -59,6 +69,9 @@ class Client:
         self.queue_bytes = queue_bytes
         self.label = label
         self.closing = False
+        #: The server-wide budget this client's queue counts against (None: none).
+        self.budget: QueueBudget | None = None
+        self.charged = 0  # this client's bytes in the budget's running total
 
     def write(self, frames: bytes) -> None:
         """Queue already-framed bytes; close the client with 1013 if it is too far behind."""
@@ -70,15 +83,36 @@ class Client:
             return
         transport = self.transport
         transport.write(frames)
-        if transport.get_write_buffer_size() > self.queue_bytes:
+        queued = transport.get_write_buffer_size()
+        if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
+        elif self.budget is not None:
+            self.budget.charge(self, queued)
 
-    def close(self, code: int, reason: str) -> None:
-        """Start a closing handshake without waiting for it."""
+    def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
+        """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).
+
+        :class:`tailer.sessions.SessionClient` also notes what it was sent.
+        """
+        self.write(frames)
+
+    def send_history(self, frames: bytes, experiment_id: str, seq: int) -> None:
+        """Queue frames of a catch-up from disk (:meth:`Hub.attach`)."""
+        self.write(frames)
+
+    def release(self, experiment_id: str) -> None:
+        """A firehose catch-up of ``experiment_id`` is done: its live lines come through."""
+
+    def close(self, code: int, reason: str, *, why: str | None = None) -> None:
+        """Start a closing handshake without waiting for it (``why``: what to log instead)."""
         if self.closing:
             return
         self.closing = True
-        if code == 1013:
+        if self.budget is not None:
+            self.budget.release(self)
+        if why is not None:
+            log.warning("closing client %s (%d): %s", self.label, code, why)
+        elif code == 1013:
             log.warning(
                 "client %s fell more than %d bytes behind; closing it (1013)",
                 self.label,
@@ -89,11 +123,68 @@ class Client:
         task.add_done_callback(_background.discard)
 
     async def drain(self) -> None:
-        """Wait until the transport's buffer is below its low-water mark."""
-        await self.connection.drain()
+        """Wait until the transport's buffer is below its low-water mark.
+
+        A peer that resets the connection meanwhile (RST) only ends this client.
+        """
+        try:
+            await self.connection.drain()
+        except (OSError, ConnectionClosed):
+            self.closing = True
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+class QueueBudget:
+    """Bytes queued for all clients together (``--max-queued-bytes``, DESIGN §12).
+
+    Each client's queue is bounded (``--queue-bytes``), but a thousand slow
+    clients could still hold a thousand full queues. The budget keeps a
+    running total, updated from each client's own buffer size as it is
+    written to; the total only overestimates (buffers drain unseen), so when
+    it passes the limit the real sizes are summed, and if they are over too,
+    the clients with the most queued are closed with 1013 until the rest fit.
+    """
+
+    def __init__(self, limit: int, clients: Iterable[Client]) -> None:
+        self.limit = limit
+        self.clients = clients
+        self.total = 0
+
+    def charge(self, client: Client, queued: int) -> None:
+        self.total += queued - client.charged
+        client.charged = queued
+        if self.total > self.limit:
+            self._shed()
+
+    def release(self, client: Client) -> None:
+        self.total -= client.charged
+        client.charged = 0
+
+    def _shed(self) -> None:
+        sizes = []
+        total = 0
+        for client in self.clients:
+            if client.closing:
+                continue
+            queued = client.transport.get_write_buffer_size()
+            client.charged = queued
+            total += queued
+            sizes.append((queued, client))
+        self.total = total
+        if total <= self.limit:
+            return
+        sizes.sort(key=lambda pair: pair[0], reverse=True)
+        for queued, client in sizes:
+            if self.total <= self.limit or queued == 0:
+                break
+            client.close(
+                1013,
+                "server busy: reconnect with since=<last seq received>",
+                why=f"{total} bytes queued for all clients, over --max-queued-bytes "
+                f"{self.limit}; it had the most ({queued})",
+            )
 
 
 class Hub:
@@ -105,13 +196,21 @@ class Hub:
         *,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         index_every: int = 1000,
+        follow_symlinks: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.queue_bytes = queue_bytes
         self.index_every = index_every
+        #: Symlinks are read only when they resolve inside the directory (None: any).
+        self.root = None if follow_symlinks else self.directory
+        self.notes = Notes()
         self.readers: dict[str, FileReader] = {}
         self.subscribers: dict[str, set[Client]] = {}
         self.firehose: set[Client] = set()
+        # Readers with more to read than one step: each has its own task, so a huge
+        # file (or a verification) never holds up the others.
+        self._catch_ups: dict[FileReader, asyncio.Task[None]] = {}
+        self._again: set[FileReader] = set()
 
     # ------------------------------------------------------------------ files
 
@@ -121,6 +220,10 @@ class Hub:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:  # EMFILE and the like: the known readers are still read
+            self.notes.warn(("list", None), "cannot list %s: %s", self.directory, exc)
+            return []
+        self.notes.clear(("list", None))
         return [
             name[:-6]
             for name in names
@@ -134,50 +237,116 @@ class Hub:
                 self.directory / f"{experiment_id}.jsonl",
                 experiment_id,
                 index_every=self.index_every,
+                root=self.root,
+                notes=self.notes,
             )
             self.readers[experiment_id] = reader
         return reader
 
-    async def refresh(self, experiment_ids: Iterable[str] | None = None) -> None:
+    async def refresh(
+        self, experiment_ids: Iterable[str] | None = None, *, startup: bool = False
+    ) -> None:
         """Read what is new in the given experiments (all known and listed ones by default).
 
-        New files get a reader; every reader is polled until it has no more
-        bytes, yielding to the event loop between chunks so a burst of writes
-        never starves clients.
+        Each file gets one bounded step here; a file with more to read (a
+        burst, a big file copied in, a replacement to verify) goes on in its
+        own background task, so no file holds up another. At ``startup``, files
+        are read here until :data:`STARTUP_BUDGET` is spent; what they hold
+        beyond is read in the background, sent to the experiment's
+        subscribers but not to the firehose (it was not new).
         """
         if experiment_ids is None:
             ids = set(self.readers)
             ids.update(self.experiment_ids_on_disk())
         else:
             ids = set(experiment_ids)
-        for experiment_id in ids:
+        started = step_started = time.monotonic()
+        for experiment_id in sorted(ids) if startup else ids:
             is_new = experiment_id not in self.readers
             reader = self.reader_for(experiment_id)
+            if reader in self._catch_ups:
+                self._again.add(reader)  # its task reads this change too
+                continue
             while True:
                 result = reader.poll()
+                if startup and is_new and result.kind == "data" and result.more:
+                    reader.backlog_end = reader.size
                 self.dispatch(reader, result)
-                if not result.more or reader.deleted:
+                if not _wants_more(result) or reader.deleted:
                     break
-                await asyncio.sleep(0)
+                if not startup or time.monotonic() - started > STARTUP_BUDGET:
+                    self._catch_up(reader)
+                    break
             if is_new:
                 if not reader.exists:
                     # Named by an event for a file already gone: no experiment.
                     if self.readers.get(experiment_id) is reader:
                         del self.readers[experiment_id]
-                elif not reader.deleted:
+                elif not reader.deleted and reader not in self._catch_ups:
                     log.info("experiment %s: %d messages", experiment_id, reader.messages)
+            if time.monotonic() - step_started > STEP_BUDGET:
+                await asyncio.sleep(0)
+                step_started = time.monotonic()
+
+    def _catch_up(self, reader: FileReader) -> None:
+        """Read ``reader`` to its end in a task of its own, one bounded step per turn of the loop."""
+        task = asyncio.get_running_loop().create_task(self._read_on(reader))
+        self._catch_ups[reader] = task
+
+    async def _read_on(self, reader: FileReader) -> None:
+        result = PollResult("none", more=True)
+        try:
+            while True:
+                if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
+                    return
+                if result.kind == "verify":
+                    result = await reader.verify()
+                else:
+                    await asyncio.sleep(result.retry_after if result.kind == "wait" else 0)
+                    result = reader.poll()
+                self.dispatch(reader, result)
+                if _wants_more(result):
+                    continue
+                if reader in self._again:
+                    self._again.discard(reader)
+                    result = PollResult("none", more=True)
+                    continue
+                if reader.exists and not reader.deleted and reader.backlog_end:
+                    log.info("experiment %s: %d messages", reader.experiment_id, reader.messages)
+                    reader.backlog_end = 0
+                return
+        except Exception:
+            log.exception("reading %s failed", reader.path)
+        finally:
+            self._catch_ups.pop(reader, None)
+            self._again.discard(reader)
+
+    async def close(self) -> None:
+        """Stop the background reads."""
+        tasks = list(self._catch_ups.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def dispatch(self, reader: FileReader, result: PollResult) -> None:
         """Send one poll's outcome to the experiment's subscribers and the firehose."""
         kind = result.kind
-        if kind == "none":
+        if kind in ("none", "wait", "verify"):
             return
         experiment_id = reader.experiment_id
         subscribers = self.subscribers.get(experiment_id)
+        seq = -1  # a reset or deletion: nothing of the experiment's (new) file yet
         if kind == "data":
             if not result.lines or not (subscribers or self.firehose):
                 return
             frames = frame_lines(result.lines, experiment_id)
+            seq = result.lines[-1][0]
+            if result.backlog:  # there before the tailer started: history, not news
+                for client in subscribers or ():
+                    client.deliver(frames, experiment_id, seq)
+                return
         elif kind == "reset":
             frames = log_reset_frame(experiment_id)
         else:  # deleted
@@ -189,13 +358,13 @@ class Hub:
             # created again under that name starts from seq 0).
             frames = log_reset_frame(experiment_id)
             for client in self.firehose:
-                client.write(frames)
+                client.deliver(frames, experiment_id, seq)
             return
         if subscribers:
             for client in subscribers:
-                client.write(frames)
+                client.deliver(frames, experiment_id, seq)
         for client in self.firehose:
-            client.write(frames)
+            client.deliver(frames, experiment_id, seq)
 
     # ------------------------------------------------------------------ subscribers
 
@@ -209,11 +378,17 @@ class Hub:
             if not clients:
                 del self.subscribers[experiment_id]
 
-    async def attach(self, client: Client, experiment_id: str, since: int | None) -> bool:
+    async def attach(
+        self, client: Client, experiment_id: str, since: int | None, *, firehose: bool = False
+    ) -> bool:
         """Send ``experiment_id``'s history after ``since`` from disk, then subscribe live.
 
         ``since=None`` subscribes to new messages only; ``since=-1`` sends
         everything. Returns ``False`` if the client was closed meanwhile.
+        ``firehose=True``: the client is already on the firehose with this
+        experiment held back; step 5 releases it instead of subscribing
+        (:mod:`tailer.sessions`), and a deletion sends ``log_reset`` instead
+        of closing.
 
         The switch from history to live must neither drop nor repeat a line
         that arrives during the catch-up:
@@ -248,19 +423,23 @@ class Hub:
             reader = self.readers.get(experiment_id)
             lines = reader.next_seq if reader is not None and reader.exists else 0
             if start > lines:
-                client.write(log_reset_frame(experiment_id))
+                client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
             if client.closing or client.connection.protocol.state is not OPEN:
                 return False
             reader = self.readers.get(experiment_id)
             if reader is None or live_only or start >= reader.next_seq:
-                self.subscribers.setdefault(experiment_id, set()).add(client)
+                if firehose:
+                    client.release(experiment_id)
+                else:
+                    self.subscribers.setdefault(experiment_id, set()).add(client)
                 return True
             generation, end_offset, end_seq = reader.generation, reader.consumed, reader.next_seq
             try:
                 for chunk in reader.history(start, end_offset, chunk_bytes=HISTORY_CHUNK):
-                    client.write(frame_lines(chunk, experiment_id))
+                    frames = frame_lines(chunk, experiment_id)
+                    client.send_history(frames, experiment_id, chunk[-1][0])
                     start = chunk[-1][0] + 1
                     await client.drain()
                     # drain() returns without yielding while the kernel takes everything; yield
@@ -270,12 +449,19 @@ class Hub:
                         return False
                 start = end_seq
             except StaleHistory:
-                pass
+                # Replaced under the reader, which has not decided yet (a copy to verify):
+                # give it a moment instead of spinning.
+                if reader.generation == generation:
+                    await asyncio.sleep(0.05)
             if reader.generation != generation or self.readers.get(experiment_id) is not reader:
                 if reader.deleted and self.readers.get(experiment_id) is None:
+                    if firehose:
+                        client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
+                        client.release(experiment_id)
+                        return True
                     client.close(1000, f"experiment {experiment_id} was deleted")
                     return False
-                client.write(log_reset_frame(experiment_id))
+                client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
 
     def summaries(self) -> list[dict[str, object]]:
@@ -285,3 +471,7 @@ class Hub:
             for experiment_id in sorted(self.readers)
             if self.readers[experiment_id].exists
         ]
+
+
+def _wants_more(result: PollResult) -> bool:
+    return result.more or result.kind in ("verify", "wait")

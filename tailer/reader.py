@@ -7,8 +7,9 @@ statistics and the sparse index, and reads history back from disk.
 
 Numbering: ``seq`` is the 0-based index of a complete line in its file,
 counting every line, valid or not, so it is the same for every reader and
-across tailer restarts. A trailing line without its ``\\n`` is held (not
-numbered) until the newline arrives.
+across tailer restarts. Blank lines are no lines: skipped silently, never
+numbered. A trailing line without its ``\\n`` is held (not numbered) until
+the newline arrives.
 
 The partial-line race, step by step (why holding the rest is enough):
 
@@ -26,24 +27,56 @@ The partial-line race, step by step (why holding the rest is enough):
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import os
 import stat
+import time
+import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.format import MAX_LINE_BYTES, MalformedLine, decode_line, split_lines, status_of
+from recorder.format import (
+    MAX_LINE_BYTES,
+    MalformedLine,
+    decode_line,
+    is_blank_line,
+    parse_timestamp,
+    split_lines,
+    split_rank,
+    status_of,
+)
 from tailer.index import SparseIndex
 
-__all__ = ["FileReader", "LineSplitter", "PollResult", "StaleHistory", "scan_file"]
+__all__ = [
+    "FileReader",
+    "LineSplitter",
+    "Notes",
+    "PollResult",
+    "StaleHistory",
+    "at_most_lines",
+    "scan_file",
+]
 
 log = logging.getLogger("tailer")
 
 #: Largest single read; bounds the memory and the event-loop time of one poll.
 READ_CHUNK = 1 << 20
+
+#: Most lines split and checked in one step. Bytes alone do not bound a step: a
+#: megabyte of newlines is a million lines (seconds of decoding), so a read
+#: that holds more is cut here and the rest is read by the next step.
+MAX_LINES_PER_STEP = 4096
+
+#: How long a file may stay shorter than what was read before it counts as
+#: truncated: ``cp``/``scp`` over a run truncate it, then write the new copy.
+SETTLE_SECONDS = 0.5
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 #: Longest ``error`` text kept for the summary (the list shows one line of it; the
 #: whole message, traceback included, is in the stream).
@@ -58,6 +91,39 @@ class StaleHistory(Exception):
     """The file was truncated, replaced or deleted while its history was being read."""
 
 
+class NotAnExperiment(OSError):
+    """The name is a symlink out of the runs directory (or to nothing): never read."""
+
+
+class Notes:
+    """Warnings said once per key until the condition clears (shared by a hub's readers).
+
+    A reader is created again at every sweep for a name that is no experiment
+    (a FIFO, a link out of DIR), so "once" must outlive the reader.
+    """
+
+    def __init__(self) -> None:
+        self._said: set[object] = set()
+
+    def warn(self, key: object, message: str, *args: object) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning(message, *args)
+
+    def clear(self, key: object) -> None:
+        self._said.discard(key)
+
+
+def at_most_lines(data: bytes, max_lines: int) -> bytes:
+    """``data`` cut so that it holds at most ``max_lines`` newlines (a few C scans, no Python loop)."""
+    cut = len(data)
+    if data.count(b"\n", 0, cut) <= max_lines:
+        return data
+    while cut > 1 and data.count(b"\n", 0, cut) > max_lines:
+        cut //= 2
+    return data[:cut]
+
+
 class LineSplitter:
     """Turn appended bytes into complete lines, numbered from 0; pure, no I/O.
 
@@ -67,7 +133,16 @@ class LineSplitter:
     it is returned as ``None`` so it still takes its ``seq``.
     """
 
-    __slots__ = ("_rest", "_skip", "consumed", "index", "max_line_bytes", "next_seq", "read_pos")
+    __slots__ = (
+        "_rest",
+        "_skip",
+        "_skip_blank",
+        "consumed",
+        "index",
+        "max_line_bytes",
+        "next_seq",
+        "read_pos",
+    )
 
     def __init__(
         self,
@@ -84,6 +159,7 @@ class LineSplitter:
         self.max_line_bytes = max_line_bytes
         self._rest = b""
         self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
+        self._skip_blank = False  # whether those bytes were all whitespace (a blank line)
 
     @property
     def pending(self) -> int:
@@ -99,47 +175,65 @@ class LineSplitter:
             newline = data.find(b"\n")
             if newline < 0:
                 self._skip += len(data)
+                self._skip_blank = self._skip_blank and is_blank_line(data)
                 return head
             skipped = self._skip + newline  # length of the over-long line, newline excluded
-            head.append(None)
+            if not (self._skip_blank and is_blank_line(data[:newline])):
+                head.append(None)
             data = data[newline + 1 :]
             self._skip = -1
         if self._rest:
             data = self._rest + data
         lines, rest = split_lines(data)
+        complete = len(data) - len(rest)  # bytes of the complete lines, blank ones included
         if len(rest) > self.max_line_bytes:
-            self._skip, rest = len(rest), b""
+            self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
         self._rest = rest
         out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment, operator]
+        pos = self.consumed
+        end = pos + skipped + 1 + complete  # skipped is -1 when no over-long line ended
         if not out:
+            self.consumed = end  # nothing, or only blank lines
             return out
         first = self.next_seq
         n = len(out)
-
-        # Only out[0] can be None (the end of an over-long line); its length is `skipped`.
-        def span(a: int, b: int) -> int:
-            if a == b:
-                return 0
-            if a == 0 and head:
-                return skipped + 1 + sum(map(len, lines[: b - 1])) + (b - 1)
-            return sum(map(len, out[a:b])) + (b - a)  # type: ignore[arg-type]
-
-        pos = self.consumed
         index = self.index
         if index is not None:
-            every = index.every
-            j = (-first) % every  # position in `out` of the first line whose seq is a multiple
-            a = 0
-            while j < n:
-                pos += span(a, j)
-                index.record(first + j, pos)
-                a, j = j, j + every
-            pos += span(a, n)
-        else:
-            pos += span(0, n)
-        self.consumed = pos
-        self.next_seq = first + len(out)
+            if head and first % index.every == 0:
+                index.record(first, pos)
+            pos += skipped + 1
+            starts = _line_starts(data, lines, complete, pos, first + len(head), index.every)
+            for seq, offset in starts:
+                index.record(seq, offset)
+        self.consumed = end
+        self.next_seq = first + n
         return out
+
+
+def _line_starts(
+    data: bytes, lines: list[bytes], complete: int, base: int, first: int, every: int
+) -> Iterator[tuple[int, int]]:
+    """``(seq, offset)`` of the lines of ``data`` whose seq is a multiple of ``every``.
+
+    ``lines`` are the non-blank complete lines :func:`split_lines` found in
+    the first ``complete`` bytes of ``data``, which starts at file offset
+    ``base``; the first of them has seq ``first``.
+    """
+    if sum(map(len, lines)) + len(lines) == complete:  # no blank line: lengths give offsets
+        j = (-first) % every
+        pos, a = base, 0
+        while j < len(lines):
+            pos += sum(map(len, lines[a:j])) + (j - a)
+            yield first + j, pos
+            a, j = j, j + every
+        return
+    seq, pos = first, base
+    for raw in data[: complete - 1].split(b"\n"):
+        if not is_blank_line(raw):
+            if seq % every == 0:
+                yield seq, pos
+            seq += 1
+        pos += len(raw) + 1
 
 
 @dataclass
@@ -152,14 +246,24 @@ class PollResult:
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     #: Whether more bytes are waiting (the read stopped at ``READ_CHUNK``).
     more: bool = False
+    #: Lines that were in the file when the tailer started (not sent to the firehose).
+    backlog: bool = False
+    #: ``"wait"``: poll again after this many seconds.
+    retry_after: float = 0.0
 
 
 class FileReader:
     """Follows one ``<experiment_id>.jsonl`` file; all methods run on the event loop thread.
 
     The file is opened for each read and closed after, so thousands of
-    experiments do not exhaust file descriptors; its identity (device, inode)
-    tells a replaced file from a grown one.
+    experiments do not exhaust file descriptors. Its identity is its device,
+    inode and a running CRC-32 of every byte read so far: another inode, or
+    a file shorter than what was read, is checked against that checksum
+    (:meth:`verify`), so a copy that continues the file (``rsync``, ``cp``
+    over it) reads on as an append and anything else is a reset.
+
+    With ``root`` set, a name that is a symlink is read only when it resolves
+    to a file inside ``root``; otherwise it is no experiment (one warning).
     """
 
     def __init__(
@@ -169,14 +273,23 @@ class FileReader:
         *,
         index_every: int = 1000,
         max_line_bytes: int = MAX_LINE_BYTES,
+        root: str | os.PathLike[str] | None = None,
+        notes: Notes | None = None,
+        settle: float = SETTLE_SECONDS,
     ) -> None:
         self.path = Path(path)
+        self.settle = settle
         self.experiment_id = experiment_id
         self.max_line_bytes = max_line_bytes
+        self.root = None if root is None else os.path.realpath(root)
+        self.notes = Notes() if notes is None else notes
         self.index = SparseIndex(index_every)
         self.generation = 0  # bumped on every reset or deletion
         self.deleted = False
+        #: Bytes below this offset were there at start-up: read in the background, not "new".
+        self.backlog_end = 0
         self._identity: tuple[int, int] | None = None
+        self._shrunk_since: float | None = None  # when the file was first seen shorter
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -191,7 +304,9 @@ class FileReader:
         self.last_timestamp: str | None = None
         self.status: str | None = None
         self.error: str | None = None  # data.error of the last `error` message
+        self._stamp_seen: tuple[str | None, float | None] = (None, None)  # stale()'s parse
         self.size = 0
+        self.crc = 0  # CRC-32 of the bytes [0, read_pos)
 
     @property
     def next_seq(self) -> int:
@@ -212,8 +327,11 @@ class FileReader:
 
     def summary(self) -> dict[str, object]:
         """The experiment's entry in ``/api/experiments`` and ``tailer ls``."""
+        run, rank = split_rank(self.experiment_id)
         return {
             "experiment_id": self.experiment_id,
+            "run": run,
+            "rank": rank,
             "messages": self.messages,
             "malformed": self.malformed,
             "lines": self.splitter.next_seq,
@@ -222,58 +340,117 @@ class FileReader:
             "last_timestamp": self.last_timestamp,
             "status": self.status or "unknown",
             "error": self.error,
+            "stale": self.stale(),
         }
+
+    def stale(self) -> float | None:
+        """Seconds since the run's last line: now less the last message's timestamp.
+
+        The timestamp, not the file's modification time, because it survives a
+        copy or a ``git clone`` (a run whose writer died long ago must not look
+        fresh). Without a parsable timestamp the file's mtime is used; None when
+        that cannot be read either. Never negative (a writer's clock ahead).
+        """
+        text = self.last_timestamp
+        if self._stamp_seen[0] != text:
+            try:
+                self._stamp_seen = (text, parse_timestamp(text).timestamp())  # type: ignore[arg-type]
+            except (TypeError, ValueError, OverflowError):
+                self._stamp_seen = (text, None)
+        last = self._stamp_seen[1]
+        if last is None:
+            try:
+                last = os.stat(self.path).st_mtime
+            except OSError:
+                return None
+        return round(max(0.0, time.time() - last), 3)
 
     # ------------------------------------------------------------------ reading
 
-    def poll(self, max_bytes: int = READ_CHUNK) -> PollResult:
-        """Read what was appended since the last poll (at most ``max_bytes``).
+    def _open(self) -> int:
+        """A descriptor on the file; symlinks out of ``root`` raise :class:`NotAnExperiment`.
+
+        ``O_NONBLOCK``: opening a FIFO that happens to be called x.jsonl must not
+        block the event loop until some writer opens it (no effect on regular files).
+        """
+        if self.root is None:
+            return os.open(self.path, _OPEN_FLAGS)
+        try:
+            return os.open(self.path, _OPEN_FLAGS | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        # A symlink: open what it resolves to, then ask the kernel where the descriptor
+        # really points (no race with a link or directory swapped in between).
+        target = os.path.realpath(self.path)
+        try:
+            fd = os.open(target, _OPEN_FLAGS | os.O_NOFOLLOW)
+        except OSError:
+            fd = -1
+        real = _real_path(fd, target) if fd >= 0 else target
+        if fd >= 0 and os.path.commonpath([real, self.root]) == self.root:
+            return fd
+        if fd >= 0:
+            os.close(fd)
+        self.notes.warn(
+            ("link", str(self.path)),
+            "ignoring %s: a symlink to %s, which is not a file inside %s "
+            "(--follow-symlinks to serve it)",
+            self.path,
+            target,
+            self.root,
+        )
+        raise NotAnExperiment(errno.ELOOP, "symlink out of the runs directory", str(self.path))
+
+    def poll(self, max_bytes: int = READ_CHUNK, max_lines: int = MAX_LINES_PER_STEP) -> PollResult:
+        """Read what was appended since the last poll (at most ``max_bytes``, ``max_lines``).
 
         Truncation and replacement race with this read; how each case is caught:
 
         1. The file is opened by name and ``fstat``-ed on that descriptor, so
            the identity, the size and the bytes read all belong to one file,
            even if the name is replaced a moment later.
-        2. Another inode under the name: the file was replaced (``os.replace``,
-           log rotation, delete and re-create) -> ``reset``.
-        3. Same inode, size below ``read_pos``: truncated -> ``reset``.
+        2. Another inode under the name, at least as long as what was read:
+           ``verify`` (the caller runs :meth:`verify`, which compares the new
+           file's first ``read_pos`` bytes with the running checksum: equal,
+           it reads on as an append; else ``reset``).
+        3. Shorter than ``read_pos`` (same inode or not): ``wait`` up to
+           :data:`SETTLE_SECONDS` (``cp`` over the file truncates it first),
+           ``verify`` once it is long enough again, ``reset`` if it stays short.
         4. Same inode, size not smaller, but the byte before ``consumed`` is
-           no longer the ``\n`` read there: truncated and re-grown past our
-           offset between two polls -> ``reset``. (A rewrite that happens to
-           keep a newline at exactly that byte is indistinguishable from an
-           append; append-only writers never do that.)
+           no longer the ``\n`` read there: rewritten in place -> ``reset``.
         5. The name is gone: ``deleted`` once; a file created again later under
            that name gets a new reader, numbered from 0.
         """
         if self.deleted:
             return PollResult("none")
         try:
-            # O_NONBLOCK: opening a FIFO that happens to be called x.jsonl must not block
-            # the event loop until some writer opens it (it has no effect on regular files).
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = self._open()
         except FileNotFoundError:
             if self._identity is None:
                 return PollResult("none")  # listed, then gone before the first read
             return self._mark_deleted()
+        except NotAnExperiment:
+            return self._not_an_experiment()
         except OSError as exc:
-            log.warning("cannot read %s: %s", self.path, exc)
+            self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
             return PollResult("none")
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                # A directory, FIFO or device under a run's name is no experiment.
-                if self._identity is None:
-                    return PollResult("none")
-                return self._mark_deleted()
+                self.notes.warn(
+                    ("kind", str(self.path)), "ignoring %s: not a regular file", self.path
+                )
+                return self._not_an_experiment()
             identity = (st.st_dev, st.st_ino)
-            if self._identity is None:
-                self._identity = identity
-            elif identity != self._identity:
-                return self._mark_reset(identity, "was replaced")
             size = st.st_size
             read_pos = self.splitter.read_pos
-            if size < read_pos:
-                return self._mark_reset(identity, f"shrank from {read_pos} to {size} bytes")
+            if self._identity is None:
+                self._identity = identity
+            elif size < read_pos:
+                return self._shrunk(identity, size)
+            elif identity != self._identity or self._shrunk_since is not None:
+                return PollResult("verify")
             self.size = size
             if size == read_pos:
                 return PollResult("none")
@@ -283,15 +460,90 @@ class FileReader:
             if consumed and os.pread(fd, 1, consumed - 1) != b"\n":
                 return self._mark_reset(identity, "was rewritten")
             want = min(size - read_pos, max_bytes)
+            backlog = read_pos < self.backlog_end
+            if backlog:
+                want = min(want, self.backlog_end - read_pos)
             data = os.pread(fd, want, read_pos)
         except OSError as exc:  # EIO and the like: nothing consumed, the next poll retries
-            log.warning("cannot read %s: %s", self.path, exc)
+            self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
             return PollResult("none")
         finally:
             os.close(fd)
+        self.notes.clear(("read", str(self.path)))
+        data = at_most_lines(data, max_lines)
+        self.crc = zlib.crc32(data, self.crc)
         first = self.splitter.next_seq
         lines = self.splitter.feed(data)
-        return PollResult("data", self._classify(first, lines), more=read_pos + len(data) < size)
+        return PollResult(
+            "data",
+            self._classify(first, lines),
+            more=read_pos + len(data) < size,
+            backlog=backlog,
+        )
+
+    def _shrunk(self, identity: tuple[int, int], size: int) -> PollResult:
+        now = time.monotonic()
+        if self._shrunk_since is None:
+            self._shrunk_since = now
+        waited = now - self._shrunk_since
+        if waited < self.settle:
+            return PollResult("wait", retry_after=self.settle - waited)
+        read_pos = self.splitter.read_pos
+        return self._mark_reset(identity, f"shrank from {read_pos} to {size} bytes")
+
+    def _not_an_experiment(self) -> PollResult:
+        if self._identity is None:
+            return PollResult("none")
+        return self._mark_deleted()
+
+    async def verify(self) -> PollResult:
+        """After ``verify``: does the file under the name begin with every byte read so far?
+
+        The new file's first ``read_pos`` bytes are read in a worker thread (a
+        big run takes a while; the event loop goes on). Equal checksums: the
+        copy continues the file (``rsync``'s temp file and rename, ``cp``/``scp``
+        over it, ``rsync --append``); reading goes on from ``read_pos``, ``seq``
+        too, and nothing is sent again. Different: ``reset``.
+        """
+        read_pos, crc, generation = self.splitter.read_pos, self.crc, self.generation
+        found = await asyncio.to_thread(self._checksum_of_prefix, read_pos)
+        if self.generation != generation or self.splitter.read_pos != read_pos or found is None:
+            return PollResult("none", more=True)  # changed meanwhile: poll again
+        identity, got = found
+        self._shrunk_since = None
+        if got != crc:
+            return self._mark_reset(identity, "was replaced")
+        if identity != self._identity:
+            log.info(
+                "experiment %s: file replaced by a copy that continues it; reading on",
+                self.experiment_id,
+            )
+        self._identity = identity
+        return PollResult("none", more=True)
+
+    def _checksum_of_prefix(self, length: int) -> tuple[tuple[int, int], int] | None:
+        """``(identity, CRC-32 of the first length bytes)``; None if shorter, gone or unreadable."""
+        try:
+            fd = self._open()
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < length:
+                return None
+            crc = 0
+            pos = 0
+            while pos < length:
+                data = os.pread(fd, min(READ_CHUNK, length - pos), pos)
+                if not data:
+                    return None
+                crc = zlib.crc32(data, crc)
+                pos += len(data)
+            return (st.st_dev, st.st_ino), crc
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _classify(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
         """Validate each line; count and skip malformed ones; update the statistics."""
@@ -339,6 +591,8 @@ class FileReader:
     def _mark_reset(self, identity: tuple[int, int], why: str) -> PollResult:
         log.info("experiment %s: file %s; numbering restarts", self.experiment_id, why)
         self._identity = identity
+        self._shrunk_since = None
+        self.backlog_end = 0
         self.generation += 1
         self._reset_state()
         return PollResult("reset", more=True)
@@ -373,8 +627,8 @@ class FileReader:
             raise StaleHistory(self.experiment_id)
         seq0, offset = self.index.seek(start_seq)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
+            fd = self._open()
+        except OSError:
             raise StaleHistory(self.experiment_id) from None
         try:
             st = os.fstat(fd)
@@ -392,6 +646,7 @@ class FileReader:
             while splitter.consumed < end_offset:
                 want = min(chunk_bytes, end_offset - splitter.read_pos)
                 data = os.pread(fd, want, splitter.read_pos) if want > 0 else b""
+                data = at_most_lines(data, MAX_LINES_PER_STEP)
                 if not data:
                     break  # cannot happen for an append-only file; stop rather than spin
                 seq = splitter.next_seq
@@ -429,6 +684,14 @@ def _error_text(data: object) -> str | None:
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
     return text
+
+
+def _real_path(fd: int, fallback: str) -> str:
+    """Where an open descriptor really points (Linux ``/proc``); ``fallback`` elsewhere."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return fallback
 
 
 def _valid(line: bytes, limit: int) -> bool:

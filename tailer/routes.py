@@ -16,6 +16,7 @@ import mimetypes
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from recorder.format import is_valid_experiment_id
@@ -30,6 +31,7 @@ __all__ = [
     "origin_allowed",
     "parse_speed",
     "parse_ws_route",
+    "single_header",
     "split_target",
     "static_file",
     "token_presented",
@@ -37,6 +39,10 @@ __all__ = [
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.localdomain"})
 TOKEN_COOKIE = "tailer_token"
+
+
+class _Headers(Protocol):
+    def get_all(self, key: str) -> list[str]: ...
 
 
 class RequestError(Exception):
@@ -166,9 +172,31 @@ def token_presented(
 # --------------------------------------------------------------------------- routes
 
 
+def single_header(headers: _Headers, name: str) -> str | None:
+    """The one value of header ``name`` (None if absent); 400 if it came more than once.
+
+    Two ``Host``, ``Origin`` or ``Authorization`` headers are ambiguous (which
+    one did the proxy check?): the request is refused rather than guessed at.
+    """
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise RequestError(400, f"more than one {name} header")
+    return values[0] if values else None
+
+
 def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
-    """``(raw path, query)`` of a request target; the path stays percent-encoded."""
-    parts = urlsplit(target)
+    """``(raw path, query)`` of a request target; the path stays percent-encoded.
+
+    Only the origin form (``/path?query``) of printable ASCII is a request
+    target here; anything else (raw bytes over 0x7f, control characters, an
+    absolute URL, ``//[``) is a 400.
+    """
+    if not target.startswith("/") or not target.isascii() or not target.isprintable():
+        raise RequestError(400, "malformed request target")
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        raise RequestError(400, "malformed request target") from None
     try:
         query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=32)
     except ValueError:
@@ -185,6 +213,9 @@ class Route:
     since: int | None = None
     speed: float = 1.0
     max_gap: float | None = None
+    #: A replay that stays open after ``replay_end`` until the client leaves (``/`` under
+    #: ``tailer replay``, DESIGN §11) instead of closing with 1000.
+    stay_open: bool = False
 
 
 def _one(query: Mapping[str, list[str]], name: str) -> str | None:
@@ -277,6 +308,7 @@ _TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".txt": "text/plain; charset=utf-8",
+    ".ts": "text/plain; charset=utf-8",  # runtail-client.d.ts, not video/mp2t
     ".woff2": "font/woff2",
 }
 

@@ -15,7 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote
 
 from tailer import config
+from tailer.listening import RESERVED_FDS
 from tailer.server import ListenError, TailerServer, serve_directory
+from tailer.sessions import DEFAULT_SESSION_TTL, default_state_dir, parse_duration
 
 __all__ = ["add_arguments", "add_network_arguments", "run", "run_server"]
 
@@ -81,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bytes a client may fall behind before it is closed with 1013 "
         f"(default {config.DEFAULT_QUEUE_BYTES})",
     )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=None,
+        help="bytes queued for all clients together; past it the clients with the most "
+        f"queued are closed with 1013 first (default {config.DEFAULT_MAX_QUEUED_BYTES})",
+    )
     watch = parser.add_argument_group("watching")
     watch.add_argument(
         "--poll",
@@ -95,11 +104,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between checks with --poll (default 0.25)",
     )
     watch.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="serve *.jsonl symlinks wherever they point (default: only links to files "
+        "inside DIR; others are ignored with a warning)",
+    )
+    watch.add_argument(
         "--scan-interval",
         type=float,
         default=None,
         help="seconds between safety size checks alongside inotify "
         f"(default {config.DEFAULT_SCAN_INTERVAL})",
+    )
+    sessions = parser.add_argument_group("sessions (resume for clients that never send since)")
+    sessions.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="PATH",
+        help="where cookie sessions' cursors are kept across restarts "
+        "(default $XDG_STATE_HOME/runtail/<hash of DIR>, or ~/.local/state/...)",
+    )
+    sessions.add_argument(
+        "--session-ttl",
+        type=parse_duration,
+        default=DEFAULT_SESSION_TTL,
+        metavar="DURATION",
+        help="forget a session unused this long: seconds, or 30m, 24h, 7d (default 24h)",
     )
 
 
@@ -112,13 +142,16 @@ def network_options(args: argparse.Namespace) -> dict[str, object]:
     )
     if max_clients < 1:
         raise ValueError(f"--max-clients must be at least 1, not {max_clients}")
+    if args.token == "":
+        raise ValueError("--token must not be empty (leave it out to serve without a token)")
     port = args.port if args.port is not None else config.env_int("PORT", config.DEFAULT_PORT)
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, not {port}")
     return {
         "host": args.host or config.env_str("HOST", config.DEFAULT_HOST),
         "port": port,
-        "token": args.token or config.env_str("TOKEN", None),
+        # An empty TAILER_TOKEN counts as unset (env_str), never as a token nobody can give.
+        "token": args.token if args.token is not None else config.env_str("TOKEN", None),
         "allow_origins": [*config.env_list("ALLOW_ORIGINS"), *args.allow_origin],
         "allow_hosts": [*config.env_list("ALLOW_HOSTS"), *args.allow_host],
         "max_clients": max_clients,
@@ -147,6 +180,9 @@ def run_server(
     def announce(app: TailerServer) -> None:
         suffix = f"?token={quote(app.token, safe='')}" if app.token else ""
         print(f"tailer: {describe(app)} on {app.url}{suffix} ({app.ws_url})", flush=True)
+        others = app.other_urls
+        if others:
+            print("tailer: also on " + " ".join(url + suffix for url in others), flush=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -182,7 +218,8 @@ def _raise_open_file_limit(max_clients: int) -> None:
         import resource
     except ImportError:  # pragma: no cover - not on Windows
         return
-    wanted = max_clients + 256  # the listening socket, inotify, file reads, margin
+    # Handshakes in progress, the listening socket, inotify, file reads (RESERVED_FDS).
+    wanted = max_clients + config.DEFAULT_MAX_HANDSHAKES + RESERVED_FDS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
@@ -215,6 +252,16 @@ def run(args: argparse.Namespace) -> int:
             if args.scan_interval is not None
             else config.env_float("SCAN_INTERVAL", config.DEFAULT_SCAN_INTERVAL)
         )
+        max_queued_bytes = (
+            args.max_queued_bytes
+            if args.max_queued_bytes is not None
+            else config.env_int("MAX_QUEUED_BYTES", config.DEFAULT_MAX_QUEUED_BYTES)
+        )
+        if max_queued_bytes < queue_bytes:
+            raise ValueError(
+                f"--max-queued-bytes ({max_queued_bytes}) must be at least --queue-bytes "
+                f"({queue_bytes})"
+            )
         if queue_bytes < 1024:
             raise ValueError(f"--queue-bytes must be at least 1024, not {queue_bytes}")
         if scan_interval <= 0 or args.poll_interval <= 0:
@@ -238,9 +285,13 @@ def run(args: argparse.Namespace) -> int:
         return serve_directory(
             directory,
             queue_bytes=queue_bytes,
+            max_queued_bytes=max_queued_bytes,
             poll=args.poll,
             poll_interval=args.poll_interval,
             scan_interval=scan_interval,
+            follow_symlinks=args.follow_symlinks,
+            state_dir=args.state_dir or default_state_dir(directory),
+            session_ttl=args.session_ttl,
             on_listen=on_listen,
             **options,  # type: ignore[arg-type]
         )

@@ -22,7 +22,7 @@ import importlib.resources
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
@@ -40,12 +40,15 @@ from tailer.api import experiment_files, hparams_body, metrics_body, parse_metri
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_BYTES,
     DEFAULT_SCAN_INTERVAL,
 )
 from tailer.frames import PONG_FRAME
-from tailer.hub import Client, Hub
+from tailer.hub import Client, Hub, QueueBudget
+from tailer.listening import AcceptErrors, Admission, listen_socket, other_urls
 from tailer.reader import FileReader
 from tailer.routes import (
     TOKEN_COOKIE,
@@ -57,10 +60,13 @@ from tailer.routes import (
     origin_allowed,
     parse_speed,
     parse_ws_route,
+    single_header,
     split_target,
     static_file,
     token_presented,
 )
+from tailer.series_api import SeriesBuilding, SeriesService, parse_series_query
+from tailer.sessions import DEFAULT_SESSION_TTL, Session, SessionClient, SessionStore
 from tailer.watcher import watch_directory
 
 __all__ = ["MAX_CLIENT_FRAME", "ListenError", "TailerServer", "serve_directory", "serve_replay"]
@@ -130,12 +136,18 @@ class TailerServer:
         allow_hosts: Iterable[str],
         max_clients: int,
         queue_bytes: int,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         replay_path: Path | None = None,
         replay_speed: float = 1.0,
         replay_max_gap: float | None = None,
         static_dir: Path = STATIC_DIR,
+        sessions: SessionStore | None = None,
     ) -> None:
+        if token == "":
+            raise ValueError("an empty token would turn authentication off; pass None for none")
         self.hub = hub
+        self.sessions = sessions
         self.host = host
         self.token = token
         self.allow_origins = tuple(allow_origins)
@@ -147,12 +159,20 @@ class TailerServer:
         self.replay_max_gap = replay_max_gap
         self.static_dir = static_dir
         self.clients: set[Client] = set()
+        self.budget = QueueBudget(max_queued_bytes, self.clients)
+        self.admission = Admission(max_clients=max_clients, max_handshakes=max_handshakes)
+        self.dual_stack = False  # one IPv6 socket that IPv4 clients reach too
         self.port = 0
         self.server: Server | None = None
         self._routes: weakref.WeakKeyDictionary[ServerConnection, Route] = (
             weakref.WeakKeyDictionary()
         )
         self._replay_reader: FileReader | None = None
+        # `/` handshakes accepted with a cookie session: the session and the cookie to set.
+        self._session_of: weakref.WeakKeyDictionary[ServerConnection, tuple[Session, str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.series = SeriesService(self._reader_for)
 
     # ------------------------------------------------------------------ addresses
 
@@ -165,6 +185,11 @@ class TailerServer:
         return f"http://{host}:{self.port}/"
 
     @property
+    def other_urls(self) -> list[str]:
+        """For a wildcard host, ``http://ADDRESS:port/`` of this machine's other addresses."""
+        return other_urls(self.host, self.port, self.dual_stack)
+
+    @property
     def ws_url(self) -> str:
         """``ws://host:port/``, the firehose."""
         return "ws" + self.url[4:]
@@ -175,12 +200,20 @@ class TailerServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket."""
+    def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """Security checks for every request, then HTTP endpoints; ``None`` accepts a WebSocket.
+
+        Endpoints that work off the event loop (``/api/series``) answer with an awaitable.
+        """
         try:
-            return self._process_request(connection, request)
+            response = self._process_request(connection, request)
         except RequestError as exc:
             return _error(exc.status, exc.reason)
+        if response is None or isinstance(response, Response):
+            return response
+        return _refusals_answered(response)
 
     def process_response(
         self, connection: ServerConnection, request: Request, response: Response
@@ -193,21 +226,31 @@ class TailerServer:
         freed the connection: a few hundred bad handshakes would lock every
         client out with 503.
         """
+        self.admission.handshake_done(connection)
         if response.status_code != 101:
             self._routes.pop(connection, None)
+            self._session_of.pop(connection, None)
+        elif connection in self._session_of and self.sessions is not None:
+            value = self._session_of[connection][1]
+            response.headers["Set-Cookie"] = self.sessions.set_cookie(value)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         headers = request.headers
-        if not host_allowed(headers.get("Host"), self.host, self.allow_hosts):
-            raise RequestError(403, "Host not allowed (add it with --allow-host)")
-        if not origin_allowed(headers.get("Origin"), self.allow_origins):
-            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        host = single_header(headers, "Host")
+        origin = single_header(headers, "Origin")
+        authorization = single_header(headers, "Authorization")
         path, query = split_target(request.path)
-        upgrade = "websocket" in headers.get("Upgrade", "").lower()
+        if not host_allowed(host, self.host, self.allow_hosts):
+            raise RequestError(403, "Host not allowed (add it with --allow-host)")
+        if not origin_allowed(origin, self.allow_origins):
+            raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
+        upgrade = "websocket" in ",".join(headers.get_all("Upgrade")).lower()
         if path == "/healthz" and not upgrade:
             return _response(200, b"ok\n", "text/plain; charset=utf-8", cache="no-store")
         if self.token is not None and not token_presented(
-            self.token, query, headers.get("Authorization"), headers.get("Cookie")
+            self.token, query, authorization, "; ".join(headers.get_all("Cookie")) or None
         ):
             return _error(
                 401,
@@ -220,8 +263,32 @@ class TailerServer:
             if len(self.clients) + len(self._routes) >= self.max_clients:
                 raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
             self._routes[connection] = route
+            if self.sessions is not None and route.kind == "firehose":
+                self._session_of[connection] = self.sessions.session_for(
+                    "; ".join(headers.get_all("Cookie")) or None
+                )
             return None
-        return self._http(path, query, headers.get("If-None-Match"))
+        if path == "/api/series":
+            return self._series(query, ", ".join(headers.get_all("Accept-Encoding")))
+        return self._http(path, query, ", ".join(headers.get_all("If-None-Match")) or None)
+
+    async def _series(self, query: dict[str, list[str]], accept_encoding: str) -> Response:
+        """``GET /api/series`` (docs/DESIGN.md, "Reduced series"), computed on a worker thread."""
+        gzip_ok = "gzip" in accept_encoding.lower()
+        try:
+            body, gzipped = await self.series.respond(parse_series_query(query), gzip_ok=gzip_ok)
+        except SeriesBuilding as exc:
+            return _error(exc.status, exc.reason, extra=[("Retry-After", "1")])
+        extra = [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []
+        return _response(200, body, "application/json", cache="no-store", extra=extra)
+
+    def _reader_for(self, experiment_id: str) -> FileReader | None:
+        """The reader of a run being served (``/api/series``), or ``None``."""
+        if self.hub is not None:
+            return self.hub.readers.get(experiment_id)
+        if self._replay_reader is not None and experiment_id == self._replay_id():
+            return self._replay_reader
+        return None
 
     def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
         route = parse_ws_route(path, query)
@@ -241,13 +308,18 @@ class TailerServer:
                     replay_id,
                     speed=parse_speed(speed[-1]) if speed else self.replay_speed,
                     max_gap=self.replay_max_gap,
+                    # `/` stays open after the run: the unmodified React client reconnects
+                    # on every close and would replay the run again and again (§11).
+                    stay_open=route.kind == "firehose",
                 )
             if route.kind == "replay" and route.experiment_id == replay_id:
                 return route
             raise RequestError(404, "no such experiment")
         assert self.hub is not None
-        if route.kind == "replay" and not self._experiment_path(route.experiment_id).is_file():
-            raise RequestError(404, "no such experiment")
+        if route.kind == "replay":
+            reader = self.hub.readers.get(route.experiment_id or "")
+            if reader is None or not reader.exists:  # never a link out of DIR, a FIFO...
+                raise RequestError(404, "no such experiment")
         return route
 
     def _replay_id(self) -> str:
@@ -340,7 +412,21 @@ class TailerServer:
             return
         peer = connection.remote_address
         label = f"{peer[0]}:{peer[1]} {connection.request.path.split('?')[0] if connection.request else ''}"
-        client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        session = self._session_of.pop(connection, None)
+        client: Client
+        if session is not None:
+            client = SessionClient(
+                connection,
+                queue_bytes=self.queue_bytes,
+                label=label,
+                session=session[0],
+                experiment=route.experiment_id,
+            )
+            # The last count of acknowledged bytes, while the socket still exists.
+            connection.on_lost = client.settle  # type: ignore[attr-defined]
+        else:
+            client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        client.budget = self.budget
         self.clients.add(client)
         log.info("client %s connected (%d connected)", label, len(self.clients))
         receiver = asyncio.create_task(self._receive(client))
@@ -350,7 +436,10 @@ class TailerServer:
             else:
                 hub = self.hub
                 assert hub is not None
-                if route.kind == "firehose" and route.experiment_id is None:
+                if isinstance(client, SessionClient):
+                    assert self.sessions is not None
+                    await self.sessions.attach(hub, client, route)
+                elif route.kind == "firehose" and route.experiment_id is None:
                     hub.subscribe_firehose(client)
                 else:
                     assert route.experiment_id is not None
@@ -362,6 +451,8 @@ class TailerServer:
             receiver.cancel()
             if self.hub is not None:
                 self.hub.unsubscribe(client)
+            if isinstance(client, SessionClient) and self.sessions is not None:
+                self.sessions.detach(client)
             self.clients.discard(client)
             reason = connection.close_reason
             log.info(
@@ -402,11 +493,32 @@ class TailerServer:
         try:
             async for frame in frames:
                 await connection.send(frame, text=True)
+        except OSError as exc:  # gone, or no longer a regular file (a FIFO swapped in)
+            log.warning("cannot replay %s: %s", route.experiment_id, exc)
+            await connection.close(1011, "cannot read the run file")
+            return
         finally:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
-        await connection.close(1000, "replay finished")
+        if route.stay_open:
+            await connection.wait_closed()  # pings are still answered by _receive
+        else:
+            await connection.close(1000, "replay finished")
+
+
+async def _refusals_answered(pending: Awaitable[Response]) -> Response:
+    """An endpoint's awaited answer, its :class:`RequestError` turned into the error response."""
+    try:
+        return await pending
+    except RequestError as exc:
+        return _error(exc.status, exc.reason)
+
+
+def _malformed_request() -> bytes:
+    response = _error(400, "malformed request target")
+    head = "".join(f"{k}: {v}\r\n" for k, v in response.headers.raw_items())
+    return f"HTTP/1.1 400 Bad Request\r\n{head}\r\n".encode() + response.body
 
 
 class ListenError(OSError):
@@ -430,11 +542,16 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
         raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
     app.server = server
     app.port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrors(previous))
     try:
         yield server
     finally:
+        loop.set_exception_handler(previous)
         server.close(close_connections=True)  # closes every client with 1001 (going away)
         await server.wait_closed()
+        app.series.close()
 
 
 async def _start(app: TailerServer, host: str, port: int) -> Server:
@@ -445,7 +562,25 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     limit = 2 * app.queue_bytes
 
     class Connection(ServerConnection):
+        request_line_checked = False
+        on_lost: Callable[[], object] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            # Past the handshake or connection limits: closed before it costs more than
+            # this descriptor, which goes back at once.
+            if not app.admission.admit(self):
+                transport.abort()  # type: ignore[attr-defined]
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            app.admission.closed(self)
+            if self.on_lost is not None:
+                self.on_lost()
+            super().connection_lost(exc)
+
         def data_received(self, data: bytes) -> None:
+            if not self.request_line_checked and not self._request_line_ok(data):
+                return
             super().data_received(data)
             transport = self.transport
             if transport.get_write_buffer_size() > limit and not transport.is_closing():
@@ -456,10 +591,32 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
                 )
                 transport.abort()
 
+        def _request_line_ok(self, data: bytes) -> bool:
+            """Answer 400 to a request line with bytes outside ASCII.
+
+            websockets decodes the request line as ASCII and, failing, closes
+            the connection without a word; a client deserves a status.
+            """
+            self._head = getattr(self, "_head", b"") + data[:8192]
+            end = self._head.find(b"\r\n")
+            if end < 0 and len(self._head) < 8192:
+                return True
+            self.request_line_checked = True
+            if self._head[: end if end >= 0 else 8192].isascii():
+                return True
+            self.transport.write(_malformed_request())
+            self.transport.close()
+            return False
+
+    sock = listen_socket(host, port)
+    app.dual_stack = sock is not None
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    if sock is None and host == "":
+        where["host"] = "0.0.0.0"  # no IPv6 here: every IPv4 interface
     return await serve(
         app.handler,
-        host,
-        port,
+        **where,
+        open_timeout=10,  # a connection still in the handshake after this is closed
         process_request=app.process_request,
         process_response=app.process_response,
         create_connection=Connection,
@@ -487,23 +644,38 @@ async def serve_directory(
     # Limits
     max_clients: int = DEFAULT_MAX_CLIENTS,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     # Watching
     poll: bool = False,
     scan_interval: float = DEFAULT_SCAN_INTERVAL,
     poll_interval: float = 0.25,
     index_every: int = 1000,
+    follow_symlinks: bool = False,
     static_dir: Path = STATIC_DIR,
+    # Cookie sessions on `/` (DESIGN §11)
+    state_dir: str | os.PathLike[str] | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
     on_listen: Callable[[TailerServer], None] | None = None,
 ) -> AsyncIterator[TailerServer]:
     """Stream every ``*.jsonl`` in ``directory`` (created if missing) until the block exits.
 
-    Reads the existing files first, then listens and watches. Leaving the
-    block closes every client with 1001. Raises ``OSError`` if the port is taken.
+    Reads the existing files first (big ones go on in the background), then
+    listens and watches. Leaving the block closes every client with 1001.
+    Raises ``OSError`` if the port is taken. A ``*.jsonl`` symlink is an
+    experiment only if it resolves to a file inside ``directory``, unless
+    ``follow_symlinks``. Sessions are kept under ``state_dir`` (``None``: in
+    memory, lost at exit; ``tailer serve`` defaults to
+    :func:`tailer.sessions.default_state_dir`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hub = Hub(directory, queue_bytes=queue_bytes, index_every=index_every)
-    await hub.refresh()
+    hub = Hub(
+        directory,
+        queue_bytes=queue_bytes,
+        index_every=index_every,
+        follow_symlinks=follow_symlinks,
+    )
+    await hub.refresh(startup=True)
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -513,14 +685,18 @@ async def serve_directory(
         allow_hosts=allow_hosts,
         max_clients=max_clients,
         queue_bytes=queue_bytes,
+        max_queued_bytes=max_queued_bytes,
         static_dir=static_dir,
+        sessions=SessionStore(state_dir, ttl=session_ttl),
     )
+    assert app.sessions is not None
     _warn_exposed(host, token)
 
     async def changed(ids: set[str] | None) -> None:
         await hub.refresh(ids)
 
-    async with _listen(app, host, port):
+    # Sessions outlive the listener: its exit closes every client, whose records are final.
+    async with app.sessions.running(), _listen(app, host, port):
         if on_listen is not None:
             on_listen(app)
         watcher = asyncio.create_task(
@@ -537,12 +713,14 @@ async def serve_directory(
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         await hub.refresh()
+        app.series.warm(hub.readers.values())  # long runs' series, built in the background
         try:
             yield app
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await hub.close()
 
 
 @contextlib.asynccontextmanager

@@ -34,7 +34,7 @@ sys.path.insert(0, {root!r})
 from recorder import MetricsRecorder
 log_dir, exp, name, n, rate, pad = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
 padding = "p" * pad
-rec = MetricsRecorder(log_dir, exp)
+rec = MetricsRecorder(log_dir, exp, resume=True)
 t0 = time.perf_counter()
 for i in range(n):
     rec.record("batch_metrics", {{"writer": name, "i": i, "loss": 1.0 / (i + 1), "pad": padding}})

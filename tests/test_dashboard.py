@@ -169,7 +169,11 @@ def test_runs_list_shows_every_run_with_status_and_count(shared, page_factory):
     # What the person sees, not only the page's state.
     for experiment_id, (status, count) in expected.items():
         item = page.locator(f'li.run-item[data-id="{experiment_id}"]')
-        assert item.locator(".badge").inner_text() == status
+        badge = item.locator(".badge").inner_text()
+        if status in ("running", "unknown"):  # the fixtures' lines are from 2025: long silent
+            assert badge.startswith("no update for "), badge
+        else:
+            assert badge == status
         assert f"{count:,} message" in item.locator(".run-sub").inner_text()
     failed = _find(runs_dir, "failed")
     errors = [m for m in read_messages(failed) if m["type"] == "error"]
@@ -615,7 +619,7 @@ def test_layout_fits_and_follows_colour_scheme(shared, page_factory, scheme, wid
 
 @pytest.mark.slow
 def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
-    """100,000 batch points load in full, are drawn thinned per pixel, and zooming shows the raw points."""
+    """100,000 batch points arrive reduced per pixel column (gap kept), and zooming shows the raw points."""
     page, console = page_factory()
     directory = tmp_path / "runs"
     directory.mkdir()
@@ -637,27 +641,41 @@ def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
     with serving(directory) as server:
         _open_run(page, server, run.stem)
         wait_until(
-            lambda: chart_points(page).get("metrics:loss", {}).get("train (batch)", (0, 0))[0] == n,
+            lambda: (
+                view_state(page)
+                and view_state(page)["live"]["lastSeq"] == n
+                and chart_points(page).get("metrics:loss", {}).get("train (batch)", (0, 0))[1] > 0
+            ),
             timeout=120,
             interval=0.5,
-            message="100k points loaded",
+            message="100k lines loaded",
         )
-        # The display is thinned, the data is not.
+        # A big run's history comes reduced from /api/series (reduced.js): a few points
+        # per pixel column, the NaN's gap kept.
         page.wait_for_timeout(600)
         state = view_state(page)["charts"]["metrics:loss"]
-        assert state["thinned"]
         trace = state["traces"]["train (batch)"]
-        assert trace["points"] == n and trace["nonFinite"] == 1
+        assert trace["nonFinite"] == 1
         assert 100 < trace["drawn"] < 10_000
         # The page still answers at once, and zooming in shows every raw point of the range.
         page.evaluate(
             "() => Plotly.relayout(document.querySelector('[data-chart-id=\"metrics:loss\"] .plot'), "
             "{'xaxis.range': [50000, 50100]})"
         )
-        xs = page.evaluate(
-            "() => document.querySelector('[data-chart-id=\"metrics:loss\"] .plot').data[0].x"
+        wait_until(
+            lambda: (
+                [
+                    x
+                    for x in page.evaluate(
+                        "() => document.querySelector('[data-chart-id=\"metrics:loss\"] .plot').data[0].x"
+                    )
+                    if 50000 <= x <= 50100
+                ]
+                == list(range(50000, 50101))
+            ),
+            timeout=20,
+            message="the raw points of the zoomed range",
         )
-        assert [x for x in xs if 50000 <= x <= 50100] == list(range(50000, 50101))
         screenshot(page, "run-100k")
     console.check()
 

@@ -108,7 +108,7 @@ def test_duplicate_and_stale_seqs_are_ignored(page):
 
 @pytest.mark.parametrize("n, buckets", [(10, 100), (100_000, 800), (12_345, 7)])
 def test_decimate_keeps_every_extreme(page, n, buckets):
-    """Thinning keeps each bucket's minimum and maximum (so no spike disappears) and returns few points."""
+    """Thinning keeps each bucket's minimum and maximum (so no spike disappears), the last point, and few points."""
     result = page.evaluate(
         """([n, buckets]) => {
             const s = new M.Series('loss');
@@ -122,8 +122,9 @@ def test_decimate_keeps_every_extreme(page, n, buckets):
     if n <= 2 * buckets:
         assert result["x"] == list(range(n))
         return
-    assert len(result["x"]) <= 2 * buckets
+    assert len(result["x"]) <= 2 * buckets + 1
     assert result["x"] == sorted(result["x"])  # still in order
+    assert result["x"][-1] == n - 1  # the newest point (a live line) is always drawn
     size = n / buckets
     kept = dict(zip(result["x"], result["y"], strict=True))
     for b in range(buckets):

@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+import replay._arrow as arrow
 import replay._source as source
 from recorder.format import decode_line, encode_line
 from replay.export import ExportError, export
@@ -60,6 +61,7 @@ def test_file_export_in_many_row_groups(tmp_path: Path, monkeypatch: pytest.Monk
 
     run = mixed_run(tmp_path / "run-a.jsonl", epochs=40)
     monkeypatch.setattr(source, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(arrow, "FAST_BLOCK_BYTES", 2048)
     monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 30)
     export(run, tmp_path / "a.parquet")
     assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups > 5
@@ -175,7 +177,9 @@ def test_messages_table_rebuilds_every_message(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "messages.parquet")
     assert table.schema.names == [
         "experiment_id",
+        "rank",
         "seq",
+        "attempt",
         "timestamp",
         "type",
         "data",

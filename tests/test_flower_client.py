@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -110,10 +111,10 @@ def test_two_client_processes_and_the_server_share_one_file(tmp_path):
         spawn.Process(target=_client_process, args=(node, str(tmp_path), experiment_id))
         for node in CLIENTS
     ]
-    for worker in workers:
-        worker.start()
     server_lines = 0
-    with MetricsRecorder(tmp_path, experiment_id) as rec:
+    with MetricsRecorder(tmp_path, experiment_id) as rec:  # the server starts the run
+        for worker in workers:
+            worker.start()  # the clients append to it (client_callback passes resume=True)
         try:
             # The server keeps writing while the clients train.
             while any(w.is_alive() for w in workers):
@@ -167,6 +168,11 @@ def test_client_callback_reads_round_and_destination_from_the_message(tmp_path):
     assert callback.round == 3
     assert callback.experiment_id == "exp-from-server"
     assert Path(callback.path) == tmp_path / "exp-from-server.jsonl"
+    # The server's run already holds lines: the client appends to it, not to a new -2.
+    (tmp_path / "exp-from-server.jsonl").write_bytes(b'{"type":"x","timestamp":"","data":{}}\n')
+    callback.setup(SimpleNamespace(is_global_zero=True, global_rank=0), None, "fit")
+    assert callback.recorder.path == tmp_path / "exp-from-server.jsonl"
+    callback.teardown(SimpleNamespace(callback_metrics={}), None, "fit")
     # Explicit arguments win over what the server sent.
     other = client_callback(message, context, log_dir=tmp_path / "own", experiment_id="mine")
     assert Path(other.path) == tmp_path / "own" / "mine.jsonl"

@@ -279,7 +279,17 @@ def test_split_lines_keeps_the_partial_tail() -> None:
     assert split_lines(b"") == ([], b"")
     assert split_lines(b'{"a"') == ([], b'{"a"')
     assert split_lines(b"a\nb\nc") == ([b"a", b"b"], b"c")
-    assert split_lines(b"a\n\nb\n") == ([b"a", b"", b"b"], b"")
+    assert split_lines(b"a\n\nb\n") == ([b"a", b"b"], b"")
+
+
+def test_blank_lines_are_no_lines() -> None:
+    """split_lines and iter_messages leave out empty and whitespace-only lines, unnumbered."""
+    assert split_lines(b"\n a\n\n \t\r\nb\n\n") == ([b" a", b"b"], b"")
+    assert fmt.is_blank_line(b"") and fmt.is_blank_line(b" \t\r")
+    assert not fmt.is_blank_line(b" {}")
+    lines = [b"", b'{"type":"a"}', b"  ", b"bad", b'{"type":"b"}']
+    numbered = [(seq, m and m["type"]) for seq, m in fmt.iter_messages(lines)]
+    assert numbered == [(0, "a"), (1, None), (2, "b")]
 
 
 def test_wire_frame_appends_id_and_seq() -> None:

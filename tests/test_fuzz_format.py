@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from recorder.format import MAX_LINE_BYTES, MalformedLine, decode_line, wire_frame
+from recorder.format import MAX_LINE_BYTES, MalformedLine, decode_line, is_blank_line, wire_frame
 from tailer.frames import frame_lines
 from tailer.reader import FileReader
 
@@ -144,7 +144,7 @@ def test_pathological_lines_never_raise_anything_but_malformed(line):
 
 def _truth(data: bytes, limit: int) -> tuple[list[tuple[int, bytes]], int]:
     """The (seq, line) pairs a reader must yield for ``data``, and how many complete lines."""
-    complete = data.split(b"\n")[:-1]
+    complete = [line for line in data.split(b"\n")[:-1] if not is_blank_line(line)]
     good = []
     for seq, line in enumerate(complete):
         if len(line) > limit:

@@ -400,6 +400,45 @@ def test_both_write_one_file_when_they_share_an_id(pl: Any, tmp_path: Path) -> N
     } <= types
 
 
+def test_a_rerun_under_a_used_id_gets_its_own_file_for_both(pl: Any, tmp_path: Path) -> None:
+    """Callback and logger asking for an id that holds a run both write <id>-2, test() too."""
+    earlier = tmp_path / "rerun.jsonl"
+    earlier.write_bytes(b'{"type":"status","timestamp":"2026-01-01T00:00:00Z","data":{}}\n')
+    callback, logger = RecorderCallback(tmp_path, "rerun"), JsonlLogger(tmp_path, "rerun")
+    trainer = make_trainer(
+        pl, callbacks=[callback], logger=logger, max_epochs=1, enable_checkpointing=True
+    )
+    module = make_module(pl)
+    trainer.fit(module, make_loader(), make_loader())
+    trainer.test(module, make_loader())
+    assert callback.experiment_id == logger.version == logger.experiment_id == "rerun-2"
+    assert callback.path == logger.path == str(tmp_path / "rerun-2.jsonl")
+    assert len(read_messages(earlier)) == 1
+    messages = read_messages(tmp_path / "rerun-2.jsonl")
+    types = kinds(messages)
+    assert {"training_start", "hparams", "metrics", "training_end", "epoch_end:test"} <= set(types)
+    assert messages[types.index("training_start")]["data"]["experiment_id"] == "rerun-2"
+    assert messages[types.index("training_end")]["data"]["run_id"] == "rerun-2"
+    assert list((tmp_path / "rerun-2" / "checkpoints").glob("*.ckpt"))
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["rerun-2.jsonl", "rerun.jsonl"]
+
+
+def test_resume_appends_to_the_run_for_both(pl: Any, tmp_path: Path) -> None:
+    """resume=True: callback and logger append to <id>.jsonl after the lines already there."""
+    earlier = tmp_path / "resumed.jsonl"
+    earlier.write_bytes(b'{"type":"status","timestamp":"2026-01-01T00:00:00Z","data":{}}\n')
+    trainer = make_trainer(
+        pl,
+        callbacks=[RecorderCallback(tmp_path, "resumed", resume=True)],
+        logger=JsonlLogger(tmp_path, "resumed", resume=True),
+        max_epochs=1,
+    )
+    trainer.fit(make_module(pl), make_loader(), make_loader())
+    types = kinds(read_messages(earlier))
+    assert types[0] == "status" and {"training_start", "metrics", "training_end"} <= set(types)
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["resumed.jsonl"]
+
+
 @pytest.mark.parametrize(
     ("metrics", "default", "want"),
     [

@@ -18,7 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recorder import MetricsRecorder
-from recorder.format import MAX_LINE_BYTES, decode_line, encode_message, restore_non_finite
+from recorder.format import (
+    MAX_LINE_BYTES,
+    MalformedLine,
+    decode_line,
+    encode_message,
+    restore_non_finite,
+)
 from recorder.recorder import default_rank, new_experiment_id
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -285,7 +291,7 @@ sys.path.insert(0, {root!r})
 from recorder import MetricsRecorder
 proc, n, log_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 pad = "x" * 300
-with MetricsRecorder(log_dir, "shared") as rec:
+with MetricsRecorder(log_dir, "shared", resume=True) as rec:
     for i in range(n):
         rec.send_batch_metrics(i, i, 0.5, 0.25, 0, client_id=str(proc), round_num=1)
         rec.record("pad", {{"proc": proc, "i": i, "pad": pad}})
@@ -293,22 +299,32 @@ with MetricsRecorder(log_dir, "shared") as rec:
 """
 
 
+def _run_at_once(commands: list[list[str]], go: Path | None = None) -> list[str]:
+    """Run ``commands`` in parallel and return their stdout; each must exit 0.
+
+    With ``go``, they are released together by creating that file (the
+    scripts wait for it) once all had a second to start.
+    """
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE) for command in commands]
+    try:
+        if go is not None:
+            time.sleep(1.0)
+            go.touch()
+        out = [proc.communicate(timeout=240)[0].decode() for proc in procs]
+        assert [proc.returncode for proc in procs] == [0] * len(procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return out
+
+
 def test_four_processes_append_whole_lines_to_one_file(tmp_path: Path) -> None:
     """4 processes × 5,000 messages into one file give exactly 20,000 valid, whole lines."""
     script = tmp_path / "writer.py"
     script.write_text(_WRITER.format(root=str(ROOT)))
     n = 2500  # two messages per iteration: 5,000 messages per process
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(p), str(n), str(tmp_path)])
-        for p in range(4)
-    ]
-    try:
-        for proc in procs:
-            assert proc.wait(timeout=240) == 0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    _run_at_once([[sys.executable, str(script), str(p), str(n), str(tmp_path)] for p in range(4)])
     messages = read_messages(tmp_path / "shared.jsonl")
     assert len(messages) == 20_000
     pads = {(m["data"]["proc"], m["data"]["i"]) for m in messages if m["type"] == "pad"}
@@ -691,3 +707,185 @@ def test_a_pickled_recorder_reopens_its_file(tmp_path: Path) -> None:
         rec.send_status("completed", "parent again")
     messages = [m["data"]["message"] for m in read_messages(tmp_path / "spawned.jsonl")]
     assert messages == ["parent", "clone", "from a spawned process", "parent again"]
+
+
+# --------------------------------------------------------------------------- one id, one run
+
+
+def _a_run_in(path: Path) -> None:
+    """Write one message to ``path`` without a recorder (a run of another process)."""
+    path.write_bytes(encode_message("status", {"status": "completed", "message": "earlier"}))
+
+
+def test_a_new_run_never_goes_into_a_file_that_holds_one(tmp_path: Path) -> None:
+    """An id whose file holds a run is versioned: -2, then -3; one warning names the id used."""
+    _a_run_in(tmp_path / "exp.jsonl")
+    with pytest.warns(UserWarning, match=r"'exp-2'") as caught:
+        rec = MetricsRecorder(tmp_path, "exp")
+    assert len(caught) == 1 and "resume=True" in str(caught[0].message)
+    assert rec.experiment_id == "exp-2" and rec.path == tmp_path / "exp-2.jsonl"
+    rec.send_status("running")
+    rec.close()
+    assert len(read_messages(tmp_path / "exp.jsonl")) == 1
+    assert [m["data"]["status"] for m in read_messages(tmp_path / "exp-2.jsonl")] == ["running"]
+
+    _a_run_in(tmp_path / "other.jsonl")
+    _a_run_in(tmp_path / "other-2.jsonl")
+    with pytest.warns(UserWarning, match=r"'other-3'"):
+        assert MetricsRecorder(tmp_path, "other").experiment_id == "other-3"
+
+
+def test_resume_appends_to_the_existing_run(tmp_path: Path) -> None:
+    """resume=True writes into <id>.jsonl after the lines already there, without a warning."""
+    _a_run_in(tmp_path / "exp.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = MetricsRecorder(tmp_path, "exp", resume=True)
+    assert rec.experiment_id == "exp" and rec.path == tmp_path / "exp.jsonl"
+    rec.send_status("running", "resumed")
+    rec.close()
+    assert [m["data"]["message"] for m in read_messages(tmp_path / "exp.jsonl")] == [
+        "earlier",
+        "resumed",
+    ]
+
+
+def test_an_empty_file_nobody_holds_is_taken_over(tmp_path: Path) -> None:
+    """An empty <id>.jsonl (a touch, a run that died before its first message) holds no run."""
+    (tmp_path / "exp.jsonl").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with MetricsRecorder(tmp_path, "exp") as rec:
+            rec.send_status("running")
+    assert rec.experiment_id == "exp"
+    assert len(read_messages(tmp_path / "exp.jsonl")) == 1
+
+
+def test_an_empty_file_a_live_recorder_holds_is_taken(tmp_path: Path) -> None:
+    """An empty file another process claimed (it holds the flock) is not shared."""
+    import fcntl
+
+    held = os.open(tmp_path / "exp.jsonl", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.warns(UserWarning, match=r"'exp-2'"):
+            rec = MetricsRecorder(tmp_path, "exp")
+        assert rec.experiment_id == "exp-2"
+        rec.close()
+    finally:
+        os.close(held)
+
+
+def test_one_process_shares_one_file_per_id(tmp_path: Path) -> None:
+    """Recorders of one process given the same (log_dir, id) write the file the first one claimed."""
+    _a_run_in(tmp_path / "exp.jsonl")
+    with pytest.warns(UserWarning):
+        first = MetricsRecorder(tmp_path, "exp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per claim, not per recorder
+        second = MetricsRecorder(tmp_path / "." / "", "exp")
+        again = MetricsRecorder(tmp_path, first.experiment_id)  # by the id it was given
+    assert first.path == tmp_path / "exp-2.jsonl"
+    assert second.experiment_id == again.experiment_id == "exp-2"
+    for i, rec in enumerate((first, second, again)):
+        rec.send_epoch_start(i, 3)
+        rec.close()
+    assert [m["data"]["epoch"] for m in read_messages(first.path)] == [0, 1, 2]
+
+
+def test_a_pickled_versioned_recorder_reopens_the_version(tmp_path: Path) -> None:
+    """A recorder that claimed <id>-2 travels (pickle, spawn) as <id>-2, appending."""
+    import pickle
+
+    _a_run_in(tmp_path / "exp.jsonl")
+    with pytest.warns(UserWarning):
+        rec = MetricsRecorder(tmp_path, "exp")
+    state = pickle.dumps(rec)
+    rec.send_status("running", "parent")
+    rec.close()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, pickle; sys.path.insert(0, {str(ROOT)!r}); "
+            "rec = pickle.loads(sys.stdin.buffer.read()); "
+            "rec.send_status('running', 'child'); rec.close(); print(rec.experiment_id)",
+        ],
+        input=state,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.decode().strip() == "exp-2"
+    messages = [m["data"]["message"] for m in read_messages(tmp_path / "exp-2.jsonl")]
+    assert messages == ["parent", "child"]
+
+
+_RACER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from recorder import MetricsRecorder
+log_dir, go = sys.argv[1], sys.argv[2]
+while not os.path.exists(go):
+    time.sleep(0.0005)
+rec = MetricsRecorder(log_dir, "race")
+for i in range(20):
+    rec.record("tick", {{"pid": os.getpid(), "i": i}})
+rec.close()
+print(rec.experiment_id)
+"""
+
+
+def test_processes_starting_at_once_never_share_a_run(tmp_path: Path) -> None:
+    """8 processes that start the same id at the same moment get 8 distinct files, one writer each."""
+    script = tmp_path / "racer.py"
+    script.write_text(_RACER.format(root=str(ROOT)))
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    out = _run_at_once([[sys.executable, str(script), str(runs), str(go)]] * 8, go)
+    ids = [text.strip() for text in out]
+    assert sorted(ids) == sorted(["race", *(f"race-{n}" for n in range(2, 9))])
+    for run_id in ids:
+        messages = read_messages(runs / f"{run_id}.jsonl")
+        assert len(messages) == 20 and len({m["data"]["pid"] for m in messages}) == 1
+
+
+_REOPENER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from recorder import MetricsRecorder
+log_dir, proc, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pad = "r" * 65536  # lines of 16 pages: a write in progress is seen page by page
+while not os.path.exists(go):
+    time.sleep(0.001)
+for opening in range(50):
+    with MetricsRecorder(log_dir, "reopened", resume=True) as rec:
+        for i in range(6):
+            rec.record("tick", {{"proc": proc, "opening": opening, "i": i, "pad": pad}})
+"""
+
+
+def test_concurrent_reopeners_leave_no_blank_or_malformed_line(tmp_path: Path) -> None:
+    """4 processes × 50 re-opens with resume=True, writing at once: only whole, valid lines.
+
+    Each opening looks at the file's tail while the others append (before the
+    fix, 27-55 blank lines per run of this test).
+    """
+    script = tmp_path / "reopener.py"
+    script.write_text(_REOPENER.format(root=str(ROOT)))
+    go = tmp_path / "go"
+    _run_at_once(
+        [[sys.executable, str(script), str(tmp_path), str(p), str(go)] for p in range(4)], go
+    )
+    path = tmp_path / "reopened.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    path.unlink()  # 80 MB
+    assert lines.pop() == b""
+    blank = sum(1 for line in lines if not line.strip())
+    malformed = 0
+    for line in lines:
+        if line.strip():
+            try:
+                decode_line(line)
+            except MalformedLine:
+                malformed += 1
+    assert (blank, malformed, len(lines)) == (0, 0, 4 * 50 * 6)

@@ -61,7 +61,7 @@ async def test_a_writer_killed_mid_line_tears_at_most_the_last_line(tmp_path):
             with open(path, "ab") as f:
                 f.write(b'{"type":"batch_metrics","timestamp":"2026-01-01T00:00:00Z","data":{"i":')
         # A new writer (a restarted training job) appends to the same run.
-        with MetricsRecorder(tmp_path, "big") as again:
+        with MetricsRecorder(tmp_path, "big", resume=True) as again:
             for i in range(5):
                 again.record("after", {"i": i, "loss": 0.5 + i})
         truth = file_truth(path)

@@ -28,7 +28,9 @@ from tests._replay_helpers import SAMPLE_RUNS, START, line, mixed_run, write_run
 STR = pd.StringDtype(na_value=np.nan)
 METRIC_DTYPES = {
     "experiment_id": STR,
+    "rank": pd.Int64Dtype(),
     "seq": np.dtype("int64"),
+    "attempt": pd.Int64Dtype(),
     "timestamp": pd.DatetimeTZDtype("us", "UTC"),
     "type": STR,
     "phase": STR,
@@ -41,7 +43,9 @@ METRIC_DTYPES = {
 }
 MESSAGE_DTYPES = {
     "experiment_id": STR,
+    "rank": pd.Int64Dtype(),
     "seq": np.dtype("int64"),
+    "attempt": pd.Int64Dtype(),
     "timestamp": pd.DatetimeTZDtype("us", "UTC"),
     "type": STR,
     "data": np.dtype("object"),
@@ -324,7 +328,7 @@ def test_malformed_lines_are_counted_in_seq(tmp_path: Path) -> None:
         b"not json\n",
         b"[1, 2]\n",
         b'{"type": 5, "data": {"loss": 2}}\n',
-        b"\n",
+        b"{}\n",
         line("epoch_end", {"epoch": 1, "metrics": {"loss": 0.5}}),
     ]
     path = write_run(tmp_path / "bad.jsonl", lines)
@@ -494,12 +498,19 @@ def same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
     )
 )
 def test_rows_follow_the_naming_rules(tmp_path: Path, datas: list[Any]) -> None:
-    """For any data, read_metrics gives exactly the rows the plainly written rules give, per message."""
+    """For any data, read_metrics gives exactly the rows the plainly written rules give, per message.
+
+    A message's rows come in the order in which their names first gave a row in the run.
+    """
     path = write_run(tmp_path / "prop.jsonl", [line("custom", data) for data in datas])
     df = read_metrics(path)
+    first_seen: dict[str, int] = {}
     for seq, data in enumerate(datas):
         recorded = read_messages(path)["data"].iloc[seq]
-        expected = reference_rows(recorded)
+        in_key_order = reference_rows(recorded)
+        for name, _ in in_key_order:
+            first_seen.setdefault(name, len(first_seen))
+        expected = sorted(in_key_order, key=lambda row: first_seen[row[0]])
         got = rows(df[df["seq"] == seq])
         assert same(got, expected), (data, got, expected)
 
@@ -557,3 +568,60 @@ def test_federated_sample_pivots_per_client() -> None:
     assert table.shape[0] >= 2 and table.shape[1] >= 2
     assert not table.isna().any().any()
     assert all(c.isdigit() for c in table.columns)  # Flower node ids, as decimal text
+
+
+def test_blank_lines_are_skipped_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank lines (empty or whitespace) are no lines: no warning, no seq, in any block size."""
+    lines = [
+        b"\n",
+        line("epoch_end", {"epoch": 0, "metrics": {"loss": 1.0}}),
+        b"\n",
+        b" \t\r\n",
+        line("epoch_end", {"epoch": 1, "metrics": {"loss": 0.5}}),
+        b"\n",
+    ]
+    path = write_run(tmp_path / "blank.jsonl", lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for block in (1 << 20, 3):
+            monkeypatch.setattr(source, "BLOCK_BYTES", block)
+            assert read_metrics(path)["seq"].tolist() == [0, 1]
+            assert read_messages(path)["seq"].tolist() == [0, 1]
+
+
+def test_attempt_counts_the_training_starts_of_a_file(tmp_path: Path) -> None:
+    """attempt is 0, then +1 at every later training_start of the same file, in both tables."""
+    lines = [
+        line("hparams", {"lr": 0.1}),
+        line("training_start", {"max_epochs": 2}),
+        line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}}),
+        line("training_start", {"max_epochs": 2}),  # resumed from a checkpoint
+        line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 0.9}}),
+        line("status", {"status": "running", "message": ""}),
+        line("training_start", {"max_epochs": 2}),
+        line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 0.8}}),
+    ]
+    write_run(tmp_path / "runs" / "a.jsonl", lines)
+    write_run(tmp_path / "runs" / "b.jsonl", lines[2:])  # attempts are counted per file
+    messages = read_messages(tmp_path / "runs")
+    assert messages["attempt"].dtype == pd.Int64Dtype()
+    by_file = messages.groupby("experiment_id")["attempt"].apply(list).to_dict()
+    # b's first training_start is its file's first: no new attempt there.
+    assert by_file == {"a": [0, 0, 0, 1, 1, 1, 2, 2], "b": [0, 0, 0, 0, 1, 1]}
+    metrics = read_metrics(tmp_path / "runs")
+    loss = metrics[metrics["metric"] == "loss"]
+    assert list(zip(loss["experiment_id"], loss["attempt"], loss["value"], strict=True)) == [
+        ("a", 0, 1.0),
+        ("a", 1, 0.9),
+        ("a", 2, 0.8),
+        ("b", 0, 1.0),
+        ("b", 0, 0.9),
+        ("b", 1, 0.8),
+    ]
+    # In blocks of a few lines (pyarrow's and the careful path's), the attempt carries over.
+    import replay._arrow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(source, "BLOCK_BYTES", 64)
+        patch.setattr(replay._arrow, "FAST_BLOCK_BYTES", 300)
+        pd.testing.assert_frame_equal(read_metrics(tmp_path / "runs"), metrics)

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from recorder.format import encode_message, format_timestamp
 from tailer.server import serve_directory
 from tests._tailer_helpers import (
     Writer,
@@ -528,3 +529,54 @@ async def test_events_for_vanished_files_do_not_create_experiments(tmp_path):
         _, _, body = await http_get(app.port, "/api/experiments")
         assert orjson.loads(body) == []
         assert app.hub is not None and app.hub.readers == {}
+
+
+@aio()
+async def test_tailer_replay_keeps_root_open_after_the_run(tmp_path):
+    """Under `tailer replay`, `/` stays open after replay_end (pings answered) until the client leaves.
+
+    The unmodified React client reconnects 3 s after any close; a close here
+    made it replay the whole run again and again (DESIGN §11).
+    """
+    pytest.importorskip("replay.pacing")
+    from tailer.server import serve_replay
+
+    w = Writer(tmp_path, "done")
+    for i in range(3):
+        w.message("epoch_end", {"epoch": i})
+    async with serve_replay(w.path, speed=0, port=0) as app:
+        for target in ("", "?experiment=done"):
+            async with ws_connect(app.ws_url + target) as ws:
+                got = await recv_n(ws, 4)
+                assert [m["type"] for m in got] == ["epoch_end"] * 3 + ["replay_end"]
+                await assert_silent(ws, 0.5)  # no close, no second replay
+                await ws.send('{"type": "ping"}')
+                assert await recv_json(ws) == {"type": "pong", "data": {}}
+        # The explicit replay endpoint still ends with a normal close (DESIGN §3).
+        async with ws_connect(app.ws_url + "experiments/done/replay?speed=0") as ws:
+            assert len(await recv_n(ws, 4)) == 4
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv_json(ws)
+            assert closed.value.rcvd.code == 1000
+
+
+@aio(60)
+async def test_api_experiments_says_how_stale_each_run_is(tmp_path):
+    """/api/experiments gives stale: seconds since each run's last line, growing while it is quiet."""
+    import time
+
+    old = format_timestamp(time.time() - 3 * 3600)
+    (tmp_path / "died.jsonl").write_bytes(
+        encode_message("status", {"status": "running", "message": ""}, timestamp=old)
+    )
+    Writer(tmp_path, "live").message("status", {"status": "running", "message": ""})
+    async with serve_directory(tmp_path, port=0) as app:
+        status, _, body = await http_get(app.port, "/api/experiments")
+        assert status == 200
+        stale = {e["experiment_id"]: e["stale"] for e in orjson.loads(body)}
+        assert 3 * 3600 <= stale["died"] < 3 * 3600 + 60
+        assert 0 <= stale["live"] < 60
+        await asyncio.sleep(1.1)
+        _, _, body = await http_get(app.port, "/api/experiments")
+        later = {e["experiment_id"]: e["stale"] for e in orjson.loads(body)}
+        assert later["live"] >= stale["live"] + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import orjson
@@ -19,6 +20,16 @@ from tailer.reader import FileReader, LineSplitter, StaleHistory
 
 def _line(i: int) -> bytes:
     return encode_message("batch_metrics", {"step": i}, timestamp="2025-01-01T00:00:00.000000Z")
+
+
+def _poll(reader: FileReader):
+    """One poll, with a replacement's verification run to its end (as the hub does)."""
+    result = reader.poll()
+    if result.kind == "verify":
+        result = asyncio.run(reader.verify())
+        if result.kind == "none":  # the copy continues the file: read on
+            result = reader.poll()
+    return result
 
 
 def test_splitter_holds_a_partial_line_until_its_newline():
@@ -53,6 +64,14 @@ def test_splitter_drops_overlong_partial_line_but_keeps_its_seq():
     assert splitter.pending == 30
     assert splitter.feed(b"y" * 30 + b"\nok\n") == [None, b"ok"]
     assert (splitter.next_seq, splitter.consumed) == (2, 64)
+
+
+def test_splitter_skips_an_overlong_blank_line_without_a_seq():
+    """A whitespace-only line is blank however long it grows: dropped, and no seq."""
+    splitter = LineSplitter(max_line_bytes=10)
+    assert splitter.feed(b" " * 30) == []
+    assert splitter.feed(b"\t" * 30 + b"\nok\n") == [b"ok"]
+    assert (splitter.next_seq, splitter.consumed) == (1, 64)
 
 
 def test_index_records_every_nth_line_offset():
@@ -115,7 +134,7 @@ def test_reader_error_is_the_last_error_text_kept_as_lines_arrive(tmp_path):
     path = tmp_path / "r.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
-        reader = FileReader(path, "r")
+        reader = FileReader(path, "r", settle=0)
         os.write(fd, encode_message("training_start", {}) + encode_message("epoch_end", {}))
         reader.poll()
         assert reader.summary()["error"] is None
@@ -156,7 +175,7 @@ def test_reader_detects_truncation_replacement_rewrite_and_deletion(tmp_path):
     """A shrunk, replaced or rewritten file resets numbering; a deleted one is reported once."""
     path = tmp_path / "r.jsonl"
     path.write_bytes(_line(0) + _line(1))
-    reader = FileReader(path, "r")
+    reader = FileReader(path, "r", settle=0)
     assert len(reader.poll().lines) == 2
 
     with open(path, "r+b") as f:
@@ -169,7 +188,7 @@ def test_reader_detects_truncation_replacement_rewrite_and_deletion(tmp_path):
     other = tmp_path / "new.tmp"
     other.write_bytes(_line(7) + _line(8))
     os.replace(other, path)
-    assert reader.poll().kind == "reset"
+    assert _poll(reader).kind == "reset"
     assert [seq for seq, _ in reader.poll().lines] == [0, 1]
 
     # Same inode, longer content, but different bytes: rewritten in place.
@@ -200,7 +219,7 @@ def test_history_raises_when_the_file_is_reset_meanwhile(tmp_path):
     """A truncation between history chunks makes the history stale rather than mixing files."""
     path = tmp_path / "r.jsonl"
     path.write_bytes(b"".join(_line(i) for i in range(30_000)))
-    reader = FileReader(path, "r")
+    reader = FileReader(path, "r", settle=0)
     reader.read_all()
     history = reader.history(0, reader.consumed)
     next(history)
@@ -285,15 +304,99 @@ def test_splitter_is_independent_of_chunking(lines, tail, cuts, every):
         got += splitter.feed(data[pos : pos + cut])
         pos += cut
     got += splitter.feed(data[pos:])
-    # A line over the limit comes back whole if one feed completed it, else as None.
-    for g, line in zip(got, lines, strict=True):
-        assert g == line or (g is None and len(line) > 25)
-    assert splitter.next_seq == len(lines)
-    assert splitter.consumed == len(data) - len(tail)
-    offsets = [0]
+    # Blank lines are no lines; a line over the limit comes back whole if one feed
+    # completed it, else as None.
+    offsets, pos = [], 0
     for line in lines:
-        offsets.append(offsets[-1] + len(line) + 1)
-    assert [index.seek(k * every)[1] for k in range(len(index))] == [
-        offsets[k * every] for k in range(len(index))
+        if line.strip():
+            offsets.append(pos)
+        pos += len(line) + 1
+    kept = [line for line in lines if line.strip()]
+    for g, line in zip(got, kept, strict=True):
+        assert g == line or (g is None and len(line) > 25)
+    assert splitter.next_seq == len(kept)
+    assert splitter.consumed == len(data) - len(tail)
+    # (seek(0) is always offset 0: blank lines before the first line are skipped again.)
+    assert [index.seek(k * every)[1] for k in range(1, len(index))] == [
+        offsets[k * every] for k in range(1, len(index))
     ]
-    assert len(index) == (len(lines) + every - 1) // every
+    assert len(index) == (len(kept) + every - 1) // every
+
+
+_BLANKS = (b"\n", b" \n", b"\t\r\n", b"  \r\n")
+
+
+def _with_blanks(n: int) -> tuple[bytes, list[bytes]]:
+    """``n`` messages with blank lines before, between (one to three) and after them."""
+    messages = [_line(i) for i in range(n)]
+    parts = [b"\n"]
+    for i, message in enumerate(messages):
+        parts.append(message)
+        parts.extend(_BLANKS[: i % 4])
+    return b"".join(parts), [m[:-1] for m in messages]
+
+
+def test_blank_lines_are_skipped_silently_and_take_no_seq(tmp_path):
+    """Blank lines are not messages: not malformed, not numbered, whatever the chunking."""
+    data, messages = _with_blanks(300)
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(data)
+    reader = FileReader(path, "r", index_every=7)
+    reader.read_all()
+    assert reader.malformed == 0 and reader.next_seq == 300 and reader.consumed == len(data)
+    summary = reader.summary()
+    assert (summary["messages"], summary["malformed"], summary["lines"]) == (300, 0, 300)
+    # The index still seeks to the right line: history from any seq is exact.
+    for start in (0, 1, 6, 7, 8, 150, 299):
+        got = [pair for chunk in reader.history(start, reader.consumed) for pair in chunk]
+        assert got == [(i, messages[i]) for i in range(start, 300)]
+    # Byte by byte, the same lines and the same index.
+    index = SparseIndex(7)
+    splitter = LineSplitter(index=index)
+    got = []
+    for i in range(len(data)):
+        got += splitter.feed(data[i : i + 1])
+    assert got == messages and splitter.consumed == len(data)
+    assert [index.seek(k * 7) for k in range(len(index))] == [
+        reader.index.seek(k * 7) for k in range(len(reader.index))
+    ]
+
+
+def test_tailer_ls_counts_no_blank_line(tmp_path):
+    """`tailer ls` counts messages, not blank lines, and no blank line is malformed."""
+    from tailer.ls import list_experiments
+
+    (tmp_path / "r.jsonl").write_bytes(_with_blanks(10)[0])
+    (row,) = list_experiments(tmp_path)
+    assert (row["messages"], row["malformed"], row["lines"]) == (10, 0, 10)
+
+
+def test_stale_is_the_time_since_the_last_message(tmp_path):
+    """stale: seconds since the last message's timestamp (not the file's mtime); mtime without one."""
+    import time
+
+    from recorder.format import format_timestamp
+
+    path = tmp_path / "r.jsonl"
+    three_hours_ago = time.time() - 3 * 3600
+    path.write_bytes(
+        encode_message("training_start", {}, timestamp=format_timestamp(three_hours_ago - 60))
+        + encode_message("epoch_end", {}, timestamp=format_timestamp(three_hours_ago))
+        + b"torn, no timestamp\n"
+    )  # the file's mtime is now: a copy or a clone of an interrupted run
+    reader = FileReader(path, "r")
+    reader.read_all()
+    assert 3 * 3600 <= reader.summary()["stale"] < 3 * 3600 + 60
+    # A run whose writer's clock is ahead is not stale, never negative.
+    ahead = tmp_path / "ahead.jsonl"
+    ahead.write_bytes(encode_message("m", {}, timestamp=format_timestamp(time.time() + 600)))
+    reader = FileReader(ahead, "ahead")
+    reader.read_all()
+    assert reader.summary()["stale"] == 0
+    # No message with a timestamp: the file's modification time.
+    bare = tmp_path / "bare.jsonl"
+    bare.write_bytes(b'{"type":"m","data":{}}\n')
+    os.utime(bare, (time.time() - 100, time.time() - 100))
+    reader = FileReader(bare, "bare")
+    reader.read_all()
+    assert 100 <= reader.summary()["stale"] < 160

@@ -322,7 +322,8 @@ export class ChartBoard {
         const colour = this.colourOf(member, series, index++);
         const meta = { experiment_id: member.model.id, run: member.run ?? member.model.id,
           rank: member.rank ?? null, phase: series.phase, line: series.name, smoothed: false };
-        const opts = { axis, range: state.range, width, thinned: state.thinned };
+        const redraw = () => { if (this.states.get(state.id) === state) this.draw(state); };
+        const opts = { axis, range: state.range, width, thinned: state.thinned, redraw };
         const shown = seriesPoints(series, opts);
         const markers = series.granularity === "epoch" || shown.x.length <= 30;
         const raw = {
@@ -462,7 +463,9 @@ export class ChartBoard {
     if (range && this.options.x !== "wall") range = range.map(Number);
     if (range && this.options.x === "wall") range = range.map((v) => (typeof v === "number" ? v : Date.parse(`${v}Z`)));
     state.range = range;
-    if (state.thinned) this.draw(state);
+    // Lines of a big run (reduced.js) ask the server for the new range.
+    const remote = this.chartsFor(state.id).some(({ chart }) => [...chart.traces.values()].some((s) => s.remote));
+    if (state.thinned || remote) this.draw(state);
   }
 
   /** Every raw point of a chart as CSV, saved by the browser (nothing is sent anywhere). */

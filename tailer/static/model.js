@@ -619,6 +619,8 @@ export function decimate(series, i0, i1, buckets) {
       if (outT) outT.push("");
     }
   }
+  // The newest point is always drawn (a live line shows at once, extreme or not).
+  if (outX[outX.length - 1] !== xs[i1 - 1]) emit(i1 - 1);
   return { x: outX, y: outY, text: outT };
 }
 

@@ -8,6 +8,7 @@
 // zooming in shows the raw points.
 
 import { decimate, lowerBound } from "./model.js";
+import { remotePoints } from "./reduced.js";
 
 /**
  * TensorBoard's debiased exponential moving average of `ys` (in order):
@@ -61,9 +62,15 @@ function smoothedView(view, w) {
  *
  * `range` is the visible x range after a zoom ([x0, x1]) or null for all;
  * `width` the plot's width in pixels; `thinned` whether the chart draws a
- * reduced copy; `smooth` the EMA weight (0: the raw values).
+ * reduced copy; `smooth` the EMA weight (0: the raw values). A line of a big
+ * run (reduced.js) shows the server's points for a zoomed range once they
+ * arrive (`redraw` is called then); until then, what the model holds.
  */
-export function seriesPoints(series, { axis = "step", range = null, width = 600, thinned = false, smooth = 0 } = {}) {
+export function seriesPoints(series, { axis = "step", range = null, width = 600, thinned = false, smooth = 0, redraw } = {}) {
+  if (redraw && axis === "step" && !smooth) {
+    const remote = remotePoints(series, range, width, redraw);
+    if (remote) return remote;
+  }
   let view = series.view(axis);
   if (smooth > 0) view = smoothedView(view, smooth);
   let i0 = 0;

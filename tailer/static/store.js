@@ -10,6 +10,7 @@
 // (discovery, never a metric poll).
 
 import { RunModel, statusOf } from "./model.js";
+import { openFeed } from "./reduced.js";
 import { Streams, serverUrl } from "./stream.js";
 
 /** Whether timestamp `a` is after `b` (RFC 3339 UTC; sub-millisecond digits compared as text). */
@@ -96,7 +97,7 @@ export class RunFeed {
     this.live = new RunModel(id);
     this.model = this.live;
     this.replay = null; // {model, stream, paused, buffer, state, speed, ended, problem}
-    this.stream = this.openLive();
+    this.stream = openFeed(this); // a big run's history comes reduced first (reduced.js)
   }
 
   openLive() {
@@ -117,7 +118,7 @@ export class RunFeed {
   restart() {
     this.live.reset();
     this.stream.stop();
-    this.stream = this.openLive();
+    this.stream = openFeed(this);
     this.store.changed();
   }
 

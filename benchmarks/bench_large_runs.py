@@ -1,0 +1,453 @@
+"""Large runs in the dashboard: reduced series (``/api/series``) against streaming every line.
+
+Run from the repository root (prints figures, asserts nothing)::
+
+    .venv/bin/python benchmarks/bench_large_runs.py                 # 10k, 100k and 1M lines
+    .venv/bin/python benchmarks/bench_large_runs.py --sizes 10000 100000 --old-1m
+
+For each size a run is written to a temporary directory (``batch_metrics``
+every step, ``epoch_end`` every 1,000 steps, ~125 bytes a line) and measured,
+in one Debian chromium (headless), in one run of this script:
+
+* baseline: the same browser fetches the ``.jsonl`` from a static server and
+  ``JSON.parse``-s every line (the least any page drawing every point does);
+* ``reduced``: the dashboard with its history from ``/api/series``;
+* ``old``: the dashboard streaming every line over the WebSocket (the page's
+  reduced path switched off in a copy of its files).
+
+Each path is opened three times in one browser context: ``first`` right
+after the tailer started (plotly not in the browser's cache; the reduced path
+waits for the tailer to read the run's series, which it starts at start), a
+second visit that primes the browser's code cache, and ``repeat`` (a user
+opening the run again), on which zoom and live are measured.
+
+Figures: time from navigation to the batch loss chart drawn over the whole run
+(the run's every line accounted for and every chart drawn), the JS heap then
+(CDP ``Runtime.getHeapUsage``), the tailer's peak RSS, a zoom to 1 % of the
+x-range (time until the chart shows that range; ``raw`` when it shows every
+point there), and the latency of a live line (written to the file, until the
+point is on the chart; median of 3). The old path at 1M lines takes minutes
+and is skipped unless ``--old-1m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+PLOT = "document.querySelector('[data-chart-id=\"batch:loss\"] .plot')"
+TARGETS = {"ratio": 0.30, "heap_mb": 150, "rss_mb": 300, "zoom_ms": 200}
+
+SERVE = """
+import asyncio, sys
+from pathlib import Path
+from tailer.server import serve_directory
+
+async def main():
+    async with serve_directory(sys.argv[1], port=0, static_dir=Path(sys.argv[2])) as app:
+        print("ready", app.port, flush=True)
+        await app.serve_forever()
+
+asyncio.run(main())
+"""
+
+BASELINE_PAGE = b"""<!doctype html><meta charset="utf-8"><script>
+(async () => {
+  const text = await (await fetch("run.jsonl", { cache: "no-store" })).text();
+  let n = 0, i = 0, last = null;
+  for (;;) {
+    const j = text.indexOf("\\n", i);
+    if (j < 0) break;
+    last = JSON.parse(text.slice(i, j));
+    n += 1;
+    i = j + 1;
+  }
+  window.done = { lines: n, at: performance.now(), last };
+})();
+</script>"""
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def write_run(path: Path, lines: int) -> tuple[int, int]:
+    """``batch_metrics`` every step and ``epoch_end`` every 1,000 steps; ``(lines, last step)``."""
+    out = []
+    step = 0
+    n = 0
+    with open(path, "wb") as f:
+        while n < lines:
+            t = n * 10  # ms
+            stamp = b"2025-10-22T%02d:%02d:%02d.%03dZ" % (
+                11 + t // 3_600_000,
+                t // 60_000 % 60,
+                t // 1000 % 60,
+                t % 1000,
+            )
+            if step and step % 1000 == 0 and out and out[-1] == "b":
+                line = (
+                    b'{"type":"epoch_end","timestamp":"%s","data":{"epoch":%d,"phase":"val",'
+                    b'"step":%d,"metrics":{"loss":%.6f,"accuracy":%.6f}}}\n'
+                    % (stamp, step // 1000 - 1, step, 1 / (1 + step / 5e4), 0.5 + step / 4e6)
+                )
+                out.append("e")
+            else:
+                loss = 2.0 / (1 + step / 1e4) + 0.05 * ((step * 7919) % 101) / 101
+                if step % 50_000 == 25_000:
+                    loss = 9.0  # a spike: must survive any reduction
+                line = (
+                    b'{"type":"batch_metrics","timestamp":"%s","data":{"step":%d,"loss":%.6f,'
+                    b'"accuracy":%.6f,"epoch":%d}}\n'
+                    % (stamp, step, loss, ((step * 104729) % 1000) / 1000, step // 1000)
+                )
+                step += 1
+                out.append("b")
+            if len(out) > 2:
+                del out[0]
+            f.write(line)
+            n += 1
+    return n, step - 1
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def static_copy(tmp: Path, name: str, threshold: str) -> Path:
+    """The dashboard's files with the reduced path's threshold set to ``threshold``."""
+    target = tmp / f"static-{name}"
+    shutil.copytree(ROOT / "tailer" / "static", target)
+    reduced = target / "reduced.js"
+    text, count = re.subn(
+        r"export const REDUCED_FROM_LINES = [^;]+;",
+        f"export const REDUCED_FROM_LINES = {threshold};",
+        reduced.read_text(),
+    )
+    assert count == 1, "reduced.js no longer defines REDUCED_FROM_LINES"
+    reduced.write_text(text)
+    return target
+
+
+@contextlib.contextmanager
+def tailer(directory: Path, static: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(directory), str(static)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # after the initial read of every file
+        if not line.startswith("ready"):
+            raise RuntimeError(f"tailer did not start: {line!r}")
+        yield proc, int(line.split()[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def static_server(directory: Path):
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class PeakRss:
+    """Samples a process's RSS every 20 ms; ``peak`` in bytes."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def heap_mb(page) -> float:
+    cdp = page.context.new_cdp_session(page)
+    used = cdp.send("Runtime.getHeapUsage")["usedSize"]
+    cdp.detach()
+    return used / 2**20
+
+
+def baseline(browser, port: int, lines: int) -> dict[str, float]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{port}/baseline.html")
+    page.wait_for_function("() => window.done", timeout=600_000, polling=50)
+    done = page.evaluate("() => window.done")
+    assert done["lines"] == lines, done["lines"]
+    result = {"chart_ms": done["at"], "heap_mb": heap_mb(page)}
+    context.close()
+    return result
+
+
+def open_run(page, lines: int, port: int, timeout_s: float) -> dict[str, object]:
+    """Navigate to the run view; figures at the moment the loss chart is drawn over the whole run."""
+    page.goto(f"http://127.0.0.1:{port}/#/runs/run")
+    drawn = f"""() => {{
+        const v = window.__runtail && window.__runtail.view();
+        const loss = v && v.charts["batch:loss"];
+        return v && v.live.lastSeq === {lines - 1} && v.settled && loss
+            && loss.traces.loss && loss.traces.loss.drawn > 0 && performance.now();
+    }}"""
+    handle = page.wait_for_function(drawn, timeout=timeout_s * 1000, polling="raf")
+    return {
+        "chart_ms": handle.json_value(),
+        "heap_mb": heap_mb(page),
+        "drawn_points": page.evaluate(f"() => {PLOT}.data[0].x.length"),
+        "spike": page.evaluate(f"() => Math.max(...{PLOT}.data[0].y)") == 9.0,
+    }
+
+
+def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, object]:
+    """Zoom to 1 % of the x-range (until the chart shows it; raw or not), then live lines."""
+    result: dict[str, object] = {}
+    a = (last_step // 2) - (last_step // 200)
+    b = a + last_step // 100
+    started = page.evaluate(
+        f"() => {{ const t = performance.now(); "
+        f"Plotly.relayout({PLOT}, {{'xaxis.range[0]': {a}, 'xaxis.range[1]': {b}}}); return t; }}"
+    )
+    inside = f"{PLOT}.data[0].x.filter((v) => v >= {a} && v <= {b}).length"
+    zoomed = f"""() => {{
+        const x = {PLOT}.data[0].x;
+        return x.length && x[0] >= {a - 1} && x[x.length - 1] <= {b + 1} && performance.now();
+    }}"""
+    handle = page.wait_for_function(zoomed, timeout=60_000, polling="raf")
+    settle = f"() => {inside} === {b - a + 1} && performance.now()"
+    try:  # the reduced path first draws what it holds, then the server's raw points
+        handle = page.wait_for_function(settle, timeout=10_000, polling="raf")
+        result["zoom_raw"] = True
+    except Exception:
+        result["zoom_raw"] = False
+    result["zoom_ms"] = handle.json_value() - started
+    page.evaluate(f"() => Plotly.relayout({PLOT}, {{'xaxis.autorange': true}})")
+    time.sleep(0.5)
+
+    latencies = []
+    for k in range(3):
+        step = last_step + 1 + k
+        seq = lines + k
+        line = (
+            b'{"type":"batch_metrics","timestamp":"2025-10-23T00:00:00.000Z",'
+            b'"data":{"step":%d,"loss":0.5,"accuracy":0.5,"epoch":0}}\n' % step
+        )
+        sent = time.time() * 1000
+        with open(path, "ab") as f:
+            f.write(line)
+        seen = f"""() => window.__runtail.view().live.lastSeq === {seq}
+            && {PLOT}.data[0].x.includes({step}) && Date.now()"""
+        handle = page.wait_for_function(seen, timeout=30_000, polling="raf")
+        latencies.append(handle.json_value() - sent)
+        time.sleep(0.3)
+    result["live_ms"] = statistics.median(latencies)
+    return result
+
+
+def dashboard(
+    browser, name: str, static: Path, runs: Path, lines: int, last_step: int, timeout_s: float
+) -> dict[str, dict]:
+    """One tailer serving the run, opened three times in one browser context.
+
+    ``first``: right after the tailer started, in a fresh context (plotly not cached; the
+    reduced path waits for the run's series to be read). The second visit primes the
+    browser's code cache; ``repeat``, the third, is a user opening the run again, and the
+    zoom and live figures are taken on it.
+    """
+    path = runs / "run.jsonl"
+    out: dict[str, dict] = {}
+    with tailer(runs, static) as (proc, port):
+        rss = PeakRss(proc.pid)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        try:
+            for visit in ("first", "second", "repeat"):
+                result: dict[str, object] = {}
+                try:
+                    page.goto("about:blank")
+                    result.update(open_run(page, lines, port, timeout_s))
+                    if visit == "repeat":
+                        result.update(zoom_and_live(page, path, lines, last_step))
+                except Exception as exc:  # a path that cannot finish is reported, not fatal
+                    result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+                if visit != "second":
+                    out[f"{name} {visit}"] = result
+        finally:
+            context.close()
+        peak = rss.close() / 2**20
+        for result in out.values():
+            result["rss_mb"] = peak
+    # Lines appended by the live check go: the next path starts from the same file.
+    with open(path, "r+b") as f:
+        f.truncate(_size_of_lines(path, lines))
+    return out
+
+
+def _size_of_lines(path: Path, lines: int) -> int:
+    with open(path, "rb") as f:
+        size = 0
+        for n, line in enumerate(f):
+            if n == lines:
+                break
+            size += len(line)
+    return size
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(value, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def report(size: int, megabytes: float, base: dict, paths: dict[str, dict]) -> None:
+    print(f"\n== {size:,} lines ({megabytes:.0f} MB) ==")
+    print(
+        f"  baseline (fetch + JSON.parse every line): {fmt(base['chart_ms'], ' ms')}, "
+        f"heap {fmt(base['heap_mb'], ' MB', 1)}"
+    )
+    header = (
+        f"  {'path':<8} {'chart':>10} {'× base':>7} {'heap':>9} {'tailer RSS':>11} "
+        f"{'points':>7} {'spike':>6} {'zoom 1%':>9} {'raw':>4} {'live':>8}"
+    )
+    print(header)
+    for name, r in paths.items():
+        if r is None:
+            print(f"  {name:<13} not run (--old-1m)")
+            continue
+        ratio = r["chart_ms"] / base["chart_ms"] if r.get("chart_ms") else None
+        print(
+            f"  {name:<13} {fmt(r.get('chart_ms'), ' ms'):>10} {fmt(ratio, '', 2):>7} "
+            f"{fmt(r.get('heap_mb'), ' MB', 1):>9} {fmt(r.get('rss_mb'), ' MB'):>11} "
+            f"{fmt(r.get('drawn_points')):>7} {fmt(r.get('spike')):>6} "
+            f"{fmt(r.get('zoom_ms'), ' ms'):>9} {fmt(r.get('zoom_raw')):>4} "
+            f"{fmt(r.get('live_ms'), ' ms'):>8}" + (f"  ({r['error']})" if "error" in r else "")
+        )
+
+
+def verdict(size: int, base: dict, r: dict) -> None:
+    if not r or "chart_ms" not in r:
+        print(f"  targets at {size:,} lines: not measured")
+        return
+    checks = [
+        ("chart ≤ 0.30× baseline", r["chart_ms"] / base["chart_ms"] <= TARGETS["ratio"]),
+        ("heap ≤ 150 MB", r["heap_mb"] <= TARGETS["heap_mb"]),
+        ("tailer RSS ≤ 300 MB", r["rss_mb"] <= TARGETS["rss_mb"]),
+        ("zoom 1 % raw ≤ 200 ms", bool(r.get("zoom_raw")) and r["zoom_ms"] <= TARGETS["zoom_ms"]),
+    ]
+    print(
+        f"  targets at {size:,} lines (reduced path): "
+        + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--old-1m", action="store_true", help="also stream 1M lines the old way")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds a path may take")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-large-"))
+    try:
+        statics = {
+            "reduced": static_copy(tmp, "reduced", "0"),
+            "old": static_copy(tmp, "old", "Infinity"),
+        }
+        print(
+            f"cores: {os.cpu_count()}, load: {os.getloadavg()[0]:.1f} (figures from one run; "
+            "compare ratios)"
+        )
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+            )
+            for size in args.sizes:
+                runs = tmp / f"runs-{size}"
+                runs.mkdir()
+                path = runs / "run.jsonl"
+                lines, last_step = write_run(path, size)
+                (runs / "baseline.html").write_bytes(BASELINE_PAGE)
+                with static_server(runs) as port:
+                    base = baseline(browser, port, lines)
+                # The baseline page is no run; the tailer ignores non-.jsonl files anyway.
+                results: dict[str, dict | None] = {}
+                for name in ("reduced", "old"):
+                    if name == "old" and size >= 1_000_000 and not args.old_1m:
+                        results["old"] = None
+                        continue
+                    results.update(
+                        dashboard(
+                            browser, name, statics[name], runs, lines, last_step, args.timeout
+                        )
+                    )
+                report(size, path.stat().st_size / 1e6, base, results)
+                verdict(size, base, results.get("reduced repeat") or {})
+                shutil.rmtree(runs)
+            browser.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

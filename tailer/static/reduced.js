@@ -1,0 +1,198 @@
+// Large runs: history from GET /api/series (reduced on the server), live lines
+// from the WebSocket. No DOM here.
+//
+// A run longer than REDUCED_FROM_LINES lines does not stream its every line to
+// the page. Its history arrives as (docs/DESIGN.md §9):
+//   1. the catalogue: the run's events (every message that is not of a bulk
+//      type: status, epoch_end, hparams, ...), applied to the model as if
+//      streamed, and the list of its series;
+//   2. per metric of a bulk type (batch_metrics, ...), the series reduced to
+//      about four points per pixel column (first, last, min, max), all
+//      answered up to the catalogue's `seq` (one snapshot); their points enter
+//      the model through its own handlers, so they land on the charts and
+//      lines the streamed messages would have made;
+//   3. the WebSocket from `since=seq`: every later line, once.
+// A zoomed chart asks the server for its visible range again (raw points when
+// they fit) through `remotePoints`, which series-data.js consults.
+
+import { serverUrl } from "./stream.js";
+
+/** Runs with more lines than this load their history reduced. */
+export const REDUCED_FROM_LINES = 20000;
+/** Pixel columns asked for: the server keeps at most 4 points per column, so a history
+ * stays under charts.js' RAW_LIMIT (4000) and live points are drawn as they come. */
+const HISTORY_WIDTH = 900;
+
+async function getJson(params) {
+  // 503 with Retry-After: the tailer is still reading the run (a cold file of millions of
+  // lines takes seconds); ask again, for up to ten minutes.
+  for (let attempt = 0; ; attempt++) {
+    const response = await fetch(serverUrl("/api/series", params), { cache: "no-store" });
+    if (response.status === 503 && response.headers.has("Retry-After") && attempt < 600) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      continue;
+    }
+    if (!response.ok) throw new Error(`/api/series: HTTP ${response.status}`);
+    return response.json();
+  }
+}
+
+/** Whether the list entry of a run says it is long enough for the reduced path. */
+export function wantsReduced(listed) {
+  return Boolean(listed) && typeof listed.lastSeq === "number"
+    && listed.lastSeq + 1 > REDUCED_FROM_LINES;
+}
+
+/** A message that makes the model's handler of `type` draw one value at `x` (no seq: not a line). */
+function syntheticMessage(series, x, y) {
+  const data = series.type === "metrics" ? { metrics: { [series.metric]: y } } : { [series.metric]: y };
+  data.step = x;
+  if (series.client_id !== null) data.client_id = series.client_id;
+  if (series.phase !== null && data.phase === undefined) data.phase = series.phase;
+  return { type: series.type, data };
+}
+
+/**
+ * Put the reduced points of one server series into `model`, and mark the model
+ * series that received them as remote (so a zoom asks the server again).
+ */
+function applySeries(model, run, remote, answer) {
+  const before = new Map();
+  for (const chart of model.charts.values()) {
+    for (const s of chart.traces.values()) before.set(s, s.length);
+  }
+  const messages = model.messages;
+  for (let i = 0; i < answer.x.length; i++) {
+    const y = answer.y[i] === null ? NaN : answer.y[i];
+    model.apply(syntheticMessage(answer, answer.x[i], y));
+  }
+  model.messages = messages; // not lines of the run: the count comes from the catalogue
+  for (const chart of model.charts.values()) {
+    for (const s of chart.traces.values()) {
+      if (s.length > (before.get(s) || 0)) {
+        s.remote = { run, metric: answer.metric, type: answer.type, phase: answer.phase,
+          client_id: answer.client_id, fetcher: remote, zoom: null };
+      }
+    }
+  }
+}
+
+/** Fetches of one metric's series for a zoomed range, shared by the lines of a chart. */
+class RemoteMetric {
+  constructor(run, metric) {
+    this.run = run;
+    this.metric = metric;
+    this.pending = new Map(); // "x0,x1,width" -> Promise of the answer
+  }
+
+  fetch(range, width) {
+    const key = `${range[0]},${range[1]},${width}`;
+    let request = this.pending.get(key);
+    if (!request) {
+      request = getJson({ run: this.run, metric: this.metric, x: "step", x0: range[0],
+        x1: range[1], width, events: 0 });
+      this.pending.clear(); // only the latest range is worth keeping
+      this.pending.set(key, request);
+    }
+    return request;
+  }
+}
+
+/**
+ * Load a big run's history into `model`: events whole, bulk series reduced.
+ * Resolves once the model holds everything up to the catalogue's `seq`
+ * (then `model.lastSeq`), so the WebSocket continues with `since=seq`.
+ */
+export async function loadReduced(model, run) {
+  const catalogue = await getJson({ run });
+  const upto = catalogue.seq;
+  const metrics = [...new Set(catalogue.series.filter((s) => s.bulk).map((s) => s.metric))];
+  const answers = await Promise.all(metrics.map((metric) => getJson(
+    { run, metric, x: "step", width: HISTORY_WIDTH, max_raw: 4 * HISTORY_WIDTH, events: 0, upto },
+  )));
+  for (const event of catalogue.events) model.apply(event);
+  for (const answer of answers) {
+    const remote = new RemoteMetric(run, answer.metric);
+    for (const series of answer.series) {
+      if (series.bulk) applySeries(model, run, remote, series);
+    }
+  }
+  model.messages = catalogue.messages;
+  model.lastSeq = Math.max(model.lastSeq, upto);
+  model.reducedHistory = true;
+  return upto;
+}
+
+/**
+ * The points a remote series shows for a zoomed `range`: the server's answer
+ * for that range, plus live points that arrived after it; null while it is
+ * being fetched (`redraw` is called when it arrives) or when not remote.
+ */
+export function remotePoints(series, range, width, redraw) {
+  const remote = series.remote;
+  if (!remote || !range) return null;
+  const zoom = remote.zoom;
+  if (zoom && zoom.range[0] === range[0] && zoom.range[1] === range[1]) {
+    const x = zoom.x.slice();
+    const y = zoom.y.slice();
+    const last = x.length ? x[x.length - 1] : -Infinity;
+    for (let i = 0; i < series.length; i++) { // live points the answer did not have
+      const xi = series.xs[i];
+      if (xi > last && xi <= range[1]) {
+        x.push(xi);
+        y.push(Number.isFinite(series.ys[i]) ? series.ys[i] : null);
+      }
+    }
+    return { x, y, text: null };
+  }
+  const columns = Math.max(100, Math.round(width));
+  remote.fetcher.fetch(range, columns).then((answer) => {
+    const match = answer.series.find((s) => s.type === remote.type && s.phase === remote.phase
+      && s.client_id === remote.client_id);
+    if (!match) return;
+    remote.zoom = { range, x: match.x, y: match.y };
+    redraw();
+  }).catch(() => {}); // the reduced history stays drawn
+  return null;
+}
+
+/** A stand-in for a feed's stream while the history loads (the same small API). */
+class PendingStream {
+  constructor() {
+    this.state = "connecting";
+    this.stopped = false;
+  }
+
+  kick() {}
+
+  stop() {
+    this.stopped = true;
+    this.state = "stopped";
+  }
+}
+
+/**
+ * Open a run feed's live stream, loading the history reduced first when the
+ * run is big. Returns the stream (a stand-in until the history is in).
+ */
+export function openFeed(feed) {
+  const { store, id } = feed;
+  const pending = new PendingStream();
+  (async () => {
+    if (!store.list.loaded) {
+      try { await (store.list.loading || store.list.load()); } catch { /* list retried later */ }
+    }
+    if (pending.stopped) return;
+    if (wantsReduced(store.list.runs.get(id)) && feed.live.lastSeq < 0) {
+      try {
+        await loadReduced(feed.live, id);
+      } catch {
+        feed.live.reset(); // fall back to streaming every line
+      }
+      if (pending.stopped) return;
+      store.changed();
+    }
+    feed.stream = feed.openLive();
+  })();
+  return pending;
+}

@@ -1,0 +1,97 @@
+"""A big run in the dashboard: history from /api/series (reduced), zoom to raw points, live lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recorder.format import encode_message
+from tests._dashboard_helpers import ConsoleWatch, launch, serving, view_state, wait_until
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path("/usr/bin/chromium").exists():  # pragma: no cover - CI image has it
+    pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
+
+STEPS = 30_000  # above the page's REDUCED_FROM_LINES
+SPIKE_STEP = 12_345
+PLOT = "document.querySelector('[data-chart-id=\"metrics:loss\"] .plot')"
+BATCH = f"{PLOT}.data.find((t) => t.meta.line === 'train (batch)')"
+
+
+def _loss(step: int) -> float:
+    return 50.0 if step == SPIKE_STEP else round(1.0 / (1.0 + step / 1000), 6)
+
+
+def _write_big_run(path: Path) -> None:
+    lines = [encode_message("status", {"status": "running", "message": "go"})]
+    for step in range(STEPS):
+        lines.append(encode_message("batch_metrics", {"step": step, "loss": _loss(step)}))
+        if step % 1000 == 999:
+            lines.append(
+                encode_message(
+                    "epoch_end",
+                    {"epoch": step // 1000, "phase": "val", "step": step, "metrics": {"loss": 0.5}},
+                )
+            )
+    path.write_bytes(b"".join(lines))
+
+
+def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
+    """The page draws a big run from reduced series (spike kept), zooms to raw points, then live."""
+    _write_big_run(tmp_path / "big.jsonl")
+    lines = STEPS + STEPS // 1000 + 1
+    with serving(tmp_path) as server, sync_api.sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        console = ConsoleWatch(page)
+        frames: list[str] = []
+        page.on("websocket", lambda ws: frames.append(ws.url))
+        page.goto(server.page_url("#/runs/big"))
+
+        def drawn():
+            state = view_state(page)
+            charts = (state or {}).get("charts", {})
+            trace = charts.get("metrics:loss", {}).get("traces", {}).get("train (batch)")
+            return state if trace and trace["drawn"] and state["settled"] else None
+
+        state = wait_until(drawn, timeout=60, message="the batch loss chart")
+        loss = state["charts"]["metrics:loss"]["traces"]["train (batch)"]
+        assert loss["points"] < STEPS / 4  # reduced, not every line
+        assert state["live"]["lastSeq"] == lines - 1
+        assert state["live"]["messages"] == lines
+        assert "val" in state["charts"]["metrics:loss"]["traces"]  # from the catalogue's events
+        x, y = page.evaluate(f"() => [{BATCH}.x, {BATCH}.y]")
+        assert max(y) == 50.0 and x[y.index(50.0)] == SPIKE_STEP  # the spike survives
+        assert x[0] == 0 and x[-1] == STEPS - 1
+        assert any("since=" in url for url in frames)  # live from the snapshot's seq
+
+        page.evaluate(
+            f"() => Plotly.relayout({PLOT}, {{'xaxis.range[0]': 20000, 'xaxis.range[1]': 20299}})"
+        )
+        wait_until(
+            lambda: page.evaluate(f"() => {BATCH}.x.length") == 302,
+            timeout=20,
+            message="raw points of the zoomed range",
+        )
+        x, y = page.evaluate(f"() => [{BATCH}.x, {BATCH}.y]")
+        assert x == list(range(19_999, 20_301))
+        assert y == [_loss(step) for step in x]
+
+        with open(tmp_path / "big.jsonl", "ab") as f:
+            f.write(encode_message("batch_metrics", {"step": STEPS, "loss": 0.125}))
+        wait_until(
+            lambda: view_state(page)["live"]["lastSeq"] == lines,
+            timeout=20,
+            message="the live line",
+        )
+        page.evaluate(f"() => Plotly.relayout({PLOT}, {{'xaxis.autorange': true}})")
+        wait_until(
+            lambda: page.evaluate(f"() => {BATCH}.x.slice(-1)[0]") == STEPS,
+            timeout=20,
+            message="the live point on the chart",
+        )
+        console.check()
+        browser.close()
