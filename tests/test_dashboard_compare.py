@@ -157,10 +157,16 @@ def settled(page, runs: list[str]) -> None:
     wait_until(done, timeout=20, message=f"compare view of {runs} drawn")
 
 
-def open_run(page, server, fragment: str) -> None:
-    """Open `#/runs/...` and wait until every chart shows every point."""
+def open_run(page, server, fragment: str, path: Path) -> None:
+    """Open `#/runs/...` of the run in `path` and wait until it holds and draws every message."""
     page.goto(server.page_url(fragment))
-    wait_until(lambda: (view_state(page) or {}).get("settled"), message=f"{fragment} drawn")
+    n = len(read_messages(path))
+
+    def done():
+        state = view_state(page) or {}
+        return state.get("settled") and state["charts"] and state["live"]["messages"] == n
+
+    wait_until(done, timeout=20, message=f"{fragment} drawn")
 
 
 def open_compare(page, server, runs: list[str], options: str = "") -> None:
@@ -273,7 +279,7 @@ def test_smoothing_is_debiased_ema_with_the_raw_line_faint(shared, page_factory)
     directory, server = shared
     page, console = page_factory()
     w = 0.8
-    open_run(page, server, f"#/runs/alpha?smooth={w}")
+    open_run(page, server, f"#/runs/alpha?smooth={w}", directory / "alpha.jsonl")
     found = traces(page, "loss")
     steps, losses = batch_losses(directory / "alpha.jsonl")
     raw = of_run(found, "alpha", "train (batch)")
@@ -292,7 +298,7 @@ def test_x_axis_time_and_wall(shared, page_factory):
     """x=time is seconds since the run's first message; x=wall its timestamps on a date axis."""
     directory, server = shared
     page, console = page_factory()
-    open_run(page, server, "#/runs/alpha?x=time")
+    open_run(page, server, "#/runs/alpha?x=time", directory / "alpha.jsonl")
     messages = read_messages(directory / "alpha.jsonl")
     from datetime import datetime
 
@@ -321,7 +327,7 @@ def test_learning_rate_is_an_optimizer_value_on_an_honest_axis(shared, page_fact
     """lr-Adam has its own section, no phase; its constant 0.001 gets a y range around 0.001."""
     _, server = shared
     page, console = page_factory()
-    open_run(page, server, "#/runs/alpha")
+    open_run(page, server, "#/runs/alpha", shared[0] / "alpha.jsonl")
     plot = page.locator('.plot[data-metric="lr-Adam"]')
     assert plot.get_attribute("data-section") == "optim"
     section = page.evaluate(
@@ -514,7 +520,7 @@ def test_resumed_run_never_draws_back_into_the_previous_attempt(tmp_path, page_f
     (directory / "resumed.jsonl").write_bytes(b"".join(lines))
     page, console = page_factory()
     with serving(directory) as server:
-        open_run(page, server, "#/runs/resumed")
+        open_run(page, server, "#/runs/resumed", directory / "resumed.jsonl")
         (trace,) = traces(page, "loss")
         assert trace["x"] == [10, 20, 30, 40, 30, 30, 40, 50]
         assert trace["y"][4] is None  # the break between the attempts
@@ -560,7 +566,7 @@ def test_system_metrics_section(tmp_path, page_factory):
     (directory / "sys.jsonl").write_bytes(b"".join(lines))
     page, console = page_factory()
     with serving(directory) as server:
-        open_run(page, server, "#/runs/sys")
+        open_run(page, server, "#/runs/sys", directory / "sys.jsonl")
         assert page.locator('.plot[data-metric="cpu_percent"]').get_attribute("data-section") == (
             "system"
         )
@@ -681,6 +687,7 @@ def test_compare_screenshots(shared, page_factory, n, width, scheme):
         " return p.data && p.data[0].dimensions[0].values.length === n"
         " && document.querySelectorAll('table[data-hparams] thead th[data-differs]').length >= 2; }",
         arg=n,
+        timeout=30000,
     )
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"page scrolls sideways by {overflow}px"

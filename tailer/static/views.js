@@ -358,6 +358,7 @@ export class RunView {
       this.syncControls(options);
     }
     const owed = window.Plotly ? this.board.flush() : false; // charts wait for plotly
+    if (this.parallelOwed && window.Plotly && this.compare) this.renderHparamsTable(members);
     if (members.some((m) => m.feed.model.metaDirty || m.feed.live.metaDirty)) this.renderMeta();
     return owed;
   }
@@ -582,8 +583,9 @@ export class RunView {
 
   renderParallel(rows, columns, differing, metricName) {
     const target = $("#parallel");
+    this.parallelOwed = !window.Plotly; // drawn once plotly has loaded
     if (!window.Plotly || rows.length < 2) {
-      if (target.data) window.Plotly.purge(target);
+      if (target.data && window.Plotly) window.Plotly.purge(target);
       return;
     }
     const dims = [];
