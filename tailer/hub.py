@@ -211,6 +211,7 @@ class Hub:
         # file (or a verification) never holds up the others.
         self._catch_ups: dict[FileReader, asyncio.Task[None]] = {}
         self._again: set[FileReader] = set()
+        self._turn = asyncio.Lock()
 
     # ------------------------------------------------------------------ files
 
@@ -300,11 +301,19 @@ class Hub:
                 if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
                     return
                 if result.kind == "verify":
-                    result = await reader.verify()
+                    result = await reader.verify()  # on a worker thread
+                    self.dispatch(reader, result)
                 else:
-                    await asyncio.sleep(result.retry_after if result.kind == "wait" else 0)
-                    result = reader.poll()
-                self.dispatch(reader, result)
+                    if result.kind == "wait":
+                        await asyncio.sleep(result.retry_after)
+                    # One background step per turn of the event loop, whatever the number
+                    # of files being read: the turn is held until the loop came round.
+                    async with self._turn:
+                        if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
+                            return
+                        result = reader.poll()
+                        self.dispatch(reader, result)
+                        await asyncio.sleep(0)
                 if _wants_more(result):
                     continue
                 if reader in self._again:
