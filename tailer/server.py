@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.format import validate_experiment_id
+from tailer import identities
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -654,7 +655,10 @@ async def serve_directory(
         index_every=index_every,
         follow_symlinks=follow_symlinks,
     )
+    if state_dir is not None:
+        hub.checkpoints = identities.load(state_dir)
     await hub.refresh(startup=True)
+    hub.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -693,6 +697,9 @@ async def serve_directory(
         await asyncio.sleep(0)
         await hub.refresh()
         app.series.warm(hub.readers.values())  # long runs' series, built in the background
+        keeper = (
+            asyncio.create_task(identities.keep(hub, state_dir)) if state_dir is not None else None
+        )
         try:
             yield app
         finally:
@@ -700,6 +707,10 @@ async def serve_directory(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await hub.close()
+            if keeper is not None:  # saves where every file was read to, one last time
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
 
 
 @contextlib.asynccontextmanager

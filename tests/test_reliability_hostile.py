@@ -597,9 +597,6 @@ async def test_running_out_of_descriptors_never_stops_delivery(tmp_path):
 # --------------------------------------------------------------------------- item 9: identity across restarts
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16: a run replaced while the tailer was down is not detected"
-)
 @aio(90)
 async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
     """Stopped tailer, x.jsonl replaced by a longer, different run: resuming with since gets log_reset; a run that only grew continues."""
