@@ -11,11 +11,6 @@ import pytest
 from recorder.format import encode_message
 from tests._tailer_helpers import ROOT
 
-pytestmark = pytest.mark.xfail(
-    strict=True,
-    reason="serve creates a whole mistyped path; file/directory mix-ups give vague or no errors",
-)
-
 
 def _tailer(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
