@@ -36,7 +36,13 @@ __all__ = [
 
 _WHERE = {
     **dict.fromkeys(
-        ("MESSAGE_COLUMNS", "METRIC_COLUMNS", "SkippedLinesWarning", "read_messages", "read_metrics"),
+        (
+            "MESSAGE_COLUMNS",
+            "METRIC_COLUMNS",
+            "SkippedLinesWarning",
+            "read_messages",
+            "read_metrics",
+        ),
         "replay.tables",
     ),
     "iter_frames": "replay.pacing",
