@@ -36,13 +36,7 @@ __all__ = [
 
 _WHERE = {
     **dict.fromkeys(
-        (
-            "MESSAGE_COLUMNS",
-            "METRIC_COLUMNS",
-            "SkippedLinesWarning",
-            "read_messages",
-            "read_metrics",
-        ),
+        ("MESSAGE_COLUMNS", "METRIC_COLUMNS", "SkippedLinesWarning", "read_messages", "read_metrics"),
         "replay.tables",
     ),
     "iter_frames": "replay.pacing",
