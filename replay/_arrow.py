@@ -12,8 +12,9 @@ leaves become the long table with a handful of vectorised steps:
    its columns in :class:`replay.tables.MetricOrder`;
 2. reading that matrix row-major gives the rows message by message, each
    message's in rank order;
-3. the message-level columns (``seq``, ``timestamp``, ``phase``, the index
-   columns, ``client_id``) are built once per message and spread by ``take``.
+3. the message-level columns (``seq``, ``attempt``, ``timestamp``, ``phase``,
+   the index columns, ``client_id``) are built once per message and spread by
+   ``take``.
 
 pyarrow reads JSON more liberally than :func:`recorder.format.decode_line`
 (``NaN`` literals, invalid UTF-8, a byte order mark, two objects on a line,
@@ -40,6 +41,7 @@ from replay._plans import EPOCH_KEYS, ROUND_KEYS, STEP_KEYS
 from replay._source import LineBlocks, Run, SkipCounts
 from replay.tables import (
     _TIMESTAMP,
+    ATTEMPT_START,
     INDEX_KEYS,
     _gc_paused,
     _MetricsBuilder,
@@ -111,7 +113,13 @@ def _strings(texts: list[str]) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), data])
 
 
+def _flags(array: Any) -> np.ndarray:
+    """An Arrow boolean array as numpy: true where it is true (not null)."""
+    return _bits(array.buffers()[1], array.offset, len(array)) & _valid(array)
+
+
 _NON_FINITE_TEXT = _strings(list(NON_FINITE))
+_ATTEMPT_START = _strings([ATTEMPT_START])[0]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -321,10 +329,14 @@ class _FastMetrics:
             if data.null_count < rows:
                 raise _Careful  # a number (the metric "value") or a list as data
             data = None
+        kinds = table.column("type").combine_chunks()
+        starts = _flags(pc.equal(kinds, _ATTEMPT_START))
+        attempts, started = self.careful.attempts.of_rows(starts)
         leaves: list[_Leaf] = []
         if data is not None:
             _leaves(data, "", True, True, leaves)
         if not leaves:
+            self.careful.attempts.settle(attempts, started)
             return None
         leaves = self._in_rank_order(leaves, chunk)
         present = np.empty((rows, len(leaves)), bool)
@@ -355,8 +367,9 @@ class _FastMetrics:
         columns += [
             pa.repeat(self.careful.rank, n),  # type: ignore[attr-defined]
             _array(owner + first_seq, pa.int64()),
+            _array(attempts[owner], pa.int64()),
             timestamps,
-            table.column("type").combine_chunks().take(take),
+            kinds.take(take),
             _phase(data, rows).take(take),
             _first_index(data, EPOCH_KEYS, rows).take(take),
             _first_index(data, STEP_KEYS, rows).take(take),
@@ -365,7 +378,9 @@ class _FastMetrics:
             names.take(_array(leaf_of_row, pa.int64())),
             _array(values[present], pa.float64()),
         ]
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        self.careful.attempts.settle(attempts, started)
+        return batch
 
     def _in_rank_order(self, leaves: list[_Leaf], chunk: bytes) -> list[_Leaf]:
         """``leaves`` sorted by :class:`MetricOrder`, ranking the names new in this block.

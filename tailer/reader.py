@@ -45,6 +45,7 @@ from recorder.format import (
     MalformedLine,
     decode_line,
     is_blank_line,
+    parse_timestamp,
     split_lines,
     split_rank,
     status_of,
@@ -303,6 +304,7 @@ class FileReader:
         self.last_timestamp: str | None = None
         self.status: str | None = None
         self.error: str | None = None  # data.error of the last `error` message
+        self._stamp_seen: tuple[str | None, float | None] = (None, None)  # stale()'s parse
         self.size = 0
         self.crc = 0  # CRC-32 of the bytes [0, read_pos)
 
@@ -338,7 +340,30 @@ class FileReader:
             "last_timestamp": self.last_timestamp,
             "status": self.status or "unknown",
             "error": self.error,
+            "stale": self.stale(),
         }
+
+    def stale(self) -> float | None:
+        """Seconds since the run's last line: now less the last message's timestamp.
+
+        The timestamp, not the file's modification time, because it survives a
+        copy or a ``git clone`` (a run whose writer died long ago must not look
+        fresh). Without a parsable timestamp the file's mtime is used; None when
+        that cannot be read either. Never negative (a writer's clock ahead).
+        """
+        text = self.last_timestamp
+        if self._stamp_seen[0] != text:
+            try:
+                self._stamp_seen = (text, parse_timestamp(text).timestamp())  # type: ignore[arg-type]
+            except (TypeError, ValueError, OverflowError):
+                self._stamp_seen = (text, None)
+        last = self._stamp_seen[1]
+        if last is None:
+            try:
+                last = os.stat(self.path).st_mtime
+            except OSError:
+                return None
+        return round(max(0.0, time.time() - last), 3)
 
     # ------------------------------------------------------------------ reading
 

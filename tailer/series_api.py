@@ -39,7 +39,7 @@ from tailer.reader import FileReader
 from tailer.routes import RequestError
 from tailer.series import X_KINDS, SeriesQuery, SeriesStore, parse_first_timestamp
 
-__all__ = ["DEFAULT_STORE_BYTES", "SeriesService", "parse_series_query"]
+__all__ = ["DEFAULT_STORE_BYTES", "SeriesBuilding", "SeriesService", "parse_series_query"]
 
 log = logging.getLogger("tailer")
 
@@ -53,6 +53,9 @@ MAX_WIDTH = 10_000
 MAX_RAW = 200_000
 #: Answers at least this long are compressed when the client accepts gzip.
 GZIP_FROM = 2048
+#: Seconds a request waits for a run being read before it is answered 503 (retry): well
+#: within the handshake timeout that also bounds an HTTP request.
+BUILD_WAIT_S = 5.0
 _ATTEMPTS = 3
 
 
@@ -133,6 +136,14 @@ def _encode(answer: dict[str, Any]) -> bytes:
     return body[:-1] + b',"events":[' + b",".join(events) + b"]}"
 
 
+class SeriesBuilding(RequestError):
+    """503: the run's file is still being read; ``Retry-After`` says when to ask again."""
+
+    def __init__(self, done: float) -> None:
+        super().__init__(503, f"reading the run: {done:.0%} done; retry")
+        self.done = done
+
+
 class SeriesService:
     """The stores of the runs asked for, and the worker threads that fill and query them."""
 
@@ -146,6 +157,8 @@ class SeriesService:
         self.reader_for = reader_for
         self.max_bytes = max_bytes
         self.stores: OrderedDict[str, SeriesStore] = OrderedDict()
+        self.build_wait = BUILD_WAIT_S
+        self._building: dict[str, asyncio.Future[None]] = {}
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tailer-series")
 
     def close(self) -> None:
@@ -171,6 +184,8 @@ class SeriesService:
                 )
                 self.stores[query.run] = store
             self.stores.move_to_end(query.run)
+            if store.offset < end_offset:
+                await self._built(store, end_offset)
             body = await loop.run_in_executor(
                 self._executor, _answer, store, query, end_offset, t0, gzip_ok
             )
@@ -181,6 +196,32 @@ class SeriesService:
                 del self.stores[query.run]
         raise RequestError(503, "the run's file keeps changing; try again")
 
+    def _build_soon(self, store: SeriesStore, end_offset: int) -> asyncio.Future[None]:
+        """The background read of ``store`` (one at a time per run), started if none runs."""
+        building = self._building.get(store.experiment_id)
+        if building is None or building.done():
+            loop = asyncio.get_running_loop()
+            building = loop.run_in_executor(self._executor, _build, store, end_offset)
+            building.add_done_callback(_log_failure)
+            self._building[store.experiment_id] = building
+        return building
+
+    async def _built(self, store: SeriesStore, end_offset: int) -> None:
+        """Wait for ``store`` to be read up to ``end_offset``, at most :attr:`build_wait` seconds.
+
+        Past that the request gets :class:`SeriesBuilding` (503 with
+        ``Retry-After``) while the read goes on: a cold file of millions of lines
+        never runs into the handshake timeout, and the client asks again.
+        """
+        while store.offset < end_offset:
+            building = self._build_soon(store, end_offset)
+            try:
+                await asyncio.wait_for(asyncio.shield(building), self.build_wait)
+            except TimeoutError:
+                raise SeriesBuilding(store.offset / max(end_offset, 1)) from None
+            if building.exception() is not None:
+                raise RequestError(500, "could not read the run's series") from None
+
     def warm(self, readers: Iterable[FileReader], *, min_lines: int = WARM_FROM_LINES) -> None:
         """Build the stores of long runs in the background, most recently active first.
 
@@ -189,7 +230,6 @@ class SeriesService:
         requests only read what was appended since. Runs are taken while
         their estimated size fits in :attr:`max_bytes`.
         """
-        loop = asyncio.get_running_loop()
         chosen = sorted(
             (r for r in readers if r.exists and r.next_seq >= min_lines),
             key=lambda r: r.last_timestamp or "",
@@ -208,8 +248,7 @@ class SeriesService:
                 max_line_bytes=reader.max_line_bytes,
             )
             self.stores[reader.experiment_id] = store
-            future = loop.run_in_executor(self._executor, _build, store, reader.consumed)
-            future.add_done_callback(_log_failure)
+            self._build_soon(store, reader.consumed)
 
     def _evict(self, *, keep: str) -> None:
         """Drop the least recently used stores past :attr:`max_bytes` (never ``keep``)."""

@@ -529,6 +529,8 @@ class SessionStore:
         client.settle()
         if not client.superseded:
             session.push(client.record)
+        # The ttl counts from the last use: a tab open for days keeps its session.
+        session.expires = max(session.expires, time.time() + self.ttl)
         session.dirty = True
 
 

@@ -114,18 +114,20 @@ class SteadyWriter:
 class CuttableProxy:
     """A TCP relay from a local port to the tailer that can drop every connection.
 
-    ``cut(seconds)`` closes every relayed connection (both ends see it end,
-    as after a network failure that resets connections) and refuses new ones
-    for ``seconds``. Like any relay it acknowledges bytes before passing them
-    on; it forwards each chunk at once, so at a cut at most the chunk in hand
-    is lost in it (the test counts what arrives).
+    ``cut(seconds)`` ends every relayed connection (both ends see it end, as
+    after a network failure that resets connections) and refuses new ones for
+    ``seconds``. A relay acknowledges bytes to the tailer before it passes them
+    on, so a careless cut would lose lines the tailer rightly counts as
+    received: a real network drop loses only unacknowledged bytes, which TCP
+    and the tailer resend. So the thread relaying tailer → browser performs
+    the cut itself, between two chunks: it forwards everything its socket has
+    already acknowledged, then resets both ends.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = 0
-        self._listener: socket.socket | None = None
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._cut = threading.Event()
+        self._pumps: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._refuse_until = 0.0
         listener = socket.socket()
@@ -149,45 +151,67 @@ class CuttableProxy:
             except OSError:
                 client.close()
                 continue
-            upstream.settimeout(None)
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upstream.settimeout(0.01)
+            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+            down = threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True)
             with self._lock:
-                self._pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                self._pumps.append(down)
+            down.start()
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump_up(client: socket.socket, upstream: socket.socket) -> None:
+        """Browser → tailer (handshakes and pings)."""
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                upstream.sendall(data)
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    def _pump_down(self, upstream: socket.socket, client: socket.socket) -> None:
+        """Tailer → browser; performs the cut (see the class docstring)."""
         try:
-            while data := source.recv(65536):
-                sink.sendall(data)
+            while not self._cut.is_set():
+                try:
+                    data = upstream.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                client.sendall(data)
+            else:
+                upstream.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while data := upstream.recv(65536):
+                        client.sendall(data)
         except OSError:
             pass
-        for s in (source, sink):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+        _reset(upstream)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)  # a FIN after what was forwarded, not a reset
+        client.close()
 
     def cut(self, seconds: float) -> None:
         """Drop every connection now and refuse new ones for ``seconds`` (blocks that long)."""
         self._refuse_until = time.monotonic() + seconds
         with self._lock:
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for s in pair:
-                _reset(s)
-        time.sleep(seconds)
+            pumps, self._pumps = self._pumps, []
+        self._cut.set()
+        for pump in pumps:
+            pump.join()
+        self._cut.clear()
+        time.sleep(max(0.0, self._refuse_until - time.monotonic()))
 
     def close(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
         with self._lock:
-            for pair in self._pairs:
-                for s in pair:
-                    s.close()
-            self._pairs = []
+            pumps, self._pumps = self._pumps, []
+        self._cut.set()
+        for pump in pumps:
+            pump.join()
 
 
 def _reset(s: socket.socket) -> None:
@@ -218,6 +242,7 @@ def tally(seqs: list[int], written: int) -> dict[str, int]:
         "unique": len(got),
         "duplicates": len(seqs) - len(got),
         "missing": len(set(range(first, written)) - got),
+        "missing_seqs": sorted(set(range(first, written)) - got)[:10],
         "first": first,
     }
 
@@ -231,6 +256,7 @@ def measure_legacy(
     *,
     keep_cookie: bool = True,
     interval: float = 0.02,
+    start: str | None = None,
 ) -> dict[str, object]:
     """Run the stand-in of the unmodified client against `tailer serve`, interrupt it, tally.
 
@@ -239,6 +265,8 @@ def measure_legacy(
     ``seconds``; ``"restart"`` kills the tailer (SIGKILL) and starts it again on
     the same port ``seconds`` later. ``keep_cookie=False`` clears the browser's
     cookies first (a client without the session: the behaviour before §11).
+    ``start``: a JS function of the URL that starts another client and sets
+    ``window.client`` with the stand-in's ``messages``, ``opens``, ``closes``.
     """
     from tests._dashboard_helpers import Server, wait_until
 
@@ -248,7 +276,7 @@ def measure_legacy(
     try:
         page = open_app(context, origin)
         page.evaluate(
-            "url => { window.client = new LegacyClient(url); window.client.connect(); }",
+            start or "url => { window.client = new LegacyClient(url); window.client.connect(); }",
             f"ws://localhost:{proxy.port}",
         )
 

@@ -228,7 +228,7 @@ def messages(draw: Any) -> list[bytes]:
         else:
             out.append(draw(st.sampled_from(sorted(HOSTILE.values(), key=len)[:-2])))
             continue
-        kind = draw(st.sampled_from(["batch_metrics", "epoch_end", "custom"]))
+        kind = draw(st.sampled_from(["batch_metrics", "epoch_end", "custom", "training_start"]))
         out.append(encode_message(kind, data, timestamp="2025-10-22T11:10:16.000Z"))
     return out
 

@@ -141,6 +141,28 @@ def test_store_grows_block_by_block_like_one_read(tmp_path):
     assert [orjson.loads(e)["seq"] for e in pieces.events] == [20]
 
 
+def test_a_resumed_run_stepping_back_is_answered_in_x_order(tmp_path):
+    """x that goes back (a run resumed from a checkpoint) comes back sorted, before and after growth."""
+    path = tmp_path / "r.jsonl"
+    steps = [*range(10), *range(5, 15)]
+    path.write_bytes(
+        b"".join(
+            encode_message("batch_metrics", {"step": s, "loss": float(i)})
+            for i, s in enumerate(steps[:8])
+        )
+    )
+    store = _store(path)
+    q = SeriesQuery("r", "loss")
+    assert store.answer(q)["series"][0]["x"].tolist() == list(range(8))
+    with open(path, "ab") as f:
+        for i, s in enumerate(steps[8:], start=8):
+            f.write(encode_message("batch_metrics", {"step": s, "loss": float(i)}))
+    store.catch_up(path.stat().st_size)
+    answer = store.answer(q)["series"][0]
+    assert answer["x"].tolist() == sorted(steps)
+    assert answer["y"].tolist() == [float(i) for i in sorted(range(20), key=lambda i: steps[i])]
+
+
 # --------------------------------------------------------------------------- the endpoint
 
 
@@ -325,6 +347,7 @@ async def test_cold_series_request_does_not_stall_other_clients(tmp_path, monkey
         serve_directory(tmp_path, port=0) as app,
         ws_connect(f"{app.ws_url}experiments/other?since=0") as ws,
     ):
+        app.series.build_wait = 60
         pending = asyncio.create_task(_get(app.port, "/api/series?run=big&metric=loss"))
         assert await asyncio.to_thread(started.wait, 30)
         other.message("batch_metrics", {"step": 1, "loss": 0.5})
@@ -354,3 +377,28 @@ async def test_long_runs_are_built_in_the_background_at_start(tmp_path):
         assert "small" not in app.series.stores
         _, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
         assert answer["seq"] == 20_020 and app.series.stores["big"] is store
+
+
+@aio(120)
+async def test_a_run_still_being_read_is_answered_503_with_retry_after(tmp_path, monkeypatch):
+    """A request that waited build_wait for the read gets 503 + Retry-After; the read goes on."""
+    _write_run(tmp_path, "big", 3000).close()
+    release = threading.Event()
+    add_lines = SeriesStore.add_lines
+
+    def paused(self, first_seq, lines):
+        assert release.wait(60)
+        add_lines(self, first_seq, lines)
+
+    monkeypatch.setattr(SeriesStore, "add_lines", paused)
+    async with serve_directory(tmp_path, port=0) as app:
+        app.series.build_wait = 0.2
+        status, head, body = await _get(app.port, "/api/series?run=big&metric=loss")
+        assert status == 503 and head["retry-after"] == "1" and b"retry" in body
+        release.set()
+        for _ in range(200):
+            status, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and answer["series"][0]["count"] == 3000

@@ -366,3 +366,21 @@ async def test_tabs_sharing_a_cookie(tmp_path):
                 await assert_silent(third, 0.3)
                 a.many(1, start=4)
                 assert (await recv_json(third))["seq"] == 4
+
+
+@aio()
+async def test_session_ttl_counts_from_the_last_use(tmp_path):
+    """A connection open longer than the ttl keeps its session: the ttl restarts when it closes."""
+    a = Writer(tmp_path, "a")
+    async with serve_directory(tmp_path, port=0, session_ttl=0.5) as app:
+        async with ws_connect(app.ws_url) as ws:
+            cookie = _cookie(ws)
+            await asyncio.sleep(0.8)  # longer than the ttl
+            a.many(1)
+            await recv_json(ws)
+            await _settled(app)
+        a.many(1, start=1)
+        await asyncio.sleep(0.2)
+        async with _connect(app.ws_url, cookie) as ws:
+            assert _cookie(ws) == cookie
+            assert (await recv_json(ws))["seq"] == 1

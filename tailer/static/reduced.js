@@ -24,9 +24,17 @@ export const REDUCED_FROM_LINES = 20000;
 const HISTORY_WIDTH = 900;
 
 async function getJson(params) {
-  const response = await fetch(serverUrl("/api/series", params), { cache: "no-store" });
-  if (!response.ok) throw new Error(`/api/series: HTTP ${response.status}`);
-  return response.json();
+  // 503 with Retry-After: the tailer is still reading the run (a cold file of millions of
+  // lines takes seconds); ask again, for up to ten minutes.
+  for (let attempt = 0; ; attempt++) {
+    const response = await fetch(serverUrl("/api/series", params), { cache: "no-store" });
+    if (response.status === 503 && response.headers.has("Retry-After") && attempt < 600) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      continue;
+    }
+    if (!response.ok) throw new Error(`/api/series: HTTP ${response.status}`);
+    return response.json();
+  }
 }
 
 /** Whether the list entry of a run says it is long enough for the reduced path. */
