@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import OPEN
 
 from recorder.format import is_valid_experiment_id
@@ -60,7 +61,7 @@ def log_reset_frame(experiment_id: str) -> bytes:
 class Client:
     """One WebSocket subscriber and its bounded send queue."""
 
-    __slots__ = ("closing", "connection", "label", "queue_bytes", "transport")
+    __slots__ = ("budget", "charged", "closing", "connection", "label", "queue_bytes", "transport")
 
     def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
         self.connection = connection
@@ -68,6 +69,9 @@ class Client:
         self.queue_bytes = queue_bytes
         self.label = label
         self.closing = False
+        #: The server-wide budget this client's queue counts against (None: none).
+        self.budget: QueueBudget | None = None
+        self.charged = 0  # this client's bytes in the budget's running total
 
     def write(self, frames: bytes) -> None:
         """Queue already-framed bytes; close the client with 1013 if it is too far behind."""
@@ -79,8 +83,11 @@ class Client:
             return
         transport = self.transport
         transport.write(frames)
-        if transport.get_write_buffer_size() > self.queue_bytes:
+        queued = transport.get_write_buffer_size()
+        if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
+        elif self.budget is not None:
+            self.budget.charge(self, queued)
 
     def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
         """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).
@@ -96,12 +103,16 @@ class Client:
     def release(self, experiment_id: str) -> None:
         """A firehose catch-up of ``experiment_id`` is done: its live lines come through."""
 
-    def close(self, code: int, reason: str) -> None:
-        """Start a closing handshake without waiting for it."""
+    def close(self, code: int, reason: str, *, why: str | None = None) -> None:
+        """Start a closing handshake without waiting for it (``why``: what to log instead)."""
         if self.closing:
             return
         self.closing = True
-        if code == 1013:
+        if self.budget is not None:
+            self.budget.release(self)
+        if why is not None:
+            log.warning("closing client %s (%d): %s", self.label, code, why)
+        elif code == 1013:
             log.warning(
                 "client %s fell more than %d bytes behind; closing it (1013)",
                 self.label,
@@ -112,11 +123,68 @@ class Client:
         task.add_done_callback(_background.discard)
 
     async def drain(self) -> None:
-        """Wait until the transport's buffer is below its low-water mark."""
-        await self.connection.drain()
+        """Wait until the transport's buffer is below its low-water mark.
+
+        A peer that resets the connection meanwhile (RST) only ends this client.
+        """
+        try:
+            await self.connection.drain()
+        except (OSError, ConnectionClosed):
+            self.closing = True
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+class QueueBudget:
+    """Bytes queued for all clients together (``--max-queued-bytes``, DESIGN §12).
+
+    Each client's queue is bounded (``--queue-bytes``), but a thousand slow
+    clients could still hold a thousand full queues. The budget keeps a
+    running total, updated from each client's own buffer size as it is
+    written to; the total only overestimates (buffers drain unseen), so when
+    it passes the limit the real sizes are summed, and if they are over too,
+    the clients with the most queued are closed with 1013 until the rest fit.
+    """
+
+    def __init__(self, limit: int, clients: Iterable[Client]) -> None:
+        self.limit = limit
+        self.clients = clients
+        self.total = 0
+
+    def charge(self, client: Client, queued: int) -> None:
+        self.total += queued - client.charged
+        client.charged = queued
+        if self.total > self.limit:
+            self._shed()
+
+    def release(self, client: Client) -> None:
+        self.total -= client.charged
+        client.charged = 0
+
+    def _shed(self) -> None:
+        sizes = []
+        total = 0
+        for client in self.clients:
+            if client.closing:
+                continue
+            queued = client.transport.get_write_buffer_size()
+            client.charged = queued
+            total += queued
+            sizes.append((queued, client))
+        self.total = total
+        if total <= self.limit:
+            return
+        sizes.sort(key=lambda pair: pair[0], reverse=True)
+        for queued, client in sizes:
+            if self.total <= self.limit or queued == 0:
+                break
+            client.close(
+                1013,
+                "server busy: reconnect with since=<last seq received>",
+                why=f"{total} bytes queued for all clients, over --max-queued-bytes "
+                f"{self.limit}; it had the most ({queued})",
+            )
 
 
 class Hub:
@@ -152,6 +220,10 @@ class Hub:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:  # EMFILE and the like: the known readers are still read
+            self.notes.warn(("list", None), "cannot list %s: %s", self.directory, exc)
+            return []
+        self.notes.clear(("list", None))
         return [
             name[:-6]
             for name in names
