@@ -51,6 +51,7 @@ import gc
 import json
 import math
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -245,6 +246,14 @@ def _timestamps(values: list[Any]) -> pa.Array:
     return pa.array(parsed, _TIMESTAMP)
 
 
+def _int64_scalar(value: int | None) -> pa.Scalar:
+    """``value`` as an Arrow int64 scalar, built from a buffer: ``pa.scalar`` imports pandas."""
+    if value is None:
+        return pa.nulls(1, pa.int64())[0]
+    buffer = pa.py_buffer(value.to_bytes(8, sys.byteorder, signed=True))
+    return pa.Array.from_buffers(pa.int64(), 1, [None, buffer])[0]
+
+
 def _as_int(value: Any) -> int | None:
     """An index value as an int64, or None when it is not a whole number that fits."""
     if type(value) is int:
@@ -412,7 +421,7 @@ class _MetricsBuilder:
         order: MetricOrder | None = None,
     ) -> None:
         self.experiment_id = experiment_id
-        self.rank = pa.scalar(rank, pa.int64())
+        self.rank = _int64_scalar(rank)
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
@@ -421,7 +430,7 @@ class _MetricsBuilder:
         self._code_ranks: Any = None  # numpy array: code -> rank in self.order, -1 while none
         self.names: list[str] = []
         self._name_codes: dict[str, int] = {}
-        self._names_array: pa.Array = pa.array([], pa.string())
+        self._names_array: pa.Array = pa.nulls(0, pa.string())
         self.root = _Node("")
         self.codes: list[int] = []
         self.values: list[Any] = []
@@ -736,7 +745,7 @@ class _MessageTableBuilder:
 
     def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
         self.experiment_id = experiment_id
-        self.rank = pa.scalar(rank, pa.int64())
+        self.rank = _int64_scalar(rank)
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0

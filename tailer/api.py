@@ -29,7 +29,6 @@ from tailer.routes import RequestError
 
 __all__ = [
     "MetricsQuery",
-    "experiment_files",
     "hparams_body",
     "metrics_body",
     "parse_metrics_query",
@@ -42,7 +41,6 @@ FORMATS = {
 }
 HPARAMS_TYPES = frozenset({"hparams", "training_start"})
 HPARAMS_BYTES = 1 << 20  # hyperparameters are written first: read at most this much per file
-_RANK_FILE = re.compile(r"\.rank\d+$")
 
 
 @dataclass(frozen=True)
@@ -59,18 +57,11 @@ def _one(query: Mapping[str, list[str]], name: str) -> str | None:
     return values[-1] if values else None
 
 
-def experiment_files(directory: Path) -> list[Path]:
-    """Every run file directly in ``directory``, by name."""
-    return sorted(p for p in directory.glob("*.jsonl") if p.is_file())
-
-
-def parse_metrics_query(
-    directory: Path, query: Mapping[str, list[str]], served: list[Path] | None = None
-) -> MetricsQuery:
+def parse_metrics_query(query: Mapping[str, list[str]], served: list[Path]) -> MetricsQuery:
     """Check an ``/api/metrics`` query; 400 for a bad format, 404 for an unknown or invalid id.
 
-    ``served``: the only files that may be read (``tailer replay FILE``), else
-    every run file in ``directory``.
+    ``served``: the run files that may be read (those ``/api/experiments`` lists);
+    nothing on disk is touched here.
     """
     fmt = (_one(query, "format") or "json").lower()
     if fmt not in FORMATS:
@@ -78,27 +69,22 @@ def parse_metrics_query(
     metric = _one(query, "metric") or None
     runs_param = _one(query, "runs")
     if not runs_param:
-        every = served if served is not None else experiment_files(directory)
-        return MetricsQuery(tuple(every), metric, fmt)
+        return MetricsQuery(tuple(sorted(served)), metric, fmt)
     files: list[Path] = []
     for run in dict.fromkeys(r.strip() for r in runs_param.split(",") if r.strip()):
         if not is_valid_experiment_id(run):
             raise RequestError(404, "no such experiment")
-        own = directory / f"{run}.jsonl"
-        ranks = sorted(directory.glob(f"{glob_escape(run)}.rank*.jsonl"))
-        ranks = [p for p in ranks if _RANK_FILE.search(p.name.removesuffix(".jsonl"))]
-        found = ([own] if own.is_file() else []) + [p for p in ranks if p.is_file()]
+        rank_file = re.compile(rf"{re.escape(run)}\.rank\d+")
+        found = [
+            p
+            for p in sorted(served)
+            if p.name.removesuffix(".jsonl") == run
+            or rank_file.fullmatch(p.name.removesuffix(".jsonl"))
+        ]
         if not found:
-            raise RequestError(404, f"no such experiment: {run}")
-        if served is not None and set(found) - set(served):
             raise RequestError(404, f"no such experiment: {run}")
         files.extend(found)
     return MetricsQuery(tuple(files), metric, fmt)
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters taken literally (ids allow none but ``.``)."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def metrics_body(request: MetricsQuery) -> tuple[bytes, str]:

@@ -36,7 +36,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.format import validate_experiment_id
-from tailer.api import experiment_files, hparams_body, metrics_body, parse_metrics_query
+from tailer import identities
+from tailer.api import hparams_body, metrics_body, parse_metrics_query
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -368,16 +369,16 @@ class TailerServer:
     async def _data(self, path: str, query: dict[str, list[str]]) -> Response:
         """``/api/metrics`` and ``/api/hparams`` (:mod:`tailer.api`), read in a thread."""
         try:
-            if self.hub is not None:
-                directory, files = self.hub.directory, None
+            if self.hub is not None:  # the runs /api/experiments lists, and no other file
+                directory = self.hub.directory
+                files = [directory / f"{s['experiment_id']}.jsonl" for s in self.hub.summaries()]
             else:  # `tailer replay FILE`: its one run
-                directory, files = self.replay_path.parent, [self.replay_path]
+                assert self.replay_path is not None
+                files = [self.replay_path]
             if path == "/api/hparams":
-                body = await asyncio.to_thread(
-                    lambda: hparams_body(files if files is not None else experiment_files(directory))
-                )
+                body = await asyncio.to_thread(hparams_body, files)
                 return _response(200, body, "application/json", cache="no-store")
-            request = parse_metrics_query(directory, query, files)
+            request = parse_metrics_query(query, files)
             body, content_type = await asyncio.to_thread(metrics_body, request)
         except RequestError as exc:
             return _error(exc.status, exc.reason)
@@ -675,7 +676,10 @@ async def serve_directory(
         index_every=index_every,
         follow_symlinks=follow_symlinks,
     )
+    if state_dir is not None:
+        hub.checkpoints = identities.load(state_dir)
     await hub.refresh(startup=True)
+    hub.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -714,6 +718,9 @@ async def serve_directory(
         await asyncio.sleep(0)
         await hub.refresh()
         app.series.warm(hub.readers.values())  # long runs' series, built in the background
+        keeper = (
+            asyncio.create_task(identities.keep(hub, state_dir)) if state_dir is not None else None
+        )
         try:
             yield app
         finally:
@@ -721,6 +728,10 @@ async def serve_directory(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await hub.close()
+            if keeper is not None:  # saves where every file was read to, one last time
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
 
 
 @contextlib.asynccontextmanager
