@@ -328,6 +328,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
                 resume=self._resume,
             )
             self.experiment_id = self._recorder.experiment_id  # <id>-2 if <id> held a run
+            self._resume = True  # later setups (test after fit, a pickled copy) reopen it
         if self._system_interval and self._active and self._sampler is None:
             from recorder.system import SystemMetricsSampler
 
@@ -661,6 +662,7 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
                 resume=self._resume,
             )
             self._experiment_id = recorder.experiment_id
+            self._resume = True  # reopened after finalize, or pickled: the same run
             self._experiment = _JsonlWriter(recorder, owned=True)
         return self._experiment
 

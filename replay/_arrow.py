@@ -12,8 +12,9 @@ leaves become the long table with a handful of vectorised steps:
    its columns in :class:`replay.tables.MetricOrder`;
 2. reading that matrix row-major gives the rows message by message, each
    message's in rank order;
-3. the message-level columns (``seq``, ``timestamp``, ``phase``, the index
-   columns, ``client_id``) are built once per message and spread by ``take``.
+3. the message-level columns (``seq``, ``attempt``, ``timestamp``, ``phase``,
+   the index columns, ``client_id``) are built once per message and spread by
+   ``take``.
 
 pyarrow reads JSON more liberally than :func:`recorder.format.decode_line`
 (``NaN`` literals, invalid UTF-8, a byte order mark, two objects on a line,
@@ -35,11 +36,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from recorder.format import MAX_LINE_BYTES, NON_FINITE, split_lines
+from recorder.format import MAX_LINE_BYTES, NON_FINITE, MalformedLine, decode_line, split_lines
 from replay._plans import EPOCH_KEYS, ROUND_KEYS, STEP_KEYS
 from replay._source import LineBlocks, Run, SkipCounts
 from replay.tables import (
     _TIMESTAMP,
+    ATTEMPT_START,
     INDEX_KEYS,
     _gc_paused,
     _MetricsBuilder,
@@ -53,8 +55,7 @@ FAST_BLOCK_BYTES = 8 << 20
 #: Nesting deeper than this goes the careful way (orjson refuses past 1024 levels).
 _MAX_DEPTH = 200
 _INT64_LIMIT = 2.0**63
-_NON_FINITE_TEXT = pa.array(list(NON_FINITE), pa.string())
-_NON_FINITE_VALUE = np.array(list(NON_FINITE.values()), np.float64)
+_NON_FINITE_VALUE = np.array([*NON_FINITE.values(), 0.0], np.float64)  # 0.0: not one of them
 
 _PARSE = pj.ParseOptions(
     # type and timestamp are read as text, so a line where they are not strings fails the block
@@ -67,6 +68,58 @@ _READ = pj.ReadOptions(use_threads=True, block_size=1 << 20)
 
 class _Careful(Exception):
     """This block may not give the careful path's rows here; read it the careful way."""
+
+
+# --------------------------------------------------------------------------- numpy <-> Arrow
+
+# Arrays cross between numpy and Arrow through their buffers. pyarrow's own
+# conversions (pa.array, to_numpy with nulls, a Python scalar in a compute call)
+# import pandas, which costs an export a tenth of its CPU time and 50 MB.
+
+
+def _numbers(array: Any, dtype: Any) -> np.ndarray:
+    """The values of a fixed-width Arrow array as a numpy view (anything where null)."""
+    return np.frombuffer(array.buffers()[1], dtype, len(array) + array.offset)[array.offset :]
+
+
+def _bits(buffer: Any, offset: int, length: int) -> np.ndarray:
+    packed = np.frombuffer(buffer, np.uint8)
+    return np.unpackbits(packed, bitorder="little", count=offset + length)[offset:].view(bool)
+
+
+def _valid(array: Any) -> np.ndarray:
+    """Where an Arrow array is not null, as a numpy bool array."""
+    validity = array.buffers()[0]
+    if validity is None:
+        return np.full(len(array), array.null_count == 0)
+    return _bits(validity, array.offset, len(array))
+
+
+def _array(values: np.ndarray, kind: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
+    """A numpy array of ``kind``'s width as an Arrow array, null where ``valid`` is false."""
+    values = np.ascontiguousarray(values)
+    validity = None
+    if valid is not None and not valid.all():
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(values)])
+
+
+def _strings(texts: list[str]) -> pa.Array:
+    """A list of str as an Arrow string array."""
+    encoded = [text.encode() for text in texts]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(item) for item in encoded], out=offsets[1:])
+    data = pa.py_buffer(b"".join(encoded))
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), data])
+
+
+def _flags(array: Any) -> np.ndarray:
+    """An Arrow boolean array as numpy: true where it is true (not null)."""
+    return _bits(array.buffers()[1], array.offset, len(array)) & _valid(array)
+
+
+_NON_FINITE_TEXT = _strings(list(NON_FINITE))
+_ATTEMPT_START = _strings([ATTEMPT_START])[0]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -150,23 +203,22 @@ class _Leaf:
 
 def _leaf(name: str, column: Any) -> _Leaf | None:
     kind = column.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        present = column.is_valid()
-        values = pc.fill_null(column.cast(pa.float64()), 0.0)
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        index = pc.index_in(column, value_set=_NON_FINITE_TEXT)
-        present = index.is_valid()
-        if not pc.any(present).as_py():
-            return None
-        values = pa.array(_NON_FINITE_VALUE[pc.fill_null(index, 0).to_numpy()])
-    elif pa.types.is_boolean(kind) or pa.types.is_null(kind) or pa.types.is_temporal(kind):
-        return None  # booleans and nulls are not metrics; temporal: strings pyarrow took for times
-    else:
-        raise _Careful  # lists (named by position), binary, ...
-    present_np = present.to_numpy(zero_copy_only=False)
-    if not present_np.any():
+    if column.null_count == len(column):
         return None
-    return _Leaf(name, values.to_numpy(zero_copy_only=False), present_np)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        if not pa.types.is_float64(kind):
+            column = column.cast(pa.float64())
+        return _Leaf(name, _numbers(column, np.float64), _valid(column))
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        index = pc.index_in(column, value_set=_NON_FINITE_TEXT)
+        if index.null_count == len(index):
+            return None
+        present = _valid(index)
+        values = _NON_FINITE_VALUE[np.where(present, _numbers(index, np.int32), -1)]
+        return _Leaf(name, values, present)
+    if pa.types.is_boolean(kind) or pa.types.is_null(kind) or pa.types.is_temporal(kind):
+        return None  # booleans and nulls are not metrics; temporal: strings pyarrow took for times
+    raise _Careful  # lists (named by position), binary, ...
 
 
 def _leaves(column: Any, prefix: str, at_root: bool, in_data: bool, out: list[_Leaf]) -> None:
@@ -206,10 +258,11 @@ def _as_index(column: Any) -> pa.Array:
     if pa.types.is_int64(kind):
         return column
     if pa.types.is_floating(kind):
-        values = pc.fill_null(column, 0.5).to_numpy(zero_copy_only=False)
-        whole = (np.floor(values) == values) & (values >= -_INT64_LIMIT) & (values < _INT64_LIMIT)
-        ints = np.where(whole, values, 0).astype(np.int64)
-        return pa.array(ints, pa.int64(), mask=~whole)
+        values = _numbers(column.cast(pa.float64()), np.float64)
+        with np.errstate(invalid="ignore"):
+            whole = _valid(column) & (np.floor(values) == values)
+            whole &= (values >= -_INT64_LIMIT) & (values < _INT64_LIMIT)
+        return _array(np.where(whole, values, 0).astype(np.int64), pa.int64(), whole)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if column.null_count < len(column):
             raise _Careful  # "3" counts as 3 there; rare enough to leave to Python's int()
@@ -266,6 +319,7 @@ class _FastMetrics:
         self.order = careful.order
         self.schema = careful.schema
         self.experiment_id = careful.experiment_id
+        self.experiment_id_scalar = _strings([careful.experiment_id])[0]
         self.with_experiment_id = careful.with_experiment_id
 
     def batch(self, table: pa.Table, first_seq: int, chunk: bytes) -> pa.RecordBatch | None:
@@ -275,12 +329,16 @@ class _FastMetrics:
             if data.null_count < rows:
                 raise _Careful  # a number (the metric "value") or a list as data
             data = None
+        kinds = table.column("type").combine_chunks()
+        starts = _flags(pc.equal(kinds, _ATTEMPT_START))
+        attempts, started = self.careful.attempts.of_rows(starts)
         leaves: list[_Leaf] = []
         if data is not None:
             _leaves(data, "", True, True, leaves)
         if not leaves:
+            self.careful.attempts.settle(attempts, started)
             return None
-        leaves = self._in_rank_order(leaves, first_seq, chunk)
+        leaves = self._in_rank_order(leaves, chunk)
         present = np.empty((rows, len(leaves)), bool)
         values = np.empty((rows, len(leaves)), np.float64)
         for j, leaf in enumerate(leaves):
@@ -290,39 +348,41 @@ class _FastMetrics:
         with_rows = np.flatnonzero(counts)
         owner = np.repeat(with_rows, counts[with_rows])
         leaf_of_row = np.nonzero(present)[1]
-        names = pa.array([leaf.name for leaf in leaves], pa.string())
+        names = _strings([leaf.name for leaf in leaves])
 
-        take = pa.array(owner)
+        take = _array(owner, pa.int64())
         stamps = table.column("timestamp").combine_chunks()
         try:
             timestamps = stamps.cast(_TIMESTAMP)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            timestamps = _timestamps(stamps.take(pa.array(with_rows)).to_pylist())
-            timestamps = timestamps.take(
-                pa.array(np.repeat(np.arange(len(with_rows)), counts[with_rows]))
-            )
+            timestamps = _timestamps(stamps.take(_array(with_rows, pa.int64())).to_pylist())
+            spread = np.repeat(np.arange(len(with_rows), dtype=np.int64), counts[with_rows])
+            timestamps = timestamps.take(_array(spread, pa.int64()))
         else:
             timestamps = timestamps.take(take)
         columns: list[Any] = []
         n = len(owner)
         if self.with_experiment_id:
-            columns.append(pa.repeat(self.experiment_id, n))  # type: ignore[attr-defined]
+            columns.append(pa.repeat(self.experiment_id_scalar, n))  # type: ignore[attr-defined]
         columns += [
             pa.repeat(self.careful.rank, n),  # type: ignore[attr-defined]
-            pa.array(owner + first_seq, pa.int64()),
+            _array(owner + first_seq, pa.int64()),
+            _array(attempts[owner], pa.int64()),
             timestamps,
-            table.column("type").combine_chunks().take(take),
+            kinds.take(take),
             _phase(data, rows).take(take),
             _first_index(data, EPOCH_KEYS, rows).take(take),
             _first_index(data, STEP_KEYS, rows).take(take),
             _first_index(data, ROUND_KEYS, rows).take(take),
             _client_ids(data, rows).take(take),
-            names.take(pa.array(leaf_of_row)),
-            pa.array(values[present], pa.float64()),
+            names.take(_array(leaf_of_row, pa.int64())),
+            _array(values[present], pa.float64()),
         ]
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        self.careful.attempts.settle(attempts, started)
+        return batch
 
-    def _in_rank_order(self, leaves: list[_Leaf], first_seq: int, chunk: bytes) -> list[_Leaf]:
+    def _in_rank_order(self, leaves: list[_Leaf], chunk: bytes) -> list[_Leaf]:
         """``leaves`` sorted by :class:`MetricOrder`, ranking the names new in this block.
 
         A new name is ranked by the first row it holds a value in; names new in
@@ -346,34 +406,42 @@ class _FastMetrics:
             for row in sorted(set(first_row.values())):
                 names = [name for name in new if first_row[name] == row]
                 if len(names) > 1:
-                    names = self._key_order(chunk, row, first_seq + row, names)
+                    names = self._key_order(chunk, row, names)
                 for name in names:
                     self.order.add(name)
         return sorted(leaves, key=lambda leaf: rank[leaf.name])
 
-    def _key_order(self, chunk: bytes, row: int, seq: int, names: list[str]) -> list[str]:
+    def _key_order(self, chunk: bytes, row: int, names: list[str]) -> list[str]:
         """``names`` in the order the careful walk meets them in line ``row`` of ``chunk``."""
         start = 0
         for _ in range(row):
             start = chunk.index(b"\n", start) + 1
-        line = chunk[start : chunk.index(b"\n", start)]
+        try:
+            data = decode_line(chunk[start : chunk.index(b"\n", start)]).get("data")
+        except MalformedLine:  # cannot happen: pyarrow read the line, and _parse refuses the rest
+            raise _Careful from None
         walker = _MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
-        batch = walker.add(seq, [line])
-        walked = (
-            [] if batch is None else batch.column(self.schema.names.index("metric")).to_pylist()
-        )
+        if type(data) is dict:
+            walker._walk_data(data)
+        else:
+            walker._walk_other(data)
+        walked = (walker.names[code] for code in walker.codes if code >= 0)
         ordered = list(dict.fromkeys(name for name in walked if name in names))
         if sorted(ordered) != sorted(names):  # cannot happen if both read the line alike
             raise _Careful
         return ordered
 
 
-def _parsed(chunk: bytes, lines: int) -> pa.Table | None:
-    """:func:`_parse`, with None for a block to read the careful way (for a worker thread)."""
+def _parsed(chunk: bytes) -> tuple[pa.Table | None, int]:
+    """:func:`_parse` and the number of lines, None for a block to read the careful way.
+
+    Runs on a worker thread: pyarrow and numpy let go of the GIL (``bytes.count`` would not).
+    """
+    lines = int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))
     try:
-        return _parse(chunk, lines)
+        return _parse(chunk, lines), lines
     except _Careful:
-        return None
+        return None, lines
 
 
 def fast_metric_batches(
@@ -404,14 +472,15 @@ def fast_metric_batches(
     fast = _FastMetrics(careful)
     seq = 0
 
-    def rows_of(oversized: bool, chunk: bytes, lines: int, parsed: Future[Any] | None) -> Any:
+    def rows_of(oversized: bool, chunk: bytes, parsed: Future[Any] | None) -> Any:
         nonlocal seq
         if oversized:
             careful.malformed += 1
             seq += 1
         batch = None
+        lines = 0
         if parsed is not None:
-            table = parsed.result()
+            table, lines = parsed.result()
             try:
                 if table is None:
                     raise _Careful
@@ -432,15 +501,14 @@ def fast_metric_batches(
     ):
         blocks = LineBlocks(file, block_bytes=block_bytes)
         done = 0
-        waiting: tuple[bool, bytes, int, Future[Any] | None] | None = None
+        waiting: tuple[bool, bytes, Future[Any] | None] | None = None
         for oversized, chunk in blocks.chunks():
-            lines = chunk.count(b"\n")
-            parsed = pool.submit(_parsed, chunk, lines) if lines else None
+            parsed = pool.submit(_parsed, chunk) if chunk else None
             if waiting is not None:
                 batch = rows_of(*waiting)
                 if batch is not None:
                     yield batch
-            waiting = (oversized, chunk, lines, parsed)
+            waiting = (oversized, chunk, parsed)
             if on_bytes is not None:
                 on_bytes(blocks.bytes_read - done)
                 done = blocks.bytes_read

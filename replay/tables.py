@@ -13,6 +13,7 @@ column        dtype (pandas)      meaning
 experiment_id str                 the run: the file's stem, less a ``.rank<N>`` suffix
 rank          Int64               ``N`` for a per-rank file ``<run>.rank<N>.jsonl``, else null
 seq           int64               0-based index of the line in its file (every line counts)
+attempt       Int64               0, then +1 at every later ``training_start`` in the same file (a resumed run)
 timestamp     datetime64[us, UTC] the message's timestamp (NaT when missing or unparsable)
 type          str                 the message type
 phase         str                 ``data.phase`` (``train``, ``val``, ...) when it is a string
@@ -50,6 +51,7 @@ import gc
 import json
 import math
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -104,6 +106,7 @@ METRIC_COLUMNS = (
     "experiment_id",
     "rank",
     "seq",
+    "attempt",
     "timestamp",
     "type",
     "phase",
@@ -116,7 +119,10 @@ METRIC_COLUMNS = (
 )
 
 #: Columns of :func:`read_messages`, in order.
-MESSAGE_COLUMNS = ("experiment_id", "rank", "seq", "timestamp", "type", "data")
+MESSAGE_COLUMNS = ("experiment_id", "rank", "seq", "attempt", "timestamp", "type", "data")
+
+#: The message type that starts a new attempt of a run when it is not the file's first.
+ATTEMPT_START = "training_start"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -132,6 +138,7 @@ _METRIC_TYPES: dict[str, pa.DataType] = {
     "experiment_id": pa.string(),
     "rank": pa.int64(),
     "seq": pa.int64(),
+    "attempt": pa.int64(),
     "timestamp": _TIMESTAMP,
     "type": pa.string(),
     "phase": pa.string(),
@@ -142,13 +149,14 @@ _METRIC_TYPES: dict[str, pa.DataType] = {
     "metric": pa.string(),
     "value": pa.float64(),
 }
-_NULLABLE_INTS = frozenset({"rank", "epoch", "step", "round"})
+_NULLABLE_INTS = frozenset({"rank", "attempt", "epoch", "step", "round"})
 
 #: Columns of the lossless message table ``tailer export --table messages`` writes.
 _MESSAGE_TABLE_TYPES: dict[str, pa.DataType] = {
     "experiment_id": pa.string(),
     "rank": pa.int64(),
     "seq": pa.int64(),
+    "attempt": pa.int64(),
     "timestamp": _TIMESTAMP,
     "type": pa.string(),
     "data": pa.string(),
@@ -238,6 +246,14 @@ def _timestamps(values: list[Any]) -> pa.Array:
     return pa.array(parsed, _TIMESTAMP)
 
 
+def _int64_scalar(value: int | None) -> pa.Scalar:
+    """``value`` as an Arrow int64 scalar, built from a buffer: ``pa.scalar`` imports pandas."""
+    if value is None:
+        return pa.nulls(1, pa.int64())[0]
+    buffer = pa.py_buffer(value.to_bytes(8, sys.byteorder, signed=True))
+    return pa.Array.from_buffers(pa.int64(), 1, [None, buffer])[0]
+
+
 def _as_int(value: Any) -> int | None:
     """An index value as an int64, or None when it is not a whole number that fits."""
     if type(value) is int:
@@ -296,6 +312,61 @@ def _client_text(value: Any) -> str | None:
 # --------------------------------------------------------------------------- metrics
 
 
+class _Attempts:
+    """The ``attempt`` of the messages of one file: 0, then +1 at every later ``training_start``.
+
+    Callers check ``type == ATTEMPT_START`` themselves (it is on the hot path)
+    and call :meth:`start` then; ``marks`` holds ``(position, attempt)`` where
+    the attempt changed, positions counted by the caller, until :meth:`column`
+    turns them into one value per position.
+    """
+
+    __slots__ = ("_started", "current", "marks")
+
+    def __init__(self) -> None:
+        self.current = 0
+        self._started = False
+        self.marks: list[tuple[int, int]] = []
+
+    def start(self, position: int) -> None:
+        """A ``training_start`` at ``position``: the file's first, or a new attempt from here."""
+        if self._started:
+            self.current += 1
+            self.marks.append((position, self.current))
+        self._started = True
+
+    def of_rows(self, starts: Any) -> tuple[Any, bool]:
+        """The attempt of every message of a block, from a bool array of where its starts are.
+
+        Leaves the state alone: pass the result to :meth:`settle` once the
+        block is taken (a block given up is read again another way).
+        """
+        import numpy as np
+
+        bumps = starts.astype(np.int64)
+        if not self._started and bumps.any():
+            bumps[int(np.argmax(starts))] = 0  # the file's first training_start
+        return self.current + np.cumsum(bumps), self._started or bool(starts.any())
+
+    def settle(self, per_row: Any, started: bool) -> None:
+        """Take the state after a block :meth:`of_rows` numbered."""
+        if len(per_row):
+            self.current = int(per_row[-1])
+        self._started = started
+
+    def column(self, first: int, n: int) -> pa.Array:
+        """The attempt at positions ``0 .. n-1``, ``first`` being the one in force at 0; clears marks."""
+        if not self.marks:
+            return pa.repeat(pa.scalar(first, pa.int64()), n)  # type: ignore[attr-defined]
+        import numpy as np
+
+        values = np.full(n, first, dtype=np.int64)
+        for position, attempt in self.marks:
+            values[position:] = attempt
+        self.marks.clear()
+        return pa.array(values, pa.int64())
+
+
 class MetricOrder:
     """The order of a run's metric names: the order in which each first gave a row.
 
@@ -350,15 +421,16 @@ class _MetricsBuilder:
         order: MetricOrder | None = None,
     ) -> None:
         self.experiment_id = experiment_id
-        self.rank = pa.scalar(rank, pa.int64())
+        self.rank = _int64_scalar(rank)
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
+        self.attempts = _Attempts()
         self.order = MetricOrder() if order is None else order
         self._code_ranks: Any = None  # numpy array: code -> rank in self.order, -1 while none
         self.names: list[str] = []
         self._name_codes: dict[str, int] = {}
-        self._names_array: pa.Array = pa.array([], pa.string())
+        self._names_array: pa.Array = pa.nulls(0, pa.string())
         self.root = _Node("")
         self.codes: list[int] = []
         self.values: list[Any] = []
@@ -488,6 +560,8 @@ class _MetricsBuilder:
         counts_append = counts.append
         rows: list[tuple[Any, ...]] = []  # per message with values: its message-level columns
         rows_append = rows.append
+        attempts = self.attempts
+        first_attempt = attempts.current
         malformed = 0
         seq = first_seq - 1
         for line in lines:
@@ -500,6 +574,8 @@ class _MetricsBuilder:
             except MalformedLine:
                 malformed += 1
                 continue
+            if message["type"] == ATTEMPT_START:
+                attempts.start(len(rows))
             data = message.get("data")
             before = len(values)
             if type(data) is not dict:
@@ -568,9 +644,10 @@ class _MetricsBuilder:
             )
         self.malformed += malformed
         if not values:
+            attempts.marks.clear()
             return None
         try:
-            return self._batch(counts, rows)
+            return self._batch(counts, rows, attempts.column(first_attempt, len(rows)))
         finally:
             codes.clear()
             values.clear()
@@ -582,7 +659,9 @@ class _MetricsBuilder:
         elif data is not None and type(data) is not bool:
             self._walk({"value": data}, self.root)
 
-    def _batch(self, counts: list[int], rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    def _batch(
+        self, counts: list[int], rows: list[tuple[Any, ...]], attempt: pa.Array
+    ) -> pa.RecordBatch:
         import numpy as np
 
         if len(self._names_array) != len(self.names):
@@ -592,6 +671,7 @@ class _MetricsBuilder:
         per_message = pa.table(
             {
                 "seq": pa.array(seqs, pa.int64()),
+                "attempt": attempt,
                 "timestamp": _timestamps(stamps),
                 "type": pa.array(types, pa.string()),
                 "phase": pa.array(phases, pa.string()),
@@ -665,13 +745,16 @@ class _MessageTableBuilder:
 
     def __init__(self, experiment_id: str, rank: int | None, schema: pa.Schema) -> None:
         self.experiment_id = experiment_id
-        self.rank = pa.scalar(rank, pa.int64())
+        self.rank = _int64_scalar(rank)
         self.schema = schema
         self.with_experiment_id = schema.names[0] == "experiment_id"
         self.malformed = 0
+        self.attempts = _Attempts()
 
     def add(self, first_seq: int, lines: list[bytes | None]) -> pa.RecordBatch | None:
         decode = decode_line
+        attempts = self.attempts
+        first_attempt = attempts.current
         dumps = _json_text
         seqs: list[int] = []
         types: list[str] = []
@@ -690,6 +773,8 @@ class _MessageTableBuilder:
             except MalformedLine:
                 malformed += 1
                 continue
+            if message["type"] == ATTEMPT_START:
+                attempts.start(len(seqs))
             seqs.append(seq)
             types.append(message["type"])
             stamp = message.get("timestamp")
@@ -728,6 +813,7 @@ class _MessageTableBuilder:
         columns += [
             pa.repeat(self.rank, len(seqs)),  # type: ignore[attr-defined]
             pa.array(seqs, pa.int64()),
+            attempts.column(first_attempt, len(seqs)),
             _timestamps(stamps),
             pa.array(types, pa.string()),
             pa.array(datas, pa.string()),
@@ -895,7 +981,8 @@ def read_messages(src: Source) -> Any:
         A :class:`pandas.DataFrame` with the columns ``experiment_id`` (str:
         the run, a per-rank file's stem less its ``.rank<N>``), ``rank``
         (Int64: that ``N``, null for other files), ``seq`` (int64: the line's 0-based index in its file, every line
-        counting, as on the tailer's wire), ``timestamp`` (datetime64[us, UTC],
+        counting, as on the tailer's wire), ``attempt`` (Int64: 0, then +1
+        at every later ``training_start`` in the same file), ``timestamp`` (datetime64[us, UTC],
         NaT when missing or unparsable), ``type`` (str) and ``data`` (the
         message's ``data`` as Python objects, the strings ``"NaN"``,
         ``"Infinity"`` and ``"-Infinity"`` turned back into floats; None when
@@ -912,6 +999,7 @@ def read_messages(src: Source) -> Any:
     skips = SkipCounts()
     ids: list[pa.Array] = []
     ranks: list[pa.Array] = []
+    attempt_columns: list[pa.Array] = []
     seqs: list[int] = []
     stamps: list[Any] = []
     types: list[str] = []
@@ -924,6 +1012,7 @@ def read_messages(src: Source) -> Any:
         for run in runs:
             count = 0
             malformed = 0
+            attempts = _Attempts()
             with open(run.path, "rb") as file:
                 blocks = LineBlocks(file)
                 for first_seq, lines in blocks:
@@ -938,6 +1027,8 @@ def read_messages(src: Source) -> Any:
                         except MalformedLine:
                             malformed += 1
                             continue
+                        if message["type"] == ATTEMPT_START:
+                            attempts.start(count)
                         seqs.append(seq)
                         stamps.append(message.get("timestamp"))
                         types.append(message["type"])
@@ -950,6 +1041,7 @@ def read_messages(src: Source) -> Any:
             skips.add(run.path, malformed, blocks.torn)
             ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
             ranks.append(pa.repeat(pa.scalar(run.rank, pa.int64()), count))  # type: ignore[attr-defined]
+            attempt_columns.append(attempts.column(0, count))
     fields = [pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]]
     schema = pa.schema(fields, metadata={b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)})
     table = pa.Table.from_arrays(
@@ -957,6 +1049,7 @@ def read_messages(src: Source) -> Any:
             pa.chunked_array(ids, pa.string()),
             pa.chunked_array(ranks, pa.int64()),
             pa.array(seqs, pa.int64()),
+            pa.chunked_array(attempt_columns, pa.int64()),
             _timestamps(stamps),
             pa.array(types, pa.string()),
         ],

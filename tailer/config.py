@@ -14,6 +14,7 @@ variable                   meaning                                     default
 ``TAILER_ALLOW_HOSTS``     extra allowed ``Host`` names, commas         none
 ``TAILER_MAX_CLIENTS``     WebSocket connections at once               1000
 ``TAILER_QUEUE_BYTES``     per-client send queue before closing 1013   4 MiB
+``TAILER_MAX_QUEUED_BYTES`` bytes queued for all clients together     256 MiB
 ``TAILER_SCAN_INTERVAL``   seconds between safety size checks          1.0
 =========================  ==========================================  =========
 """
@@ -26,6 +27,8 @@ from collections.abc import Mapping
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_HANDSHAKES",
+    "DEFAULT_MAX_QUEUED_BYTES",
     "DEFAULT_PORT",
     "DEFAULT_QUEUE_BYTES",
     "DEFAULT_SCAN_INTERVAL",
@@ -38,7 +41,9 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_CLIENTS = 1000
+DEFAULT_MAX_HANDSHAKES = 1024
 DEFAULT_QUEUE_BYTES = 4 << 20
+DEFAULT_MAX_QUEUED_BYTES = 256 << 20
 DEFAULT_SCAN_INTERVAL = 1.0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import OPEN
 
 from recorder.format import is_valid_experiment_id
@@ -60,7 +61,7 @@ def log_reset_frame(experiment_id: str) -> bytes:
 class Client:
     """One WebSocket subscriber and its bounded send queue."""
 
-    __slots__ = ("closing", "connection", "label", "queue_bytes", "transport")
+    __slots__ = ("budget", "charged", "closing", "connection", "label", "queue_bytes", "transport")
 
     def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
         self.connection = connection
@@ -68,6 +69,9 @@ class Client:
         self.queue_bytes = queue_bytes
         self.label = label
         self.closing = False
+        #: The server-wide budget this client's queue counts against (None: none).
+        self.budget: QueueBudget | None = None
+        self.charged = 0  # this client's bytes in the budget's running total
 
     def write(self, frames: bytes) -> None:
         """Queue already-framed bytes; close the client with 1013 if it is too far behind."""
@@ -79,8 +83,11 @@ class Client:
             return
         transport = self.transport
         transport.write(frames)
-        if transport.get_write_buffer_size() > self.queue_bytes:
+        queued = transport.get_write_buffer_size()
+        if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
+        elif self.budget is not None:
+            self.budget.charge(self, queued)
 
     def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
         """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).
@@ -96,12 +103,16 @@ class Client:
     def release(self, experiment_id: str) -> None:
         """A firehose catch-up of ``experiment_id`` is done: its live lines come through."""
 
-    def close(self, code: int, reason: str) -> None:
-        """Start a closing handshake without waiting for it."""
+    def close(self, code: int, reason: str, *, why: str | None = None) -> None:
+        """Start a closing handshake without waiting for it (``why``: what to log instead)."""
         if self.closing:
             return
         self.closing = True
-        if code == 1013:
+        if self.budget is not None:
+            self.budget.release(self)
+        if why is not None:
+            log.warning("closing client %s (%d): %s", self.label, code, why)
+        elif code == 1013:
             log.warning(
                 "client %s fell more than %d bytes behind; closing it (1013)",
                 self.label,
@@ -112,11 +123,68 @@ class Client:
         task.add_done_callback(_background.discard)
 
     async def drain(self) -> None:
-        """Wait until the transport's buffer is below its low-water mark."""
-        await self.connection.drain()
+        """Wait until the transport's buffer is below its low-water mark.
+
+        A peer that resets the connection meanwhile (RST) only ends this client.
+        """
+        try:
+            await self.connection.drain()
+        except (OSError, ConnectionClosed):
+            self.closing = True
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+class QueueBudget:
+    """Bytes queued for all clients together (``--max-queued-bytes``, DESIGN §12).
+
+    Each client's queue is bounded (``--queue-bytes``), but a thousand slow
+    clients could still hold a thousand full queues. The budget keeps a
+    running total, updated from each client's own buffer size as it is
+    written to; the total only overestimates (buffers drain unseen), so when
+    it passes the limit the real sizes are summed, and if they are over too,
+    the clients with the most queued are closed with 1013 until the rest fit.
+    """
+
+    def __init__(self, limit: int, clients: Iterable[Client]) -> None:
+        self.limit = limit
+        self.clients = clients
+        self.total = 0
+
+    def charge(self, client: Client, queued: int) -> None:
+        self.total += queued - client.charged
+        client.charged = queued
+        if self.total > self.limit:
+            self._shed()
+
+    def release(self, client: Client) -> None:
+        self.total -= client.charged
+        client.charged = 0
+
+    def _shed(self) -> None:
+        sizes = []
+        total = 0
+        for client in self.clients:
+            if client.closing:
+                continue
+            queued = client.transport.get_write_buffer_size()
+            client.charged = queued
+            total += queued
+            sizes.append((queued, client))
+        self.total = total
+        if total <= self.limit:
+            return
+        sizes.sort(key=lambda pair: pair[0], reverse=True)
+        for queued, client in sizes:
+            if self.total <= self.limit or queued == 0:
+                break
+            client.close(
+                1013,
+                "server busy: reconnect with since=<last seq received>",
+                why=f"{total} bytes queued for all clients, over --max-queued-bytes "
+                f"{self.limit}; it had the most ({queued})",
+            )
 
 
 class Hub:
@@ -143,6 +211,9 @@ class Hub:
         # file (or a verification) never holds up the others.
         self._catch_ups: dict[FileReader, asyncio.Task[None]] = {}
         self._again: set[FileReader] = set()
+        self._turn = asyncio.Lock()
+        #: What the previous tailer had read of each file (:mod:`tailer.identities`).
+        self.checkpoints: dict[str, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------------ files
 
@@ -152,6 +223,10 @@ class Hub:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:  # EMFILE and the like: the known readers are still read
+            self.notes.warn(("list", None), "cannot list %s: %s", self.directory, exc)
+            return []
+        self.notes.clear(("list", None))
         return [
             name[:-6]
             for name in names
@@ -168,6 +243,7 @@ class Hub:
                 root=self.root,
                 notes=self.notes,
             )
+            reader.checkpoint = self.checkpoints.pop(experiment_id, None)
             self.readers[experiment_id] = reader
         return reader
 
@@ -228,11 +304,19 @@ class Hub:
                 if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
                     return
                 if result.kind == "verify":
-                    result = await reader.verify()
+                    result = await reader.verify()  # on a worker thread
+                    self.dispatch(reader, result)
                 else:
-                    await asyncio.sleep(result.retry_after if result.kind == "wait" else 0)
-                    result = reader.poll()
-                self.dispatch(reader, result)
+                    if result.kind == "wait":
+                        await asyncio.sleep(result.retry_after)
+                    # One background step per turn of the event loop, whatever the number
+                    # of files being read: the turn is held until the loop came round.
+                    async with self._turn:
+                        if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
+                            return
+                        result = reader.poll()
+                        self.dispatch(reader, result)
+                        await asyncio.sleep(0)
                 if _wants_more(result):
                     continue
                 if reader in self._again:
@@ -349,8 +433,13 @@ class Hub:
         live_only = since is None
         if not live_only and start > 0:
             reader = self.readers.get(experiment_id)
+            # Until the reader got as far as the previous tailer had, it cannot tell
+            # whether the file was replaced while no tailer ran (tailer.identities).
+            while reader is not None and reader.checkpoint is not None and not client.closing:
+                await asyncio.sleep(0.05)
             lines = reader.next_seq if reader is not None and reader.exists else 0
-            if start > lines:
+            replaced = reader.replaced_lines if reader is not None else 0
+            if start > lines or start <= replaced:
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
@@ -391,6 +480,14 @@ class Hub:
                     return False
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
+
+    def identities(self) -> dict[str, tuple[int, int, int]]:
+        """Where each file was read to (:mod:`tailer.identities`), the unseen ones kept."""
+        out = dict(self.checkpoints)
+        for experiment_id, reader in self.readers.items():
+            if reader.exists:
+                out[experiment_id] = reader.identity()
+        return out
 
     def summaries(self) -> list[dict[str, object]]:
         """One ``/api/experiments`` entry per experiment that has a file, sorted by id."""

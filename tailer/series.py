@@ -109,10 +109,41 @@ class _Column:
         return self.data[: self.size]
 
 
+class _XCache:
+    """A series' x values against one x kind, kept while they stay sorted and extended as it grows.
+
+    A zoom then costs a binary search and a slice instead of a gather of
+    every point; a series whose x is missing somewhere or goes back stops
+    using it (``usable`` false) and is sorted per request.
+    """
+
+    __slots__ = ("done", "key", "usable", "xs")
+
+    def __init__(self, key: tuple[str, float | None]) -> None:
+        self.key = key
+        self.xs = _Column(np.float64)
+        self.done = 0  # points of the series covered
+        self.usable = True
+
+    def extend(self, new: np.ndarray) -> None:
+        if not self.usable or not len(new):
+            return
+        if (
+            np.isnan(new).any()
+            or (len(new) > 1 and not (new[1:] >= new[:-1]).all())
+            or (self.xs.size and new[0] < self.xs.data[self.xs.size - 1])
+        ):
+            self.usable = False
+            self.xs = _Column(np.float64, 0)
+            return
+        self.xs.extend(new)
+        self.done += len(new)
+
+
 class _Series:
     """The points of one ``(metric, type, phase, client_id)``: message index and value."""
 
-    __slots__ = ("client_id", "index", "metric", "phase", "type", "values")
+    __slots__ = ("cache", "client_id", "index", "metric", "phase", "type", "values")
 
     def __init__(self, metric: str, kind: str, phase: str | None, client_id: str | None) -> None:
         self.metric = metric
@@ -121,6 +152,7 @@ class _Series:
         self.client_id = client_id
         self.index = _Column(np.int32)
         self.values = _Column(np.float64)
+        self.cache: _XCache | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -209,6 +241,8 @@ class SeriesStore:
         total = sum(c.data.nbytes for c in columns) + self.event_bytes
         for s in self.series.values():
             total += s.index.data.nbytes + s.values.data.nbytes
+            if s.cache is not None:
+                total += s.cache.xs.data.nbytes
         return total
 
     # ------------------------------------------------------------------ building
@@ -355,6 +389,28 @@ class SeriesStore:
             return self.msg_time.view() / 1000.0
         raise ValueError(f"x must be one of {', '.join(X_KINDS)}, not {kind!r}")
 
+    def _drawable(
+        self, series: _Series, key: tuple[str, float | None], x_all: np.ndarray, end: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``end`` points of ``series`` with an x, in x order: ``(xs, ys)``."""
+        cache = series.cache
+        if cache is None or cache.key != key:
+            cache = series.cache = _XCache(key)
+        total = series.index.size
+        if cache.usable and cache.done < total:
+            cache.extend(x_all[series.index.data[cache.done : total]])
+        if cache.usable:
+            return cache.xs.data[:end], series.values.data[:end]
+        xs = x_all[series.index.data[:end]]
+        ys = series.values.data[:end]
+        keep = ~np.isnan(xs)
+        if not keep.all():
+            xs, ys = xs[keep], ys[keep]
+        if len(xs) > 1 and not (xs[1:] >= xs[:-1]).all():
+            order = np.argsort(xs, kind="stable")  # a resumed run stepping back: x order
+            xs, ys = xs[order], ys[order]
+        return xs, ys
+
     def catalogue(self, query: SeriesQuery) -> dict[str, Any]:
         """What a page needs to open a run: its series, and its events unless left out."""
         answer: dict[str, Any] = {
@@ -382,17 +438,10 @@ class SeriesStore:
         out = []
         for series in self.by_metric.get(query.metric, ()):
             index = series.index.view()
-            ys = series.values.view()
+            end = len(index)
             if messages < len(x_all):
                 end = int(np.searchsorted(index, messages, "left"))
-                index, ys = index[:end], ys[:end]
-            xs = x_all[index]
-            keep = ~np.isnan(xs)
-            if not keep.all():
-                xs, ys = xs[keep], ys[keep]
-            if len(xs) > 1 and not (xs[1:] >= xs[:-1]).all():
-                order = np.argsort(xs, kind="stable")  # a resumed run stepping back: x order
-                xs, ys = xs[order], ys[order]
+            xs, ys = self._drawable(series, (query.x, t0), x_all, end)
             x0 = query.x0 if query.x0 is not None else (float(xs[0]) if len(xs) else 0.0)
             x1 = query.x1 if query.x1 is not None else (float(xs[-1]) if len(xs) else 0.0)
             picked_x, picked_y, reduced, count = reduce_m4(

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -15,6 +14,8 @@ from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote
 
 from tailer import config
+from tailer.listening import RESERVED_FDS
+from tailer.paths import PathError, directory_to_serve
 from tailer.server import ListenError, TailerServer, serve_directory
 from tailer.sessions import DEFAULT_SESSION_TTL, default_state_dir, parse_duration
 
@@ -81,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="bytes a client may fall behind before it is closed with 1013 "
         f"(default {config.DEFAULT_QUEUE_BYTES})",
+    )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=None,
+        help="bytes queued for all clients together; past it the clients with the most "
+        f"queued are closed with 1013 first (default {config.DEFAULT_MAX_QUEUED_BYTES})",
     )
     watch = parser.add_argument_group("watching")
     watch.add_argument(
@@ -172,6 +180,9 @@ def run_server(
     def announce(app: TailerServer) -> None:
         suffix = f"?token={quote(app.token, safe='')}" if app.token else ""
         print(f"tailer: {describe(app)} on {app.url}{suffix} ({app.ws_url})", flush=True)
+        others = app.other_urls
+        if others:
+            print("tailer: also on " + " ".join(url + suffix for url in others), flush=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -207,7 +218,8 @@ def _raise_open_file_limit(max_clients: int) -> None:
         import resource
     except ImportError:  # pragma: no cover - not on Windows
         return
-    wanted = max_clients + 256  # the listening socket, inotify, file reads, margin
+    # Handshakes in progress, the listening socket, inotify, file reads (RESERVED_FDS).
+    wanted = max_clients + config.DEFAULT_MAX_HANDSHAKES + RESERVED_FDS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
@@ -240,6 +252,16 @@ def run(args: argparse.Namespace) -> int:
             if args.scan_interval is not None
             else config.env_float("SCAN_INTERVAL", config.DEFAULT_SCAN_INTERVAL)
         )
+        max_queued_bytes = (
+            args.max_queued_bytes
+            if args.max_queued_bytes is not None
+            else config.env_int("MAX_QUEUED_BYTES", config.DEFAULT_MAX_QUEUED_BYTES)
+        )
+        if max_queued_bytes < queue_bytes:
+            raise ValueError(
+                f"--max-queued-bytes ({max_queued_bytes}) must be at least --queue-bytes "
+                f"({queue_bytes})"
+            )
         if queue_bytes < 1024:
             raise ValueError(f"--queue-bytes must be at least 1024, not {queue_bytes}")
         if scan_interval <= 0 or args.poll_interval <= 0:
@@ -250,12 +272,12 @@ def run(args: argparse.Namespace) -> int:
     _raise_open_file_limit(options["max_clients"])  # type: ignore[arg-type]
     directory = args.directory
     try:
-        os.makedirs(directory, exist_ok=True)
-        if not os.access(directory, os.R_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "permission denied")
-    except OSError as exc:
-        print(f"tailer: cannot use {directory}: {exc.strerror or exc}", file=sys.stderr)
+        created = directory_to_serve(directory)
+    except PathError as exc:
+        print(f"tailer: {exc}", file=sys.stderr)
         return 2
+    if created:
+        print(f"tailer: {created}", file=sys.stderr)
 
     def start(
         on_listen: Callable[[TailerServer], None],
@@ -263,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
         return serve_directory(
             directory,
             queue_bytes=queue_bytes,
+            max_queued_bytes=max_queued_bytes,
             poll=args.poll,
             poll_interval=args.poll_interval,
             scan_interval=scan_interval,

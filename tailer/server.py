@@ -36,15 +36,19 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.format import validate_experiment_id
+from tailer import identities
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_BYTES,
     DEFAULT_SCAN_INTERVAL,
 )
 from tailer.frames import PONG_FRAME
-from tailer.hub import Client, Hub
+from tailer.hub import Client, Hub, QueueBudget
+from tailer.listening import AcceptErrors, Admission, listen_socket, other_urls
 from tailer.reader import FileReader
 from tailer.routes import (
     TOKEN_COOKIE,
@@ -132,6 +136,8 @@ class TailerServer:
         allow_hosts: Iterable[str],
         max_clients: int,
         queue_bytes: int,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         replay_path: Path | None = None,
         replay_speed: float = 1.0,
         replay_max_gap: float | None = None,
@@ -153,6 +159,9 @@ class TailerServer:
         self.replay_max_gap = replay_max_gap
         self.static_dir = static_dir
         self.clients: set[Client] = set()
+        self.budget = QueueBudget(max_queued_bytes, self.clients)
+        self.admission = Admission(max_clients=max_clients, max_handshakes=max_handshakes)
+        self.dual_stack = False  # one IPv6 socket that IPv4 clients reach too
         self.port = 0
         self.server: Server | None = None
         self._routes: weakref.WeakKeyDictionary[ServerConnection, Route] = (
@@ -174,6 +183,11 @@ class TailerServer:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/"
+
+    @property
+    def other_urls(self) -> list[str]:
+        """For a wildcard host, ``http://ADDRESS:port/`` of this machine's other addresses."""
+        return other_urls(self.host, self.port, self.dual_stack)
 
     @property
     def ws_url(self) -> str:
@@ -212,6 +226,7 @@ class TailerServer:
         freed the connection: a few hundred bad handshakes would lock every
         client out with 503.
         """
+        self.admission.handshake_done(connection)
         if response.status_code != 101:
             self._routes.pop(connection, None)
             self._session_of.pop(connection, None)
@@ -391,6 +406,7 @@ class TailerServer:
             connection.on_lost = client.settle  # type: ignore[attr-defined]
         else:
             client = Client(connection, queue_bytes=self.queue_bytes, label=label)
+        client.budget = self.budget
         self.clients.add(client)
         log.info("client %s connected (%d connected)", label, len(self.clients))
         receiver = asyncio.create_task(self._receive(client))
@@ -506,9 +522,13 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
         raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
     app.server = server
     app.port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrors(previous))
     try:
         yield server
     finally:
+        loop.set_exception_handler(previous)
         server.close(close_connections=True)  # closes every client with 1001 (going away)
         await server.wait_closed()
         app.series.close()
@@ -525,7 +545,15 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
         request_line_checked = False
         on_lost: Callable[[], object] | None = None
 
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            # Past the handshake or connection limits: closed before it costs more than
+            # this descriptor, which goes back at once.
+            if not app.admission.admit(self):
+                transport.abort()  # type: ignore[attr-defined]
+
         def connection_lost(self, exc: Exception | None) -> None:
+            app.admission.closed(self)
             if self.on_lost is not None:
                 self.on_lost()
             super().connection_lost(exc)
@@ -560,10 +588,15 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
             self.transport.close()
             return False
 
+    sock = listen_socket(host, port)
+    app.dual_stack = sock is not None
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    if sock is None and host == "":
+        where["host"] = "0.0.0.0"  # no IPv6 here: every IPv4 interface
     return await serve(
         app.handler,
-        host,
-        port,
+        **where,
+        open_timeout=10,  # a connection still in the handshake after this is closed
         process_request=app.process_request,
         process_response=app.process_response,
         create_connection=Connection,
@@ -591,6 +624,7 @@ async def serve_directory(
     # Limits
     max_clients: int = DEFAULT_MAX_CLIENTS,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     # Watching
     poll: bool = False,
     scan_interval: float = DEFAULT_SCAN_INTERVAL,
@@ -621,7 +655,10 @@ async def serve_directory(
         index_every=index_every,
         follow_symlinks=follow_symlinks,
     )
+    if state_dir is not None:
+        hub.checkpoints = identities.load(state_dir)
     await hub.refresh(startup=True)
+    hub.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -631,6 +668,7 @@ async def serve_directory(
         allow_hosts=allow_hosts,
         max_clients=max_clients,
         queue_bytes=queue_bytes,
+        max_queued_bytes=max_queued_bytes,
         static_dir=static_dir,
         sessions=SessionStore(state_dir, ttl=session_ttl),
     )
@@ -659,6 +697,9 @@ async def serve_directory(
         await asyncio.sleep(0)
         await hub.refresh()
         app.series.warm(hub.readers.values())  # long runs' series, built in the background
+        keeper = (
+            asyncio.create_task(identities.keep(hub, state_dir)) if state_dir is not None else None
+        )
         try:
             yield app
         finally:
@@ -666,6 +707,10 @@ async def serve_directory(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await hub.close()
+            if keeper is not None:  # saves where every file was read to, one last time
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
 
 
 @contextlib.asynccontextmanager

@@ -42,6 +42,9 @@ log = logging.getLogger("tailer")
 
 OnChange = Callable[[set[str] | None], Awaitable[None]]
 
+#: While the watched directory is gone, how often to look for its return.
+REARM_INTERVAL = 0.1
+
 
 class NotificationsUnavailable(OSError):
     """The kernel cannot notify us about this directory (no inotify, watch limit reached...)."""
@@ -74,19 +77,34 @@ async def watch_directory(
     step_ms: int = 1,
     debounce_ms: int = 20,
 ) -> None:
-    """Call ``on_change`` with changed experiment ids until cancelled."""
+    """Call ``on_change`` with changed experiment ids until cancelled.
+
+    If the directory itself goes away (``rm -rf DIR``), changes are swept
+    every ``poll_interval`` while it is gone and its return is checked every
+    :data:`REARM_INTERVAL`; once it is back, inotify watches it again.
+    """
     changes = _Coalescer(on_change)
     sweeper = asyncio.create_task(_sweep(changes, poll_interval if poll else scan_interval))
     try:
         if not poll:
-            try:
-                await _inotify(directory, changes)
-            except NotificationsUnavailable as exc:
-                log.debug("direct inotify unavailable (%s); using watchfiles", exc)
-                # Returns only when notifications fail; the sweep then becomes the only source.
-                await _watchfiles(directory, changes, step_ms=step_ms, debounce_ms=debounce_ms)
-            sweeper.cancel()
-            sweeper = asyncio.create_task(_sweep(changes, poll_interval))
+            while True:
+                try:
+                    gone = await _inotify(directory, changes)
+                except NotificationsUnavailable as exc:
+                    log.debug("direct inotify unavailable (%s); using watchfiles", exc)
+                    # Returns only when notifications fail; the sweep is then the only source.
+                    await _watchfiles(directory, changes, step_ms=step_ms, debounce_ms=debounce_ms)
+                    gone = False
+                sweeper.cancel()
+                sweeper = asyncio.create_task(_sweep(changes, poll_interval))
+                if not gone:
+                    break
+                while not os.path.isdir(directory):
+                    await asyncio.sleep(REARM_INTERVAL)
+                log.warning("the watched directory %s is back; watching it again", directory)
+                sweeper.cancel()
+                sweeper = asyncio.create_task(_sweep(changes, scan_interval))
+                changes.add(None)  # whatever was created before the new watch
         await sweeper
     finally:
         sweeper.cancel()
@@ -173,8 +191,12 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-async def _inotify(directory: Path, changes: _Coalescer) -> None:
-    """Report changes from an inotify descriptor read on the event loop; return if the watch ends."""
+async def _inotify(directory: Path, changes: _Coalescer) -> bool:
+    """Report changes from an inotify descriptor read on the event loop until the watch ends.
+
+    Returns True when the directory went away (it can be watched again once
+    it is back), False when no watch could be set (the limit is reached).
+    """
     libc = _libc()
     fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
     if fd < 0:
@@ -188,7 +210,7 @@ async def _inotify(directory: Path, changes: _Coalescer) -> None:
                     "inotify watch limit reached (fs.inotify.max_user_watches); "
                     "falling back to checking sizes periodically"
                 )
-                return
+                return False
             raise NotificationsUnavailable(os.strerror(code))
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
@@ -228,12 +250,14 @@ async def _inotify(directory: Path, changes: _Coalescer) -> None:
         try:
             await ended
             log.warning(
-                "the watched directory %s went away; checking sizes periodically", directory
+                "the watched directory %s went away; checking sizes periodically until it is back",
+                directory,
             )
         finally:
             loop.remove_reader(fd)
     finally:
         os.close(fd)
+    return True
 
 
 # --------------------------------------------------------------------------- watchfiles

@@ -179,6 +179,7 @@ def test_messages_table_rebuilds_every_message(tmp_path: Path) -> None:
         "experiment_id",
         "rank",
         "seq",
+        "attempt",
         "timestamp",
         "type",
         "data",

@@ -475,3 +475,35 @@ def test_under_ddp_only_rank_zero_writes_unless_per_rank(tmp_path: Path) -> None
         ranked = kinds(read_messages(tmp_path / f"ranked.rank{rank}.jsonl"))
         assert ranked[0] == "training_start" and ranked[-2:] == ["training_end", "status"]
         assert ranked.count("epoch_end:train") == 2
+
+
+def test_a_pickled_callback_and_logger_keep_their_claimed_run(tmp_path: Path) -> None:
+    """Pickled after claiming <id>-2 (DDP spawn), callback and logger reopen <id>-2, not -3."""
+    import pickle
+    import subprocess
+
+    (tmp_path / "sent.jsonl").write_bytes(b'{"type":"x","timestamp":"","data":{}}\n')
+    callback, logger = RecorderCallback(tmp_path, "sent"), JsonlLogger(tmp_path, "sent")
+    trainer = SimpleNamespace(is_global_zero=True, global_rank=0, callback_metrics={})
+    callback.setup(trainer, None, "fit")
+    logger.log_metrics({"a": 1.0}, step=0)
+    assert callback.experiment_id == logger.version == "sent-2"
+    callback.teardown(trainer, None, "fit")
+    logger.finalize("success")
+    state = pickle.dumps((callback, logger))
+    child = (
+        "import pickle, sys; from types import SimpleNamespace as N; "
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+        "callback, logger = pickle.loads(sys.stdin.buffer.read()); "
+        "t = N(is_global_zero=True, global_rank=0, callback_metrics={}); "
+        "callback.setup(t, None, 'test'); callback._emit('epoch_end', {'phase': 'test'}); "
+        "callback.teardown(t, None, 'test'); logger.log_metrics({'a': 2.0}, step=1); "
+        "logger.finalize('success'); print(callback.path, logger.path)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child], input=state, capture_output=True, timeout=120, check=True
+    )
+    assert out.stdout.decode().split() == [str(tmp_path / "sent-2.jsonl")] * 2
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["sent-2.jsonl", "sent.jsonl"]
+    types = [m["type"] for m in read_messages(tmp_path / "sent-2.jsonl")]
+    assert types == ["metrics", "epoch_end", "metrics"]

@@ -10,6 +10,7 @@ come from ``benchmarks/bench_hostile.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -391,3 +392,236 @@ async def test_a_re_synced_file_continues_as_an_append(tmp_path):
             assert (first["seq"], first["data"]["step"]) == (0, 5000)
         summary = app.summaries()[0]
         assert summary["lines"] == 2000
+
+
+# --------------------------------------------------------------------------- item 9: the directory, memory
+
+
+@aio(60)
+async def test_inotify_is_re_armed_when_the_runs_directory_comes_back(tmp_path):
+    """rm -rf DIR; mkdir DIR: new lines arrive at once again, not at the next (here: 60 s) sweep."""
+    import shutil
+
+    from tailer.server import serve_directory
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    async with (
+        serve_directory(runs, port=0, scan_interval=60, poll_interval=60) as app,
+        ws_connect(app.ws_url) as fire,
+    ):
+        shutil.rmtree(runs)
+        runs.mkdir()
+        await asyncio.sleep(1)
+        w = Writer(runs, "back")
+        w.message("m", {"i": 1})
+        got = await recv_json(fire, timeout=5)
+        assert (got["experiment_id"], got["seq"]) == ("back", 0)
+        w.message("m", {"i": 2})
+        assert (await recv_json(fire, timeout=5))["data"] == {"i": 2}
+        w.close()
+
+
+async def _never_reading_client(port: int) -> asyncio.StreamWriter:
+    """A firehose client with a small receive buffer that never reads what it is sent."""
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return writer
+
+
+@aio(120)
+async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp_path, caplog):
+    """8 firehose clients that never read: what waits for all of them stays under --max-queued-bytes."""
+    from recorder.format import encode_message
+    from tailer.server import serve_directory
+
+    caplog.set_level(logging.WARNING, logger="tailer")
+    budget = 3 << 20
+    async with serve_directory(
+        tmp_path, port=0, queue_bytes=2 << 20, max_queued_bytes=budget
+    ) as app:
+        stuck = [await _never_reading_client(app.port) for _ in range(8)]
+        async with ws_connect(app.ws_url) as honest:
+            w = Writer(tmp_path, "flood")
+            received = 0
+            peak = 0
+            pad = "x" * 1000
+            for burst in range(60):  # 12 MB in all: far past every kernel socket buffer
+                w.raw(
+                    b"".join(
+                        encode_message("m", {"i": burst * 200 + k, "pad": pad}) for k in range(200)
+                    )
+                )
+                for _ in range(200):
+                    await recv_json(honest)
+                    received += 1
+                queued = sum(
+                    c.transport.get_write_buffer_size() for c in app.clients if not c.closing
+                )
+                peak = max(peak, queued)
+            assert received == 60 * 200
+            w.close()
+        for writer in stuck:
+            writer.transport.abort()
+    print(f"8 never-reading clients: peak queued for all {peak / 2**20:.1f} MiB (budget 3 MiB)")
+    assert peak <= budget + (256 << 10), peak
+    closed = [r.getMessage() for r in caplog.records if "--max-queued-bytes" in r.getMessage()]
+    assert closed, "nobody was closed for the global budget"
+
+
+# --------------------------------------------------------------------------- item 8
+
+
+@aio(60)
+async def test_host_any_binds_both_stacks_and_prints_urls_that_answer(tmp_path):
+    """--host :: answers on 127.0.0.1 and [::1]; --host 0.0.0.0 prints only this machine's addresses."""
+    import ipaddress
+    import re
+
+    import psutil
+
+    async def healthz(host: str, port: int) -> int:
+        reader, writer = await asyncio.open_connection(host, port)
+        name = f"[{host}]" if ":" in host else host
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return int(line.split()[1])
+
+    async with tailer(
+        "serve", str(tmp_path), "--host", "::", "--port", "0", log=tmp_path / "a"
+    ) as (
+        _,
+        port,
+        _,
+    ):
+        assert await healthz("127.0.0.1", port) == 200
+        assert await healthz("::1", port) == 200
+    mine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    async with tailer(
+        "serve", str(tmp_path), "--host", "0.0.0.0", "--port", "0", log=tmp_path / "b"
+    ) as (proc, port, line):
+        more = b""
+        with contextlib.suppress(TimeoutError):
+            while True:
+                more += await asyncio.wait_for(proc.stdout.readline(), 1)
+        urls = re.findall(r"http://([^/\s]+):(\d+)/", line + more.decode())
+        assert urls and all(int(p) == port for _, p in urls), urls
+        hosts = {h.strip("[]") for h, _ in urls}
+        assert "127.0.0.1" in hosts
+        assert hosts <= mine, (hosts, mine)
+        assert all(ipaddress.ip_address(h).version == 4 for h in hosts)
+        assert await healthz("127.0.0.1", port) == 200
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+@pytest.mark.slow
+@aio(180)
+async def test_running_out_of_descriptors_never_stops_delivery(tmp_path):
+    """ulimit -n 256, then 600 TCP connections that never send a byte: the connected client gets every line."""
+    import resource
+
+    from tests._reliability_helpers import mib, raise_nofile, rss_of
+
+    raise_nofile(4096)
+
+    def low_limit() -> None:  # runs in the child: soft and hard limit 256
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "tailer", "serve", str(runs), "--port", "0", "--token", "t"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env={**env_without_tailer(), "PYTHONUNBUFFERED": "1"},
+            preexec_fn=low_limit,
+        )
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        port = int(line.split(b"127.0.0.1:")[1].split(b"/")[0])
+        w = Writer(runs, "live")
+        async with ws_connect(f"ws://127.0.0.1:{port}/experiments/live?token=t") as honest:
+            rss_before = rss_of(proc.pid)
+            for _ in range(600):
+                try:
+                    idle.append((await asyncio.open_connection("127.0.0.1", port))[1])
+                except OSError:
+                    break
+            started = time.monotonic()
+            worst = 0.0
+            for i in range(40):  # 10 s: past the 10 s handshake timeout of the first idle ones
+                sent = time.monotonic()
+                w.message("m", {"i": i})
+                got = await recv_json(honest, timeout=30)
+                assert got["data"] == {"i": i}
+                worst = max(worst, time.monotonic() - sent)
+                await asyncio.sleep(0.25)
+            elapsed = time.monotonic() - started
+            rss_during = rss_of(proc.pid)
+        w.close()
+    finally:
+        for writer in idle:
+            writer.transport.abort()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text()
+    print(
+        f"600 idle connections under ulimit -n 256: worst line latency {worst * 1000:.0f} ms, "
+        f"RSS {mib(rss_before)} -> {mib(rss_during)}"
+    )
+    assert worst < 2, worst
+    assert "Traceback" not in text, text[-3000:]
+    noisy = [x for x in text.splitlines() if "accept" in x.lower() or "refusing" in x.lower()]
+    assert len(noisy) <= elapsed + 3, noisy[:10]
+
+
+# --------------------------------------------------------------------------- item 9: identity across restarts
+
+
+@aio(90)
+async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
+    """Stopped tailer, x.jsonl replaced by a longer, different run: resuming with since gets log_reset; a run that only grew continues."""
+    from tailer.server import serve_directory
+
+    runs = tmp_path / "runs"
+    state = tmp_path / "state"
+    runs.mkdir()
+    (runs / "x.jsonl").write_bytes(_lines(0, 100))
+    (runs / "grown.jsonl").write_bytes(_lines(0, 100))
+    async with serve_directory(runs, port=0, state_dir=state) as app:
+        for name in ("x", "grown"):
+            async with ws_connect(f"{app.ws_url}experiments/{name}?since=-1") as ws:
+                assert [(await recv_json(ws))["seq"] for _ in range(100)] == list(range(100))
+    # While no tailer runs: x is replaced by another, longer run; grown only grows.
+    other = runs / "x.tmp"
+    other.write_bytes(_lines(1000, 1300))
+    os.replace(other, runs / "x.jsonl")
+    with open(runs / "grown.jsonl", "ab") as f:
+        f.write(_lines(100, 150))
+    async with serve_directory(runs, port=0, state_dir=state) as app:
+        async with ws_connect(f"{app.ws_url}experiments/x?since=99") as ws:
+            assert (await recv_json(ws))["type"] == "log_reset"
+            first = await recv_json(ws)
+            assert (first["seq"], first["data"]["step"]) == (0, 1000)
+        async with ws_connect(f"{app.ws_url}experiments/grown?since=99") as ws:
+            first = await recv_json(ws)
+            assert (first["seq"], first["data"]["step"]) == (100, 100)

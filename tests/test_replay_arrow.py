@@ -228,7 +228,7 @@ def messages(draw: Any) -> list[bytes]:
         else:
             out.append(draw(st.sampled_from(sorted(HOSTILE.values(), key=len)[:-2])))
             continue
-        kind = draw(st.sampled_from(["batch_metrics", "epoch_end", "custom"]))
+        kind = draw(st.sampled_from(["batch_metrics", "epoch_end", "custom", "training_start"]))
         out.append(encode_message(kind, data, timestamp="2025-10-22T11:10:16.000Z"))
     return out
 
@@ -253,3 +253,25 @@ def test_first_appearance_order_across_blocks(tmp_path: Path) -> None:
     fast, _, _ = fast_table(path, block_bytes=512)
     last = fast.slice(fast.num_rows - 4).column("metric").to_pylist()
     assert last == ["b", "d", "c", "a"]
+
+
+def test_export_of_a_clean_run_does_not_import_pandas(tmp_path: Path) -> None:
+    """tailer export never needs pandas (pyarrow's own conversions would import it: 0.3 CPU s)."""
+    import subprocess
+    import sys
+
+    from tests._replay_helpers import ROOT
+
+    path = mixed_log(tmp_path / "mixed.jsonl", 500)
+    code = (
+        "import sys; from replay.export import export; "
+        "export(sys.argv[1], sys.argv[2]); print('pandas' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "out.parquet")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"

@@ -30,6 +30,7 @@ METRIC_DTYPES = {
     "experiment_id": STR,
     "rank": pd.Int64Dtype(),
     "seq": np.dtype("int64"),
+    "attempt": pd.Int64Dtype(),
     "timestamp": pd.DatetimeTZDtype("us", "UTC"),
     "type": STR,
     "phase": STR,
@@ -44,6 +45,7 @@ MESSAGE_DTYPES = {
     "experiment_id": STR,
     "rank": pd.Int64Dtype(),
     "seq": np.dtype("int64"),
+    "attempt": pd.Int64Dtype(),
     "timestamp": pd.DatetimeTZDtype("us", "UTC"),
     "type": STR,
     "data": np.dtype("object"),
@@ -585,3 +587,41 @@ def test_blank_lines_are_skipped_silently(tmp_path: Path, monkeypatch: pytest.Mo
             monkeypatch.setattr(source, "BLOCK_BYTES", block)
             assert read_metrics(path)["seq"].tolist() == [0, 1]
             assert read_messages(path)["seq"].tolist() == [0, 1]
+
+
+def test_attempt_counts_the_training_starts_of_a_file(tmp_path: Path) -> None:
+    """attempt is 0, then +1 at every later training_start of the same file, in both tables."""
+    lines = [
+        line("hparams", {"lr": 0.1}),
+        line("training_start", {"max_epochs": 2}),
+        line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}}),
+        line("training_start", {"max_epochs": 2}),  # resumed from a checkpoint
+        line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 0.9}}),
+        line("status", {"status": "running", "message": ""}),
+        line("training_start", {"max_epochs": 2}),
+        line("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 0.8}}),
+    ]
+    write_run(tmp_path / "runs" / "a.jsonl", lines)
+    write_run(tmp_path / "runs" / "b.jsonl", lines[2:])  # attempts are counted per file
+    messages = read_messages(tmp_path / "runs")
+    assert messages["attempt"].dtype == pd.Int64Dtype()
+    by_file = messages.groupby("experiment_id")["attempt"].apply(list).to_dict()
+    # b's first training_start is its file's first: no new attempt there.
+    assert by_file == {"a": [0, 0, 0, 1, 1, 1, 2, 2], "b": [0, 0, 0, 0, 1, 1]}
+    metrics = read_metrics(tmp_path / "runs")
+    loss = metrics[metrics["metric"] == "loss"]
+    assert list(zip(loss["experiment_id"], loss["attempt"], loss["value"], strict=True)) == [
+        ("a", 0, 1.0),
+        ("a", 1, 0.9),
+        ("a", 2, 0.8),
+        ("b", 0, 1.0),
+        ("b", 0, 0.9),
+        ("b", 1, 0.8),
+    ]
+    # In blocks of a few lines (pyarrow's and the careful path's), the attempt carries over.
+    import replay._arrow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(source, "BLOCK_BYTES", 64)
+        patch.setattr(replay._arrow, "FAST_BLOCK_BYTES", 300)
+        pd.testing.assert_frame_equal(read_metrics(tmp_path / "runs"), metrics)

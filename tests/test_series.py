@@ -141,6 +141,28 @@ def test_store_grows_block_by_block_like_one_read(tmp_path):
     assert [orjson.loads(e)["seq"] for e in pieces.events] == [20]
 
 
+def test_a_resumed_run_stepping_back_is_answered_in_x_order(tmp_path):
+    """x that goes back (a run resumed from a checkpoint) comes back sorted, before and after growth."""
+    path = tmp_path / "r.jsonl"
+    steps = [*range(10), *range(5, 15)]
+    path.write_bytes(
+        b"".join(
+            encode_message("batch_metrics", {"step": s, "loss": float(i)})
+            for i, s in enumerate(steps[:8])
+        )
+    )
+    store = _store(path)
+    q = SeriesQuery("r", "loss")
+    assert store.answer(q)["series"][0]["x"].tolist() == list(range(8))
+    with open(path, "ab") as f:
+        for i, s in enumerate(steps[8:], start=8):
+            f.write(encode_message("batch_metrics", {"step": s, "loss": float(i)}))
+    store.catch_up(path.stat().st_size)
+    answer = store.answer(q)["series"][0]
+    assert answer["x"].tolist() == sorted(steps)
+    assert answer["y"].tolist() == [float(i) for i in sorted(range(20), key=lambda i: steps[i])]
+
+
 # --------------------------------------------------------------------------- the endpoint
 
 

@@ -175,6 +175,7 @@ def test_ls_plain_table_and_json(tmp_path):
     assert [r["error"] for r in rows] == [None, None, "disk full"]
     assert rows[0]["bytes"] == w.path.stat().st_size and rows[0]["malformed"] == 1
     assert rows[0]["first_timestamp"] and rows[0]["last_timestamp"]
+    assert all(0 <= row["stale"] < 600 for row in rows)  # seconds since the last line
 
 
 def test_ls_missing_directory_is_an_error(tmp_path):
@@ -305,5 +306,5 @@ def test_unusable_directory_exits_2(tmp_path):
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2 and "cannot use" in result.stderr
+    assert result.returncode == 2 and "is a file" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from recorder.format import encode_message, format_timestamp
 from tailer.server import serve_directory
 from tests._tailer_helpers import (
     Writer,
@@ -557,3 +558,25 @@ async def test_tailer_replay_keeps_root_open_after_the_run(tmp_path):
             with pytest.raises(ConnectionClosed) as closed:
                 await recv_json(ws)
             assert closed.value.rcvd.code == 1000
+
+
+@aio(60)
+async def test_api_experiments_says_how_stale_each_run_is(tmp_path):
+    """/api/experiments gives stale: seconds since each run's last line, growing while it is quiet."""
+    import time
+
+    old = format_timestamp(time.time() - 3 * 3600)
+    (tmp_path / "died.jsonl").write_bytes(
+        encode_message("status", {"status": "running", "message": ""}, timestamp=old)
+    )
+    Writer(tmp_path, "live").message("status", {"status": "running", "message": ""})
+    async with serve_directory(tmp_path, port=0) as app:
+        status, _, body = await http_get(app.port, "/api/experiments")
+        assert status == 200
+        stale = {e["experiment_id"]: e["stale"] for e in orjson.loads(body)}
+        assert 3 * 3600 <= stale["died"] < 3 * 3600 + 60
+        assert 0 <= stale["live"] < 60
+        await asyncio.sleep(1.1)
+        _, _, body = await http_get(app.port, "/api/experiments")
+        later = {e["experiment_id"]: e["stale"] for e in orjson.loads(body)}
+        assert later["live"] >= stale["live"] + 1

@@ -369,3 +369,34 @@ def test_tailer_ls_counts_no_blank_line(tmp_path):
     (tmp_path / "r.jsonl").write_bytes(_with_blanks(10)[0])
     (row,) = list_experiments(tmp_path)
     assert (row["messages"], row["malformed"], row["lines"]) == (10, 0, 10)
+
+
+def test_stale_is_the_time_since_the_last_message(tmp_path):
+    """stale: seconds since the last message's timestamp (not the file's mtime); mtime without one."""
+    import time
+
+    from recorder.format import format_timestamp
+
+    path = tmp_path / "r.jsonl"
+    three_hours_ago = time.time() - 3 * 3600
+    path.write_bytes(
+        encode_message("training_start", {}, timestamp=format_timestamp(three_hours_ago - 60))
+        + encode_message("epoch_end", {}, timestamp=format_timestamp(three_hours_ago))
+        + b"torn, no timestamp\n"
+    )  # the file's mtime is now: a copy or a clone of an interrupted run
+    reader = FileReader(path, "r")
+    reader.read_all()
+    assert 3 * 3600 <= reader.summary()["stale"] < 3 * 3600 + 60
+    # A run whose writer's clock is ahead is not stale, never negative.
+    ahead = tmp_path / "ahead.jsonl"
+    ahead.write_bytes(encode_message("m", {}, timestamp=format_timestamp(time.time() + 600)))
+    reader = FileReader(ahead, "ahead")
+    reader.read_all()
+    assert reader.summary()["stale"] == 0
+    # No message with a timestamp: the file's modification time.
+    bare = tmp_path / "bare.jsonl"
+    bare.write_bytes(b'{"type":"m","data":{}}\n')
+    os.utime(bare, (time.time() - 100, time.time() - 100))
+    reader = FileReader(bare, "bare")
+    reader.read_all()
+    assert 100 <= reader.summary()["stale"] < 160
