@@ -207,7 +207,7 @@ def _leaf(name: str, column: Any) -> _Leaf | None:
         return None
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         if not pa.types.is_float64(kind):
-            column = column.cast(pa.float64())
+            column = column.cast(pa.float64(), safe=False)  # nearest double, as float(int)
         return _Leaf(name, _numbers(column, np.float64), _valid(column))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         index = pc.index_in(column, value_set=_NON_FINITE_TEXT)
