@@ -51,7 +51,7 @@ from replay.tables import (
 __all__ = ["FAST_BLOCK_BYTES", "fast_metric_batches"]
 
 #: Bytes parsed by one ``read_json`` call: large enough for its threads, small for memory.
-FAST_BLOCK_BYTES = 8 << 20
+FAST_BLOCK_BYTES = 4 << 20
 #: Nesting deeper than this goes the careful way (orjson refuses past 1024 levels).
 _MAX_DEPTH = 200
 _INT64_LIMIT = 2.0**63
