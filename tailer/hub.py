@@ -211,6 +211,9 @@ class Hub:
         # file (or a verification) never holds up the others.
         self._catch_ups: dict[FileReader, asyncio.Task[None]] = {}
         self._again: set[FileReader] = set()
+        self._turn = asyncio.Lock()
+        #: What the previous tailer had read of each file (:mod:`tailer.identities`).
+        self.checkpoints: dict[str, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------------ files
 
@@ -240,6 +243,7 @@ class Hub:
                 root=self.root,
                 notes=self.notes,
             )
+            reader.checkpoint = self.checkpoints.pop(experiment_id, None)
             self.readers[experiment_id] = reader
         return reader
 
@@ -300,11 +304,19 @@ class Hub:
                 if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
                     return
                 if result.kind == "verify":
-                    result = await reader.verify()
+                    result = await reader.verify()  # on a worker thread
+                    self.dispatch(reader, result)
                 else:
-                    await asyncio.sleep(result.retry_after if result.kind == "wait" else 0)
-                    result = reader.poll()
-                self.dispatch(reader, result)
+                    if result.kind == "wait":
+                        await asyncio.sleep(result.retry_after)
+                    # One background step per turn of the event loop, whatever the number
+                    # of files being read: the turn is held until the loop came round.
+                    async with self._turn:
+                        if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
+                            return
+                        result = reader.poll()
+                        self.dispatch(reader, result)
+                        await asyncio.sleep(0)
                 if _wants_more(result):
                     continue
                 if reader in self._again:
@@ -421,8 +433,13 @@ class Hub:
         live_only = since is None
         if not live_only and start > 0:
             reader = self.readers.get(experiment_id)
+            # Until the reader got as far as the previous tailer had, it cannot tell
+            # whether the file was replaced while no tailer ran (tailer.identities).
+            while reader is not None and reader.checkpoint is not None and not client.closing:
+                await asyncio.sleep(0.05)
             lines = reader.next_seq if reader is not None and reader.exists else 0
-            if start > lines:
+            replaced = reader.replaced_lines if reader is not None else 0
+            if start > lines or start <= replaced:
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
@@ -463,6 +480,14 @@ class Hub:
                     return False
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
+
+    def identities(self) -> dict[str, tuple[int, int, int]]:
+        """Where each file was read to (:mod:`tailer.identities`), the unseen ones kept."""
+        out = dict(self.checkpoints)
+        for experiment_id, reader in self.readers.items():
+            if reader.exists:
+                out[experiment_id] = reader.identity()
+        return out
 
     def summaries(self) -> list[dict[str, object]]:
         """One ``/api/experiments`` entry per experiment that has a file, sorted by id."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 
 from recorder.format import is_valid_experiment_id
+from tailer.paths import PathError, directory_to_list
 from tailer.reader import scan_file
 
 __all__ = ["add_arguments", "list_experiments", "run"]
@@ -111,9 +112,10 @@ def _rich_table(rows: list[dict[str, object]], title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = Path(args.directory)
-    if not directory.is_dir():
-        print(f"tailer: no such directory: {directory}", file=sys.stderr)
+    try:
+        directory = directory_to_list(args.directory)
+    except PathError as exc:
+        print(f"tailer: {exc}", file=sys.stderr)
         return 1
     rows = list_experiments(directory)
     if args.json:

@@ -288,6 +288,12 @@ class FileReader:
         self.deleted = False
         #: Bytes below this offset were there at start-up: read in the background, not "new".
         self.backlog_end = 0
+        #: ``(bytes, crc, lines)`` read by the previous tailer (:mod:`tailer.identities`);
+        #: checked once reading gets there.
+        self.checkpoint: tuple[int, int, int] | None = None
+        #: Lines of a file that was replaced while no tailer ran: clients resuming with a
+        #: ``since`` below it get ``log_reset`` (they saw the old file).
+        self.replaced_lines = 0
         self._identity: tuple[int, int] | None = None
         self._shrunk_since: float | None = None  # when the file was first seen shorter
         self._reset_state()
@@ -459,7 +465,12 @@ class FileReader:
             # the newline we read there: the file was rewritten in place.
             if consumed and os.pread(fd, 1, consumed - 1) != b"\n":
                 return self._mark_reset(identity, "was rewritten")
+            checkpoint = self.checkpoint
+            if checkpoint is not None and size < checkpoint[0]:
+                self._replaced_while_down(checkpoint, f"is shorter ({size} bytes)")
             want = min(size - read_pos, max_bytes)
+            if self.checkpoint is not None:  # stop there, to compare checksums
+                want = min(want, self.checkpoint[0] - read_pos)
             backlog = read_pos < self.backlog_end
             if backlog:
                 want = min(want, self.backlog_end - read_pos)
@@ -474,11 +485,33 @@ class FileReader:
         self.crc = zlib.crc32(data, self.crc)
         first = self.splitter.next_seq
         lines = self.splitter.feed(data)
+        checkpoint = self.checkpoint
+        if checkpoint is not None and self.splitter.read_pos >= checkpoint[0]:
+            self.checkpoint = None
+            if self.crc != checkpoint[1]:
+                self._replaced_while_down(checkpoint, "holds other bytes")
         return PollResult(
             "data",
             self._classify(first, lines),
             more=read_pos + len(data) < size,
             backlog=backlog,
+        )
+
+    def identity(self) -> tuple[int, int, int]:
+        """``(bytes read, their CRC-32, lines)``, what :mod:`tailer.identities` keeps."""
+        if self.checkpoint is not None:  # not read that far yet: the old one still holds
+            return self.checkpoint
+        return (self.splitter.read_pos, self.crc, self.splitter.next_seq)
+
+    def _replaced_while_down(self, checkpoint: tuple[int, int, int], why: str) -> None:
+        self.checkpoint = None
+        self.replaced_lines = checkpoint[2]
+        log.warning(
+            "experiment %s: %s %s than when the tailer last read it: replaced while no tailer "
+            "ran; clients resuming from before get log_reset",
+            self.experiment_id,
+            self.path,
+            why,
         )
 
     def _shrunk(self, identity: tuple[int, int], size: int) -> PollResult:
@@ -593,6 +626,7 @@ class FileReader:
         self._identity = identity
         self._shrunk_since = None
         self.backlog_end = 0
+        self.checkpoint = None
         self.generation += 1
         self._reset_state()
         return PollResult("reset", more=True)

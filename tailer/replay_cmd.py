@@ -14,7 +14,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-from recorder.format import is_valid_experiment_id
+from tailer.paths import run_to_replay
+from tailer.reader import FileReader
 from tailer.serve import add_network_arguments, configure_logging, network_options, run_server
 from tailer.server import TailerServer, serve_replay
 
@@ -47,14 +48,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--speed must be a finite number >= 0, not {args.speed}")
         if args.max_gap is not None and (not math.isfinite(args.max_gap) or args.max_gap <= 0):
             raise ValueError(f"--max-gap must be a positive number, not {args.max_gap}")
-        if not path.is_file():
-            raise ValueError(f"no such file: {path}")
-        if not is_valid_experiment_id(path.name.removesuffix(".jsonl")):
-            raise ValueError(f"{path.name!r} is not named <experiment_id>.jsonl")
+        path = run_to_replay(path)
         options = network_options(args)
-    except ValueError as exc:
+    except ValueError as exc:  # PathError included
         print(f"tailer: {exc}", file=sys.stderr)
         return 2
+    if not _holds_a_message(path):
+        print(
+            f"tailer: warning: {path} holds no message (empty, or no line is one); nothing to replay",
+            file=sys.stderr,
+        )
+        return 1
 
     def start(
         on_listen: Callable[[TailerServer], None],
@@ -67,3 +71,14 @@ def run(args: argparse.Namespace) -> int:
     return run_server(
         start, lambda app: f"replaying {path} {speed}", options["host"], options["port"]
     )  # type: ignore[arg-type]
+
+
+def _holds_a_message(path: Path) -> bool:
+    """Whether some complete line of ``path`` is a message (reads only up to the first one)."""
+    reader = FileReader(path, path.name.removesuffix(".jsonl"))
+    while True:
+        result = reader.poll()
+        if result.lines:
+            return True
+        if not result.more:
+            return False

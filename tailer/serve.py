@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from urllib.parse import quote
 
 from tailer import config
 from tailer.listening import RESERVED_FDS
+from tailer.paths import PathError, directory_to_serve
 from tailer.server import ListenError, TailerServer, serve_directory
 from tailer.sessions import DEFAULT_SESSION_TTL, default_state_dir, parse_duration
 
@@ -272,12 +272,12 @@ def run(args: argparse.Namespace) -> int:
     _raise_open_file_limit(options["max_clients"])  # type: ignore[arg-type]
     directory = args.directory
     try:
-        os.makedirs(directory, exist_ok=True)
-        if not os.access(directory, os.R_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "permission denied")
-    except OSError as exc:
-        print(f"tailer: cannot use {directory}: {exc.strerror or exc}", file=sys.stderr)
+        created = directory_to_serve(directory)
+    except PathError as exc:
+        print(f"tailer: {exc}", file=sys.stderr)
         return 2
+    if created:
+        print(f"tailer: {created}", file=sys.stderr)
 
     def start(
         on_listen: Callable[[TailerServer], None],

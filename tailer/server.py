@@ -36,6 +36,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.format import validate_experiment_id
+from tailer import identities
+from tailer.api import hparams_body, metrics_body, parse_metrics_query
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -351,6 +353,8 @@ class TailerServer:
         if path == "/api/experiments":
             body = orjson.dumps(self.summaries())
             return _response(200, body, "application/json", cache="no-store")
+        if path in ("/api/metrics", "/api/hparams"):
+            return self._data(path, query)  # a coroutine: websockets awaits it
         if path == "/static/vendor/plotly.min.js":
             plotly = _plotly_js()
             if plotly is None:
@@ -361,6 +365,24 @@ class TailerServer:
         if path == "/favicon.ico":
             return _response(204, b"", "image/x-icon", cache="public, max-age=86400")
         raise RequestError(404, "not found")
+
+    async def _data(self, path: str, query: dict[str, list[str]]) -> Response:
+        """``/api/metrics`` and ``/api/hparams`` (:mod:`tailer.api`), read in a thread."""
+        try:
+            if self.hub is not None:  # the runs /api/experiments lists, and no other file
+                directory = self.hub.directory
+                files = [directory / f"{s['experiment_id']}.jsonl" for s in self.hub.summaries()]
+            else:  # `tailer replay FILE`: its one run
+                assert self.replay_path is not None
+                files = [self.replay_path]
+            if path == "/api/hparams":
+                body = await asyncio.to_thread(hparams_body, files)
+                return _response(200, body, "application/json", cache="no-store")
+            request = parse_metrics_query(query, files)
+            body, content_type = await asyncio.to_thread(metrics_body, request)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason)
+        return _response(200, body, content_type, cache="no-store")
 
     def _file(self, path: Path, if_none_match: str | None, *, cache: str = "no-cache") -> Response:
         """A static file; ``no-cache`` makes browsers revalidate, and an unchanged file is a 304."""
@@ -654,7 +676,10 @@ async def serve_directory(
         index_every=index_every,
         follow_symlinks=follow_symlinks,
     )
+    if state_dir is not None:
+        hub.checkpoints = identities.load(state_dir)
     await hub.refresh(startup=True)
+    hub.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
     log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
         hub=hub,
@@ -693,6 +718,9 @@ async def serve_directory(
         await asyncio.sleep(0)
         await hub.refresh()
         app.series.warm(hub.readers.values())  # long runs' series, built in the background
+        keeper = (
+            asyncio.create_task(identities.keep(hub, state_dir)) if state_dir is not None else None
+        )
         try:
             yield app
         finally:
@@ -700,6 +728,10 @@ async def serve_directory(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await hub.close()
+            if keeper is not None:  # saves where every file was read to, one last time
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
 
 
 @contextlib.asynccontextmanager

@@ -592,3 +592,36 @@ async def test_running_out_of_descriptors_never_stops_delivery(tmp_path):
     assert "Traceback" not in text, text[-3000:]
     noisy = [x for x in text.splitlines() if "accept" in x.lower() or "refusing" in x.lower()]
     assert len(noisy) <= elapsed + 3, noisy[:10]
+
+
+# --------------------------------------------------------------------------- item 9: identity across restarts
+
+
+@aio(90)
+async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
+    """Stopped tailer, x.jsonl replaced by a longer, different run: resuming with since gets log_reset; a run that only grew continues."""
+    from tailer.server import serve_directory
+
+    runs = tmp_path / "runs"
+    state = tmp_path / "state"
+    runs.mkdir()
+    (runs / "x.jsonl").write_bytes(_lines(0, 100))
+    (runs / "grown.jsonl").write_bytes(_lines(0, 100))
+    async with serve_directory(runs, port=0, state_dir=state) as app:
+        for name in ("x", "grown"):
+            async with ws_connect(f"{app.ws_url}experiments/{name}?since=-1") as ws:
+                assert [(await recv_json(ws))["seq"] for _ in range(100)] == list(range(100))
+    # While no tailer runs: x is replaced by another, longer run; grown only grows.
+    other = runs / "x.tmp"
+    other.write_bytes(_lines(1000, 1300))
+    os.replace(other, runs / "x.jsonl")
+    with open(runs / "grown.jsonl", "ab") as f:
+        f.write(_lines(100, 150))
+    async with serve_directory(runs, port=0, state_dir=state) as app:
+        async with ws_connect(f"{app.ws_url}experiments/x?since=99") as ws:
+            assert (await recv_json(ws))["type"] == "log_reset"
+            first = await recv_json(ws)
+            assert (first["seq"], first["data"]["step"]) == (0, 1000)
+        async with ws_connect(f"{app.ws_url}experiments/grown?since=99") as ws:
+            first = await recv_json(ws)
+            assert (first["seq"], first["data"]["step"]) == (100, 100)

@@ -306,5 +306,5 @@ def test_unusable_directory_exits_2(tmp_path):
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2 and "cannot use" in result.stderr
+    assert result.returncode == 2 and "is a file" in result.stderr
     assert "Traceback" not in result.stderr
