@@ -11,7 +11,9 @@ one CPU thread (pure Python arithmetic where torch is missing), recording
 the sampler off, at the default interval (10 s), and at 0.1 s (a hundred
 times more often than the default, to make any cost visible); settings are
 interleaved round by round, so a noisy shared machine slows them alike. The
-table shows the median steps per second and its ratio to "off" — compare
+table shows the median steps per second and its ratio to "off", and the
+training thread's own CPU time per step (``time.thread_time``: steadier on a
+loaded machine, and what the sampler would add to that thread) — compare
 ratios, not absolute figures across machines. It also prints what one sample
 costs the sampler's own thread.
 """
@@ -60,13 +62,15 @@ def make_step() -> tuple[str, Callable[[], float]]:
 
 def run_loop(
     step: Callable[[], float], seconds: float, interval: float | None
-) -> tuple[float, int]:
-    """Steps per second for ``seconds`` with the sampler at ``interval`` (None: off)."""
+) -> tuple[float, float, int]:
+    """Steps per wall second, training-thread CPU µs per step, and samples taken, for
+    ``seconds`` with the sampler at ``interval`` (None: off)."""
     with tempfile.TemporaryDirectory() as tmp:
         recorder = MetricsRecorder(tmp, "bench")
         if interval is not None:
             recorder.start_system_metrics(interval=interval)
         n = 0
+        cpu_started = time.thread_time()
         started = time.perf_counter()
         end = started + seconds
         while time.perf_counter() < end:
@@ -74,9 +78,10 @@ def run_loop(
             recorder.send_batch_metrics(n, n, loss, 0.5, 0)
             n += 1
         elapsed = time.perf_counter() - started
+        cpu = time.thread_time() - cpu_started
         samples = recorder._sampler.samples if recorder._sampler is not None else 0
         recorder.close()
-    return n / elapsed, samples
+    return n / elapsed, cpu / n * 1e6, samples
 
 
 def sample_cost(n: int = 200) -> float:
@@ -101,6 +106,7 @@ def main() -> None:
     label, step = make_step()
     settings: dict[str, float | None] = {"off": None, "every 10 s": 10.0, "every 0.1 s": 0.1}
     rates: dict[str, list[float]] = {name: [] for name in settings}
+    cpus: dict[str, list[float]] = {name: [] for name in settings}
     samples: dict[str, int] = dict.fromkeys(settings, 0)
     for _ in range(2):
         step()  # warm up
@@ -108,17 +114,25 @@ def main() -> None:
     for round_ in range(rounds):
         shift = round_ % len(names)  # each setting goes first in turn: no order bias
         for name in names[shift:] + names[:shift]:
-            rate, taken = run_loop(step, seconds, settings[name])
+            rate, cpu, taken = run_loop(step, seconds, settings[name])
             rates[name].append(rate)
+            cpus[name].append(cpu)
             samples[name] += taken
     print(f"training step: {label}; {rounds} rounds x {seconds:.0f} s per setting")
     print(
-        f"{'sampler':<14}{'steps/s':>10}{'vs off':>9}{'samples':>9}   (vs off: median of per-round ratios)"
+        "wall: steps/s and its ratio to off (median of per-round ratios: noisy on a shared machine)"
+    )
+    print("cpu: the training thread's own CPU time per step (what the sampler could add to it)")
+    print(
+        f"{'sampler':<14}{'steps/s':>9}{'wall vs off':>13}{'cpu us/step':>13}{'cpu vs off':>12}{'samples':>9}"
     )
     for name in names:
         ratio = statistics.median(a / b for a, b in zip(rates[name], rates["off"], strict=True))
-        rate = statistics.median(rates[name])
-        print(f"{name:<14}{rate:>10.0f}{ratio:>9.3f}{samples[name]:>9}")
+        cpu_ratio = statistics.median(a / b for a, b in zip(cpus[name], cpus["off"], strict=True))
+        print(
+            f"{name:<14}{statistics.median(rates[name]):>9.0f}{ratio:>13.3f}"
+            f"{statistics.median(cpus[name]):>13.0f}{cpu_ratio:>12.3f}{samples[name]:>9}"
+        )
     print(f"one sample on the sampler's thread: {sample_cost():.2f} ms")
 
 

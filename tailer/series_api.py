@@ -24,6 +24,7 @@ Races, in order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import math
@@ -45,10 +46,13 @@ log = logging.getLogger("tailer")
 
 #: Memory the stores of all runs may hold together before the least recently used go.
 DEFAULT_STORE_BYTES = 512 << 20
-#: Runs at least this long get their store built in the background at start (see warm()).
-WARM_FROM_LINES = 20_000
-#: Bytes of store per line, as estimated for warming (batch lines with two values).
-_BYTES_PER_LINE = 80
+#: Runs whose file is at least this big get their store built in the background at start
+#: (see warm()); about the page's 20,000 lines.
+WARM_FROM_BYTES = 2 << 20
+#: Bytes of store per byte of file, as estimated for warming (batch lines with two values).
+_STORE_PER_FILE_BYTE = 0.6
+#: Seconds between two steps of a warm build that follows the tailer's start-up read.
+_WARM_STEP_S = 0.5
 MAX_WIDTH = 10_000
 MAX_RAW = 200_000
 #: Answers at least this long are compressed when the client accepts gzip.
@@ -159,9 +163,12 @@ class SeriesService:
         self.stores: OrderedDict[str, SeriesStore] = OrderedDict()
         self.build_wait = BUILD_WAIT_S
         self._building: dict[str, asyncio.Future[None]] = {}
+        self._warming: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tailer-series")
 
     def close(self) -> None:
+        for task in self._warming:
+            task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def respond(self, query: SeriesQuery, *, gzip_ok: bool) -> tuple[bytes, bool]:
@@ -174,6 +181,7 @@ class SeriesService:
                 raise RequestError(404, "no such experiment")
             generation, end_offset = reader.generation, reader.consumed
             t0 = parse_first_timestamp(reader.first_timestamp)
+            backlog = reader.backlog_end > end_offset  # the tailer still reads it in
             store = self.stores.get(query.run)
             if store is None or store.generation != generation:
                 store = SeriesStore(
@@ -184,6 +192,11 @@ class SeriesService:
                 )
                 self.stores[query.run] = store
             self.stores.move_to_end(query.run)
+            if backlog:
+                # The tailer is still numbering the file's lines (start-up): an answer now
+                # would cover a fraction of the run. Read what is numbered meanwhile.
+                self._build_soon(store, end_offset)
+                raise SeriesBuilding(end_offset / reader.backlog_end)
             if store.offset < end_offset:
                 await self._built(store, end_offset)
             body = await loop.run_in_executor(
@@ -222,22 +235,23 @@ class SeriesService:
             if building.exception() is not None:
                 raise RequestError(500, "could not read the run's series") from None
 
-    def warm(self, readers: Iterable[FileReader], *, min_lines: int = WARM_FROM_LINES) -> None:
+    def warm(self, readers: Iterable[FileReader], *, min_bytes: int = WARM_FROM_BYTES) -> None:
         """Build the stores of long runs in the background, most recently active first.
 
         A page opening a long run then gets its series at once instead of
         waiting for the file to be read (seconds for a million lines); later
         requests only read what was appended since. Runs are taken while
-        their estimated size fits in :attr:`max_bytes`.
+        their estimated size fits in :attr:`max_bytes`; each build follows the
+        tailer's own start-up read of the file up to its end.
         """
         chosen = sorted(
-            (r for r in readers if r.exists and r.next_seq >= min_lines),
+            (r for r in readers if r.exists and r.size >= min_bytes),
             key=lambda r: r.last_timestamp or "",
             reverse=True,
         )
         budget = self.max_bytes
         for reader in chosen:
-            estimate = reader.next_seq * _BYTES_PER_LINE
+            estimate = reader.size * _STORE_PER_FILE_BYTE
             if estimate > budget or reader.experiment_id in self.stores:
                 continue
             budget -= estimate
@@ -248,7 +262,22 @@ class SeriesService:
                 max_line_bytes=reader.max_line_bytes,
             )
             self.stores[reader.experiment_id] = store
-            self._build_soon(store, reader.consumed)
+            task = asyncio.get_running_loop().create_task(self._warm(reader, store))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, reader: FileReader, store: SeriesStore) -> None:
+        """Read ``store`` along with the tailer's start-up read of its file, to the end."""
+        while (
+            self.stores.get(store.experiment_id) is store and reader.generation == store.generation
+        ):
+            backlog = reader.backlog_end > reader.consumed
+            if store.offset < reader.consumed:
+                with contextlib.suppress(Exception):  # logged by _log_failure
+                    await self._build_soon(store, reader.consumed)
+            if not backlog:
+                return
+            await asyncio.sleep(_WARM_STEP_S)
 
     def _evict(self, *, keep: str) -> None:
         """Drop the least recently used stores past :attr:`max_bytes` (never ``keep``)."""

@@ -363,20 +363,34 @@ async def test_cold_series_request_does_not_stall_other_clients(tmp_path, monkey
 
 @aio(120)
 async def test_long_runs_are_built_in_the_background_at_start(tmp_path):
-    """A run past WARM_FROM_LINES has its series built at start, before any request."""
-    _write_run(tmp_path, "big", 20_000).close()
+    """A run of WARM_FROM_BYTES or more has its series built at start, before any request."""
+    _write_run(tmp_path, "big", 30_000).close()
     _write_run(tmp_path, "small", 100).close()
     async with serve_directory(tmp_path, port=0) as app:
-        for _ in range(600):
+        for _ in range(1200):
             store = app.series.stores.get("big")
-            if store is not None and store.last_seq == 20_020:
+            if store is not None and store.last_seq == 30_030:
                 break
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the long run was not built in the background")
         assert "small" not in app.series.stores
         _, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
-        assert answer["seq"] == 20_020 and app.series.stores["big"] is store
+        assert answer["seq"] == 30_030 and app.series.stores["big"] is store
+
+
+@aio()
+async def test_a_run_the_tailer_still_reads_in_is_answered_503(tmp_path):
+    """While the tailer numbers a file's start-up backlog, /api/series says 503, retry."""
+    _write_run(tmp_path, "r", 100).close()
+    async with serve_directory(tmp_path, port=0) as app:
+        reader = app.hub.readers["r"]
+        reader.backlog_end = reader.consumed + 1000  # as if the start-up read were not done
+        status, head, _ = await _get(app.port, "/api/series?run=r")
+        assert status == 503 and head["retry-after"] == "1"
+        reader.backlog_end = 0
+        status, _, answer = await _get(app.port, "/api/series?run=r")
+        assert status == 200 and answer["seq"] == 100
 
 
 @aio(120)

@@ -19,6 +19,8 @@ import { serverUrl } from "./stream.js";
 
 /** Runs with more lines than this load their history reduced. */
 export const REDUCED_FROM_LINES = 20000;
+/** ... or a file this big (while the tailer still reads a big file in, `lines` lags). */
+const REDUCED_FROM_BYTES = REDUCED_FROM_LINES * 128;
 /** Pixel columns asked for: the server keeps at most 4 points per column, so a history
  * stays under charts.js' RAW_LIMIT (4000) and live points are drawn as they come. */
 const HISTORY_WIDTH = 900;
@@ -39,8 +41,9 @@ async function getJson(params) {
 
 /** Whether the list entry of a run says it is long enough for the reduced path. */
 export function wantsReduced(listed) {
-  return Boolean(listed) && typeof listed.lastSeq === "number"
-    && listed.lastSeq + 1 > REDUCED_FROM_LINES;
+  if (!listed) return false;
+  return (typeof listed.lastSeq === "number" && listed.lastSeq + 1 > REDUCED_FROM_LINES)
+    || (typeof listed.bytes === "number" && listed.bytes > REDUCED_FROM_BYTES);
 }
 
 /** A message that makes the model's handler of `type` draw one value at `x` (no seq: not a line). */
