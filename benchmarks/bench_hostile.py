@@ -225,46 +225,57 @@ async def memory(root: Path, tmp: Path) -> None:
 
 
 async def resync(root: Path, tmp: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
+
     runs = tmp / "sync"
     offline = tmp / "offline"
     runs.mkdir()
     offline.mkdir()
     source = offline / "run.jsonl"
-    source.write_bytes(
-        b"".join(encode_message("batch_metrics", {"step": i, "loss": 0.5}) for i in range(100_000))
-    )
-    shutil.copyfile(source, runs / "run.jsonl")
-    async with (
-        Serve(root, runs) as serve,
-        connect(f"ws://127.0.0.1:{serve.port}/experiments/run?since=-1", max_size=None) as ws,
-    ):
-        for _ in range(100_000):
-            await ws.recv()
-        step = 100_000
-        per_sync = []
-        for _ in range(3):
-            with open(source, "ab") as f:
-                f.write(
-                    b"".join(
-                        encode_message("batch_metrics", {"step": i, "loss": 0.5})
-                        for i in range(step, step + 1000)
-                    )
+
+    def grow(start: int, stop: int) -> None:
+        with open(source, "ab") as f:
+            f.write(
+                b"".join(
+                    encode_message("batch_metrics", {"step": i, "loss": 0.5})
+                    for i in range(start, stop)
                 )
-            step += 1000
-            subprocess.run(["rsync", str(source), str(runs / "run.jsonl")], check=True)
-            got = 0
-            frames = 0
-            try:
-                while True:
-                    got += len(await asyncio.wait_for(ws.recv(), 2))
-                    frames += 1
-            except TimeoutError:
-                pass
-            per_sync.append((frames, got))
-    for i, (frames, got) in enumerate(per_sync, 1):
+            )
+
+    grow(0, 100_000)
+    shutil.copyfile(source, runs / "run.jsonl")
+    per_sync = []
+    async with Serve(root, runs) as serve:
+        step = 100_000
+        since = -1
+        for _ in range(3):
+            # A viewer that resumes with since, as the dashboard does; each sync is
+            # measured from its own connection, caught up first.
+            async with connect(
+                f"ws://127.0.0.1:{serve.port}/experiments/run?since={since}", max_size=None
+            ) as ws:
+                got = frames = 0
+                if since < 0:
+                    for _ in range(100_000):
+                        await ws.recv()
+                grow(step, step + 1000)
+                step += 1000
+                subprocess.run(["rsync", str(source), str(runs / "run.jsonl")], check=True)
+                ending = "idle for 2 s"
+                try:
+                    while True:
+                        got += len(await asyncio.wait_for(ws.recv(), 2))
+                        frames += 1
+                except TimeoutError:
+                    pass
+                except ConnectionClosed as exc:
+                    ending = f"closed {exc.rcvd.code if exc.rcvd else '?'}"
+                per_sync.append((frames, got, ending))
+                since = step - 1
+    for i, (frames, got, ending) in enumerate(per_sync, 1):
         print(
             f"rsync #{i} of a 100,000-line run grown by 1,000 lines: the viewer received "
-            f"{frames} frames, {got / 1024:.0f} KiB"
+            f"{frames} frames, {got / 1024:.0f} KiB ({ending})"
         )
 
 
