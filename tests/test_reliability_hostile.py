@@ -625,3 +625,32 @@ async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
         async with ws_connect(f"{app.ws_url}experiments/grown?since=99") as ws:
             first = await recv_json(ws)
             assert (first["seq"], first["data"]["step"]) == (100, 100)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 16: a resume during the background read gets log_reset"
+)
+@aio(120)
+async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_firehose(tmp_path):
+    """Lines read in the background after start-up are history: subscribers get them, the live firehose does not."""
+    from tailer import hub as hub_module
+    from tailer.server import serve_directory
+    from tests._reliability_helpers import wait_for
+
+    n = 300_000
+    (tmp_path / "big.jsonl").write_bytes(_lines(0, n))
+    saved = hub_module.STARTUP_BUDGET
+    hub_module.STARTUP_BUDGET = 0  # everything past the first step goes to the background
+    try:
+        async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as fire:
+            assert app.hub is not None and app.hub._catch_ups, "read before listening"
+            async with ws_connect(f"{app.ws_url}experiments/big?since={n - 6}") as ws:
+                got = [(await recv_json(ws, timeout=60))["seq"] for _ in range(5)]
+                assert got == list(range(n - 5, n))
+                await wait_for(lambda: not app.hub._catch_ups, 60, "the background read")
+                Writer(tmp_path, "big").message("m", {"i": "new"})
+                assert (await recv_json(ws))["seq"] == n
+            first = await recv_json(fire)
+            assert (first["seq"], first["data"]) == (n, {"i": "new"})
+    finally:
+        hub_module.STARTUP_BUDGET = saved
