@@ -627,9 +627,6 @@ async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
             assert (first["seq"], first["data"]["step"]) == (100, 100)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16: a resume during the background read gets log_reset"
-)
 @aio(120)
 async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_firehose(tmp_path):
     """Lines read in the background after start-up are history: subscribers get them, the live firehose does not."""
