@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -572,3 +573,71 @@ def write_federated(path: Path, rounds: int = 3, clients: int = 2) -> None:
         encode_message("status", {"status": "completed", "message": ""}, timestamp=ts(rounds + 1))
     )
     path.write_bytes(b"".join(lines))
+
+
+def write_lightning_run(
+    path: Path, *, lr: float, hidden: int, epochs: int, batches: int, scale: float = 1.0
+):
+    """A Lightning-like run: hparams, noisy batch losses, a constant lr-Adam, train/val epoch values with step."""
+    lines = [
+        encode_message(
+            "training_start",
+            {
+                "experiment_id": path.stem,
+                "max_epochs": epochs,
+                "hparams": {"lr": lr, "hidden": hidden},
+            },
+            timestamp=ts(0),
+        ),
+        encode_message("status", {"status": "running"}, timestamp=ts(0)),
+    ]
+    step = 0
+    for epoch in range(epochs):
+        lines.append(
+            encode_message(
+                "epoch_start", {"epoch": epoch, "total_epochs": epochs}, timestamp=ts(step)
+            )
+        )
+        for b in range(batches):
+            step += 1
+            loss = scale * (2.0 / math.sqrt(step) + 0.15 * math.sin(step * 2.7) ** 2)
+            lines.append(
+                encode_message(
+                    "batch_metrics",
+                    {"step": step, "batch_idx": b, "loss": loss, "epoch": epoch},
+                    timestamp=ts(step),
+                )
+            )
+            lines.append(
+                encode_message(
+                    "metrics", {"step": step, "metrics": {"lr-Adam": 0.001}}, timestamp=ts(step)
+                )
+            )
+        for phase in ("train", "val"):
+            lines.append(
+                encode_message(
+                    "epoch_end",
+                    {
+                        "epoch": epoch,
+                        "phase": phase,
+                        "step": step,
+                        "metrics": {
+                            "loss": scale / (epoch + 1) + (0.1 if phase == "val" else 0),
+                            "acc": 0.5 + epoch / 20,
+                        },
+                    },
+                    timestamp=ts(step),
+                )
+            )
+    lines.append(encode_message("training_end", {}, timestamp=ts(step + 1)))
+    lines.append(encode_message("status", {"status": "completed"}, timestamp=ts(step + 1)))
+    path.write_bytes(b"".join(lines))
+
+
+COMPARE_RUNS = {
+    "alpha": {"lr": 0.01, "hidden": 64, "epochs": 4, "batches": 30, "scale": 1.0},
+    "beta": {"lr": 0.1, "hidden": 64, "epochs": 3, "batches": 36, "scale": 0.5},
+    "gamma": {"lr": 0.03, "hidden": 64, "epochs": 4, "batches": 24, "scale": 0.8},
+    "delta": {"lr": 0.01, "hidden": 128, "epochs": 2, "batches": 30, "scale": 1.2},
+    "epsilon": {"lr": 0.3, "hidden": 32, "epochs": 3, "batches": 18, "scale": 0.3},
+}

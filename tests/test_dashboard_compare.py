@@ -17,6 +17,7 @@ import pytest
 
 from recorder.format import encode_message
 from tests._dashboard_helpers import (
+    COMPARE_RUNS,
     browser_fixture,
     page_factory_fixture,
     read_messages,
@@ -26,7 +27,10 @@ from tests._dashboard_helpers import (
     ts,
     view_state,
     wait_until,
+    write_lightning_run,
 )
+
+RUNS = COMPARE_RUNS
 
 pytestmark = pytest.mark.browser
 _fixtures = (browser_fixture, page_factory_fixture)
@@ -39,76 +43,10 @@ if not Path("/usr/bin/chromium").exists():  # pragma: no cover - CI image has it
 # ---------------------------------------------------------------- runs
 
 
-def write_run(path: Path, *, lr: float, hidden: int, epochs: int, batches: int, scale: float = 1.0):
-    """A Lightning-like run: hparams, batch losses, a constant lr-Adam, train/val epoch values with step."""
-    lines = [
-        encode_message(
-            "training_start",
-            {
-                "experiment_id": path.stem,
-                "max_epochs": epochs,
-                "hparams": {"lr": lr, "hidden": hidden},
-            },
-            timestamp=ts(0),
-        ),
-        encode_message("status", {"status": "running"}, timestamp=ts(0)),
-    ]
-    step = 0
-    for epoch in range(epochs):
-        lines.append(
-            encode_message(
-                "epoch_start", {"epoch": epoch, "total_epochs": epochs}, timestamp=ts(step)
-            )
-        )
-        for b in range(batches):
-            step += 1
-            loss = scale * (2.0 / step + 0.1 * ((step * 7) % 5))
-            lines.append(
-                encode_message(
-                    "batch_metrics",
-                    {"step": step, "batch_idx": b, "loss": loss, "epoch": epoch},
-                    timestamp=ts(step),
-                )
-            )
-            lines.append(
-                encode_message(
-                    "metrics", {"step": step, "metrics": {"lr-Adam": 0.001}}, timestamp=ts(step)
-                )
-            )
-        for phase in ("train", "val"):
-            lines.append(
-                encode_message(
-                    "epoch_end",
-                    {
-                        "epoch": epoch,
-                        "phase": phase,
-                        "step": step,
-                        "metrics": {
-                            "loss": scale / (epoch + 1) + (0.1 if phase == "val" else 0),
-                            "acc": 0.5 + epoch / 20,
-                        },
-                    },
-                    timestamp=ts(step),
-                )
-            )
-    lines.append(encode_message("training_end", {}, timestamp=ts(step + 1)))
-    lines.append(encode_message("status", {"status": "completed"}, timestamp=ts(step + 1)))
-    path.write_bytes(b"".join(lines))
-
-
-RUNS = {
-    "alpha": {"lr": 0.01, "hidden": 64, "epochs": 4, "batches": 5, "scale": 1.0},
-    "beta": {"lr": 0.1, "hidden": 64, "epochs": 3, "batches": 6, "scale": 0.5},
-    "gamma": {"lr": 0.03, "hidden": 64, "epochs": 4, "batches": 4, "scale": 0.8},
-    "delta": {"lr": 0.01, "hidden": 128, "epochs": 2, "batches": 5, "scale": 1.2},
-    "epsilon": {"lr": 0.3, "hidden": 32, "epochs": 3, "batches": 3, "scale": 0.3},
-}
-
-
 def make_dir(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, spec in RUNS.items():
-        write_run(directory / f"{name}.jsonl", **spec)
+    for name, spec in COMPARE_RUNS.items():
+        write_lightning_run(directory / f"{name}.jsonl", **spec)
     return directory
 
 

@@ -616,8 +616,10 @@ export class RunView {
     const layout = {
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       font: { color: fg, size: 12 }, height: 300, margin: { l: 60, r: 60, t: 40, b: 20 },
+      // Room for every axis: a narrow screen scrolls the chart sideways instead of cutting it.
+      width: Math.max(target.clientWidth || 600, 130 * dims.length + 140),
     };
-    window.Plotly.react(target, [trace], layout, { responsive: true, displaylogo: false, displayModeBar: false });
+    window.Plotly.react(target, [trace], layout, { displaylogo: false, displayModeBar: false });
   }
 
   renderTimeline(model) {
