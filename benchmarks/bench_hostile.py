@@ -41,6 +41,7 @@ import psutil  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from recorder.format import encode_message  # noqa: E402
+from tests._reliability_helpers import never_reading_client  # noqa: E402
 
 URL = re.compile(rb"127\.0\.0\.1:(\d+)/")
 
@@ -181,22 +182,6 @@ async def descriptors(root: Path, tmp: Path) -> None:
     )
 
 
-async def never_reading(port: int) -> asyncio.StreamWriter:
-    import socket
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await reader.readuntil(b"\r\n\r\n")
-    return writer
-
-
 async def memory(root: Path, tmp: Path) -> None:
     for label, args in (
         ("--max-queued-bytes 32 MiB", ("--max-queued-bytes", str(32 << 20))),
@@ -206,7 +191,7 @@ async def memory(root: Path, tmp: Path) -> None:
         runs.mkdir()
         async with Serve(root, runs, *args) as serve:
             rss0 = serve.rss()
-            stuck = [await never_reading(serve.port) for _ in range(40)]
+            stuck = [await never_reading_client(serve.port) for _ in range(40)]
             fd = os.open(runs / "flood.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             pad = "x" * 1000
             peak = rss0
@@ -225,46 +210,57 @@ async def memory(root: Path, tmp: Path) -> None:
 
 
 async def resync(root: Path, tmp: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
+
     runs = tmp / "sync"
     offline = tmp / "offline"
     runs.mkdir()
     offline.mkdir()
     source = offline / "run.jsonl"
-    source.write_bytes(
-        b"".join(encode_message("batch_metrics", {"step": i, "loss": 0.5}) for i in range(100_000))
-    )
-    shutil.copyfile(source, runs / "run.jsonl")
-    async with (
-        Serve(root, runs) as serve,
-        connect(f"ws://127.0.0.1:{serve.port}/experiments/run?since=-1", max_size=None) as ws,
-    ):
-        for _ in range(100_000):
-            await ws.recv()
-        step = 100_000
-        per_sync = []
-        for _ in range(3):
-            with open(source, "ab") as f:
-                f.write(
-                    b"".join(
-                        encode_message("batch_metrics", {"step": i, "loss": 0.5})
-                        for i in range(step, step + 1000)
-                    )
+
+    def grow(start: int, stop: int) -> None:
+        with open(source, "ab") as f:
+            f.write(
+                b"".join(
+                    encode_message("batch_metrics", {"step": i, "loss": 0.5})
+                    for i in range(start, stop)
                 )
-            step += 1000
-            subprocess.run(["rsync", str(source), str(runs / "run.jsonl")], check=True)
-            got = 0
-            frames = 0
-            try:
-                while True:
-                    got += len(await asyncio.wait_for(ws.recv(), 2))
-                    frames += 1
-            except TimeoutError:
-                pass
-            per_sync.append((frames, got))
-    for i, (frames, got) in enumerate(per_sync, 1):
+            )
+
+    grow(0, 100_000)
+    shutil.copyfile(source, runs / "run.jsonl")
+    per_sync = []
+    async with Serve(root, runs) as serve:
+        step = 100_000
+        since = -1
+        for _ in range(3):
+            # A viewer that resumes with since, as the dashboard does; each sync is
+            # measured from its own connection, caught up first.
+            async with connect(
+                f"ws://127.0.0.1:{serve.port}/experiments/run?since={since}", max_size=None
+            ) as ws:
+                got = frames = 0
+                if since < 0:
+                    for _ in range(100_000):
+                        await ws.recv()
+                grow(step, step + 1000)
+                step += 1000
+                subprocess.run(["rsync", str(source), str(runs / "run.jsonl")], check=True)
+                ending = "idle for 2 s"
+                try:
+                    while True:
+                        got += len(await asyncio.wait_for(ws.recv(), 2))
+                        frames += 1
+                except TimeoutError:
+                    pass
+                except ConnectionClosed as exc:
+                    ending = f"closed {exc.rcvd.code if exc.rcvd else '?'}"
+                per_sync.append((frames, got, ending))
+                since = step - 1
+    for i, (frames, got, ending) in enumerate(per_sync, 1):
         print(
             f"rsync #{i} of a 100,000-line run grown by 1,000 lines: the viewer received "
-            f"{frames} frames, {got / 1024:.0f} KiB"
+            f"{frames} frames, {got / 1024:.0f} KiB ({ending})"
         )
 
 

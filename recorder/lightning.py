@@ -249,6 +249,9 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self._pending_train: int | None = None
         self._pending_val: list[tuple[int, dict[str, Any]]] = []
         self._batches = 0
+        # callback_metrics as the epoch began: a value still the same object in a batch
+        # was not logged in that batch (an on_epoch-only value of a previous epoch).
+        self._epoch_start_metrics: dict[str, Any] = {}
         self._failed = False
         self._started_at = time.monotonic()
 
@@ -293,7 +296,10 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
                 },
             )
         else:
-            self._emit("epoch_end", {"epoch": epoch, "phase": phase, "metrics": metrics})
+            self._emit(
+                "epoch_end",
+                {"epoch": epoch, "phase": phase, "metrics": metrics, "step": trainer.global_step},
+            )
 
     def _lifecycle(self, status: str, message: str, details: dict[str, Any] | None = None) -> None:
         """``status`` (or, in a federated client, ``client_progress``)."""
@@ -381,6 +387,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._flush(trainer)
+        self._epoch_start_metrics = dict(trainer.callback_metrics)
         if not self.federated:
             self._emit(
                 "epoch_start", {"epoch": trainer.current_epoch, "total_epochs": trainer.max_epochs}
@@ -395,7 +402,10 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         self._batches += 1
         if self._batches % self.batch_every_n_steps:
             return
-        metrics = trainer.callback_metrics
+        before = self._epoch_start_metrics
+        metrics = {
+            k: v for k, v in trainer.callback_metrics.items() if k not in before or before[k] is not v
+        }
         loss = _loss_of(outputs)
         if loss is None:
             loss = _step_metric(metrics, "loss")

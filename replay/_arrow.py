@@ -51,7 +51,7 @@ from replay.tables import (
 __all__ = ["FAST_BLOCK_BYTES", "fast_metric_batches"]
 
 #: Bytes parsed by one ``read_json`` call: large enough for its threads, small for memory.
-FAST_BLOCK_BYTES = 8 << 20
+FAST_BLOCK_BYTES = 4 << 20
 #: Nesting deeper than this goes the careful way (orjson refuses past 1024 levels).
 _MAX_DEPTH = 200
 _INT64_LIMIT = 2.0**63
@@ -207,7 +207,7 @@ def _leaf(name: str, column: Any) -> _Leaf | None:
         return None
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         if not pa.types.is_float64(kind):
-            column = column.cast(pa.float64())
+            column = column.cast(pa.float64(), safe=False)  # nearest double, as float(int)
         return _Leaf(name, _numbers(column, np.float64), _valid(column))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         index = pc.index_in(column, value_set=_NON_FINITE_TEXT)

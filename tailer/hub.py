@@ -435,7 +435,19 @@ class Hub:
             reader = self.readers.get(experiment_id)
             # Until the reader got as far as the previous tailer had, it cannot tell
             # whether the file was replaced while no tailer ran (tailer.identities).
-            while reader is not None and reader.checkpoint is not None and not client.closing:
+            # (Bounded: a file that cannot be read at all never gets there.)
+            for _ in range(200):
+                if reader is None or reader.checkpoint is None or client.closing:
+                    break
+                await asyncio.sleep(0.05)
+            # A file still being read in the background (a big one at start-up) has not
+            # numbered its lines up to `since` yet: that is no truncation, wait for them.
+            while (
+                reader is not None
+                and reader in self._catch_ups
+                and reader.next_seq < start
+                and not client.closing
+            ):
                 await asyncio.sleep(0.05)
             lines = reader.next_seq if reader is not None and reader.exists else 0
             replaced = reader.replaced_lines if reader is not None else 0

@@ -37,6 +37,7 @@ from websockets.http11 import Request, Response
 
 from recorder.format import validate_experiment_id
 from tailer import identities
+from tailer.api import hparams_body, metrics_body, parse_metrics_query
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -352,6 +353,8 @@ class TailerServer:
         if path == "/api/experiments":
             body = orjson.dumps(self.summaries())
             return _response(200, body, "application/json", cache="no-store")
+        if path in ("/api/metrics", "/api/hparams"):
+            return self._data(path, query)  # a coroutine: websockets awaits it
         if path == "/static/vendor/plotly.min.js":
             plotly = _plotly_js()
             if plotly is None:
@@ -362,6 +365,24 @@ class TailerServer:
         if path == "/favicon.ico":
             return _response(204, b"", "image/x-icon", cache="public, max-age=86400")
         raise RequestError(404, "not found")
+
+    async def _data(self, path: str, query: dict[str, list[str]]) -> Response:
+        """``/api/metrics`` and ``/api/hparams`` (:mod:`tailer.api`), read in a thread."""
+        try:
+            if self.hub is not None:  # the runs /api/experiments lists, and no other file
+                directory = self.hub.directory
+                files = [directory / f"{s['experiment_id']}.jsonl" for s in self.hub.summaries()]
+            else:  # `tailer replay FILE`: its one run
+                assert self.replay_path is not None
+                files = [self.replay_path]
+            if path == "/api/hparams":
+                body = await asyncio.to_thread(hparams_body, files)
+                return _response(200, body, "application/json", cache="no-store")
+            request = parse_metrics_query(query, files)
+            body, content_type = await asyncio.to_thread(metrics_body, request)
+        except RequestError as exc:
+            return _error(exc.status, exc.reason)
+        return _response(200, body, content_type, cache="no-store")
 
     def _file(self, path: Path, if_none_match: str | None, *, cache: str = "no-cache") -> Response:
         """A static file; ``no-cache`` makes browsers revalidate, and an unchanged file is a 304."""

@@ -58,7 +58,9 @@ def load(n: int) -> None:
         started = time.perf_counter()
         page.goto(server.page_url("#/runs/long"))
         wait_until(
-            lambda: chart_points(page).get("batch:accuracy", {}).get("accuracy", (0, 0))[0] == n,
+            lambda: (
+                chart_points(page).get("metrics:accuracy", {}).get("train (batch)", (0, 0))[0] == n
+            ),
             timeout=600,
             interval=0.2,
         )

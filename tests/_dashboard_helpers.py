@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from recorder.format import encode_message
 
@@ -168,6 +171,36 @@ class ConsoleWatch:
         assert not self.errors, "browser errors:\n" + "\n".join(self.errors)
 
 
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
+    """One headless Chromium (Debian's) for a test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture(name="page_factory")
+def page_factory_fixture(browser):
+    """make(width=, height=, scheme=, allowed=) -> (page, ConsoleWatch), each in its own context."""
+    contexts = []
+
+    def make(*, width=1280, height=900, scheme="light", allowed=()):
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, color_scheme=scheme, accept_downloads=True
+        )
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        return page, ConsoleWatch(page, allowed)
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
 def launch(playwright):
     return playwright.chromium.launch(
         executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
@@ -254,43 +287,90 @@ def _split_phase(name: str, known: str | None = None) -> tuple[str | None, str]:
     return None, name
 
 
-def expected_epoch_charts(path: Path) -> dict[str, dict[str, int]]:
-    """{"epoch:<metric>": {phase: points}} as the page should draw epoch_end messages."""
-    charts: dict[str, dict[str, int]] = {}
-    for msg in read_messages(path):
-        if msg["type"] != "epoch_end":
-            continue
-        data = msg.get("data") or {}
-        phase = str(data.get("phase") or "train").lower()
-        phase = ALIASES.get(phase, phase)
-        if not isinstance(data.get("epoch"), (int, float)):
-            continue
-        for name, value in (data.get("metrics") or {}).items():
-            if name in INDEX_KEYS or not _numeric(value):
-                continue
-            _, base = _split_phase(name, phase)
-            traces = charts.setdefault(f"epoch:{base}", {})
-            traces[phase] = traces.get(phase, 0) + 1
-    return charts
+OPTIMIZER_NAME = re.compile(
+    r"(^|[-_/.])(lr|learning[-_]?rate|momentum|weight[-_]?decay|betas?\d?)($|[-_/.])", re.I
+)
 
 
-def expected_logged_charts(path: Path) -> dict[str, dict[str, int]]:
-    """{"logged:<metric>": {trace: points}} for the JsonlLogger's `metrics` messages."""
-    charts: dict[str, dict[str, int]] = {}
+def _phase(phase: str | None) -> str:
+    p = str(phase or "").lower()
+    return ALIASES.get(p, p) or "train"
+
+
+def _line_name(phase: str | None, granularity: str, client: str | None) -> str:
+    name = phase or "value"
+    if granularity == "step" and phase is not None and phase not in ("val", "test"):
+        name = f"{phase} (batch)"
+    if granularity == "step" and phase is None:
+        name = "batch"
+    return f"client {client} {name}" if client else name
+
+
+class _Charts:
+    """{chart id: {line: points}} as the page builds them, each line fed by one message type."""
+
+    def __init__(self) -> None:
+        self.charts: dict[str, dict[str, int]] = {}
+        self.sources: dict[tuple[str, str], str] = {}
+
+    def point(self, chart: str, line: str, source: str | None = None) -> None:
+        if source is not None:
+            first = self.sources.setdefault((chart, line), source)
+            if first != source:
+                return
+        traces = self.charts.setdefault(chart, {})
+        traces[line] = traces.get(line, 0) + 1
+
+    def metric(self, raw: str, known: str | None, granularity: str, client, source) -> None:
+        if OPTIMIZER_NAME.search(raw):
+            self.point(f"optim:{raw}", f"client {client}" if client else raw, source)
+            return
+        phase, base = _split_phase(raw, known)
+        phase = _phase(phase) if phase else (_phase(known) if known else None)
+        if phase is None and granularity == "step":
+            phase = "train"
+        self.point(f"metrics:{base}", _line_name(phase, granularity, client), source)
+
+
+def expected_charts(path: Path, sections: tuple[str, ...] = ("metrics", "optim")) -> dict:
+    """{"<section>:<metric>": {line: points}}: one chart per metric whatever path logged it."""
+    out = _Charts()
     for msg in read_messages(path):
-        if msg["type"] != "metrics":
-            continue
+        kind = msg["type"]
         data = msg.get("data") or {}
-        for name, value in (data.get("metrics") or {}).items():
-            if name in INDEX_KEYS or not _numeric(value):
-                continue
-            phase, base = _split_phase(name)
-            if base.endswith("_epoch") and len(base) > 6:
-                base = base[:-6]
-            traces = charts.setdefault(f"logged:{base}", {})
-            trace = phase or name
-            traces[trace] = traces.get(trace, 0) + 1
-    return charts
+        if not isinstance(data, dict):
+            continue
+        client = str(data["client_id"]) if data.get("client_id") is not None else None
+        if kind == "epoch_end":
+            known = _phase(data.get("phase"))
+            for name, value in (data.get("metrics") or {}).items():
+                if name not in INDEX_KEYS and _numeric(value):
+                    out.metric(name, known, "epoch", None, "epoch_end")
+        elif kind == "metrics":
+            for name, value in (data.get("metrics") or {}).items():
+                if name in INDEX_KEYS or not _numeric(value):
+                    continue
+                base, granularity = name, None
+                if name.endswith("_epoch") and len(name) > 6:
+                    base, granularity = name[:-6], "epoch"
+                elif name.endswith("_step") and len(name) > 5:
+                    base, granularity = name[:-5], "step"
+                if granularity is None:
+                    phase, _ = _split_phase(base)
+                    granularity = "epoch" if phase and _phase(phase) != "train" else "step"
+                out.metric(base, None, granularity, client, "metrics")
+        elif kind == "batch_metrics":
+            for name, value in data.items():
+                if name not in INDEX_KEYS and _numeric(value):
+                    out.metric(name, "train", "step", client, "batch_metrics")
+        elif kind == "lr_update" and _numeric(data.get("current_lr")):
+            sched = data.get("scheduler_type")
+            out.point("optim:lr", f"lr ({sched})" if sched else "lr")
+        elif kind == "gradient_stats":
+            for key in ("total_norm", "max_norm", "min_norm"):
+                if _numeric(data.get(key)):
+                    out.point("optim:grad_norm", key)
+    return {k: v for k, v in out.charts.items() if k.split(":")[0] in sections}
 
 
 def expected_round_charts(path: Path) -> dict[str, dict[str, int]]:
@@ -314,22 +394,6 @@ def expected_round_charts(path: Path) -> dict[str, dict[str, int]]:
                 trace = stage if not phase or phase == stage else f"{stage} {phase}"
                 traces = charts.setdefault(f"round:{base}", {})
                 traces[trace] = traces.get(trace, 0) + 1
-    return charts
-
-
-def expected_batch_charts(path: Path) -> dict[str, dict[str, int]]:
-    charts: dict[str, dict[str, int]] = {}
-    for msg in read_messages(path):
-        if msg["type"] != "batch_metrics":
-            continue
-        data = msg.get("data") or {}
-        client = data.get("client_id")
-        for name, value in data.items():
-            if name in INDEX_KEYS or not _numeric(value):
-                continue
-            trace = f"client {client}" if client is not None else name
-            traces = charts.setdefault(f"batch:{name}", {})
-            traces[trace] = traces.get(trace, 0) + 1
     return charts
 
 
@@ -509,3 +573,71 @@ def write_federated(path: Path, rounds: int = 3, clients: int = 2) -> None:
         encode_message("status", {"status": "completed", "message": ""}, timestamp=ts(rounds + 1))
     )
     path.write_bytes(b"".join(lines))
+
+
+def write_lightning_run(
+    path: Path, *, lr: float, hidden: int, epochs: int, batches: int, scale: float = 1.0
+):
+    """A Lightning-like run: hparams, noisy batch losses, a constant lr-Adam, train/val epoch values with step."""
+    lines = [
+        encode_message(
+            "training_start",
+            {
+                "experiment_id": path.stem,
+                "max_epochs": epochs,
+                "hparams": {"lr": lr, "hidden": hidden},
+            },
+            timestamp=ts(0),
+        ),
+        encode_message("status", {"status": "running"}, timestamp=ts(0)),
+    ]
+    step = 0
+    for epoch in range(epochs):
+        lines.append(
+            encode_message(
+                "epoch_start", {"epoch": epoch, "total_epochs": epochs}, timestamp=ts(step)
+            )
+        )
+        for b in range(batches):
+            step += 1
+            loss = scale * (2.0 / math.sqrt(step) + 0.15 * math.sin(step * 2.7) ** 2)
+            lines.append(
+                encode_message(
+                    "batch_metrics",
+                    {"step": step, "batch_idx": b, "loss": loss, "epoch": epoch},
+                    timestamp=ts(step),
+                )
+            )
+            lines.append(
+                encode_message(
+                    "metrics", {"step": step, "metrics": {"lr-Adam": 0.001}}, timestamp=ts(step)
+                )
+            )
+        for phase in ("train", "val"):
+            lines.append(
+                encode_message(
+                    "epoch_end",
+                    {
+                        "epoch": epoch,
+                        "phase": phase,
+                        "step": step,
+                        "metrics": {
+                            "loss": scale / (epoch + 1) + (0.1 if phase == "val" else 0),
+                            "acc": 0.5 + epoch / 20,
+                        },
+                    },
+                    timestamp=ts(step),
+                )
+            )
+    lines.append(encode_message("training_end", {}, timestamp=ts(step + 1)))
+    lines.append(encode_message("status", {"status": "completed"}, timestamp=ts(step + 1)))
+    path.write_bytes(b"".join(lines))
+
+
+COMPARE_RUNS = {
+    "alpha": {"lr": 0.01, "hidden": 64, "epochs": 4, "batches": 30, "scale": 1.0},
+    "beta": {"lr": 0.1, "hidden": 64, "epochs": 3, "batches": 36, "scale": 0.5},
+    "gamma": {"lr": 0.03, "hidden": 64, "epochs": 4, "batches": 24, "scale": 0.8},
+    "delta": {"lr": 0.01, "hidden": 128, "epochs": 2, "batches": 30, "scale": 1.2},
+    "epsilon": {"lr": 0.3, "hidden": 32, "epochs": 3, "batches": 18, "scale": 0.3},
+}

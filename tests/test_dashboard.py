@@ -12,16 +12,14 @@ import pytest
 
 from recorder.format import encode_message, status_of
 from tests._dashboard_helpers import (
-    ConsoleWatch,
     ReplayServer,
     Server,
+    browser_fixture,
     chart_points,
     copy_samples,
-    expected_batch_charts,
-    expected_epoch_charts,
-    expected_logged_charts,
+    expected_charts,
     expected_round_charts,
-    launch,
+    page_factory_fixture,
     read_messages,
     runs_state,
     screenshot,
@@ -35,6 +33,8 @@ from tests._dashboard_helpers import (
 )
 
 pytestmark = pytest.mark.browser
+# Fixtures (registered as `browser` and `page_factory`).
+_fixtures = (browser_fixture, page_factory_fixture)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 if not Path("/usr/bin/chromium").exists():  # pragma: no cover - CI image has it
@@ -43,32 +43,6 @@ if not Path("/usr/bin/chromium").exists():  # pragma: no cover - CI image has it
 # Chromium logs a refused WebSocket handshake as a console error; expected only
 # while a test has the server down on purpose.
 SERVER_DOWN = (r"WebSocket connection to .* failed", r"ERR_CONNECTION_REFUSED")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page_factory(browser):
-    contexts = []
-
-    def make(*, width=1280, height=900, scheme="light", allowed=()):
-        context = browser.new_context(
-            viewport={"width": width, "height": height}, color_scheme=scheme
-        )
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(15000)
-        return page, ConsoleWatch(page, allowed)
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 # ---------------------------------------------------------------- the runs under test
@@ -195,7 +169,11 @@ def test_runs_list_shows_every_run_with_status_and_count(shared, page_factory):
     # What the person sees, not only the page's state.
     for experiment_id, (status, count) in expected.items():
         item = page.locator(f'li.run-item[data-id="{experiment_id}"]')
-        assert item.locator(".badge").inner_text() == status
+        badge = item.locator(".badge").inner_text()
+        if status in ("running", "unknown"):  # the fixtures' lines are from 2025: long silent
+            assert badge.startswith("no update for "), badge
+        else:
+            assert badge == status
         assert f"{count:,} message" in item.locator(".run-sub").inner_text()
     failed = _find(runs_dir, "failed")
     errors = [m for m in read_messages(failed) if m["type"] == "error"]
@@ -214,11 +192,7 @@ def test_centralized_run_draws_each_metric_and_phase(shared, page_factory):
     runs_dir, server = shared
     page, console = page_factory()
     run = _find(runs_dir, "centralized")
-    expected = {
-        **expected_epoch_charts(run),
-        **expected_batch_charts(run),
-        **expected_logged_charts(run),
-    }
+    expected = expected_charts(run)
     assert expected, f"{run} has no epoch or batch metrics"
     _open_run(page, server, run.stem)
     _wait_charts(page, expected)
@@ -228,8 +202,9 @@ def test_centralized_run_draws_each_metric_and_phase(shared, page_factory):
     # Each expected epoch chart has exactly the expected lines (train/val/test as separate lines).
     for chart, traces in expected.items():
         assert set(state["charts"][chart]["traces"]) >= set(traces)
-    epoch_charts = [c for c in state["charts"] if c.startswith("epoch:")]
-    assert sorted(epoch_charts) == sorted(c for c in expected if c.startswith("epoch:"))
+    # One chart per metric, whatever path logged it: no metric drawn twice.
+    assert sorted(state["charts"]) == sorted(expected)
+    assert len({c["metric"] for c in state["charts"].values()}) == len(expected)
     assert page.locator("#run-status").inner_text() == _expected_status(run)
     screenshot(page, "run-centralized-light")
     console.check()
@@ -253,7 +228,7 @@ def test_federated_run_draws_rounds_and_clients(shared, page_factory):
     _wait_settled(page, len(messages))
     charts = view_state(page)["charts"]
     assert sorted(c for c in charts if c.startswith("round:")) == sorted(expected)
-    per_client = [c for cid, c in charts.items() if cid.startswith("client:round:")]
+    per_client = [c for cid, c in charts.items() if cid.startswith("client:round/")]
     assert per_client, charts.keys()
     for chart in per_client:
         assert {t.removeprefix("client ") for t in chart["traces"]} == clients
@@ -298,7 +273,7 @@ def test_appended_lines_appear_live(runs_dir, page_factory):
         wait_until(lambda: view_state(page)["live"]["messages"] == n, message="history")
         page.wait_for_timeout(300)
         requests.clear()
-        before = chart_points(page).get("epoch:live_metric", {}).get("train", (0, 0))[0]
+        before = chart_points(page).get("metrics:live_metric", {}).get("train", (0, 0))[0]
         for k in range(3):
             _append(
                 run,
@@ -310,7 +285,7 @@ def test_appended_lines_appear_live(runs_dir, page_factory):
             want = before + k + 1
             wait_until(
                 lambda want=want: (
-                    chart_points(page).get("epoch:live_metric", {}).get("train") == (want, want)
+                    chart_points(page).get("metrics:live_metric", {}).get("train") == (want, want)
                 ),
                 timeout=10.0,  # generous: six engineers share two cores
                 message=f"{want} live points",
@@ -367,7 +342,7 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
         _append(run, *(metric(k) for k in range(50)))
         wait_until(
             lambda: (
-                chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (50, 50)
+                chart_points(page).get("metrics:restart_probe", {}).get("train (batch)") == (50, 50)
             ),
             message="first 50",
         )
@@ -389,17 +364,18 @@ def test_reconnects_after_restart_without_gaps_or_duplicates(runs_dir, page_fact
         )
         wait_until(
             lambda: (
-                chart_points(page).get("batch:restart_probe", {}).get("restart_probe") == (100, 100)
+                chart_points(page).get("metrics:restart_probe", {}).get("train (batch)")
+                == (100, 100)
             ),
             timeout=10,
             message="100 points",
         )
         time.sleep(0.5)  # anything duplicated would land now
         state = view_state(page)
-        assert chart_points(page)["batch:restart_probe"]["restart_probe"] == (100, 100)
+        assert chart_points(page)["metrics:restart_probe"]["train (batch)"] == (100, 100)
         assert state["live"]["messages"] == len(read_messages(run))
         xs = page.evaluate(
-            "() => document.querySelector('[data-chart-id=\"batch:restart_probe\"] .plot').data[0].x"
+            "() => document.querySelector('[data-chart-id=\"metrics:restart_probe\"] .plot').data[0].x"
         )
         assert xs == [10_000 + k for k in range(100)]
         # It asked for what it lacked (since=<its last seq>), not for the whole run again.
@@ -422,7 +398,7 @@ def test_replay_at_max_speed_ends_with_full_chart(shared, page_factory):
     runs_dir, server = shared
     page, console = page_factory()
     run = _find(runs_dir, "centralized")
-    expected = {**expected_epoch_charts(run), **expected_batch_charts(run)}
+    expected = expected_charts(run)
     _open_run(page, server, run.stem)
     _wait_charts(page, expected)
     page.select_option("#replay-speed", "0")
@@ -463,11 +439,7 @@ def test_tailer_replay_unfolds_the_run_view_at_its_pace(shared, page_factory):
         assert any(0 < n < total for n in seen), f"the run arrived all at once: {sorted(seen)}"
         _wait_charts(
             page,
-            {
-                **expected_epoch_charts(run),
-                **expected_batch_charts(run),
-                **expected_logged_charts(run),
-            },
+            expected_charts(run),
         )
         assert page.locator("#run-status").inner_text() == _expected_status(run)
         assert page.locator("#conn .conn-label").inner_text() == "replay finished"
@@ -504,7 +476,8 @@ def test_replay_pause_and_stop(tmp_path, page_factory):
     with serving(directory) as server:
         _open_run(page, server, run.stem)
         wait_until(
-            lambda: chart_points(page).get("batch:loss", {}).get("loss") == (60, 60), message="live"
+            lambda: chart_points(page).get("metrics:loss", {}).get("train (batch)") == (60, 60),
+            message="live",
         )
         page.select_option("#replay-speed", "10")
         page.click("#replay-play")
@@ -525,7 +498,7 @@ def test_replay_pause_and_stop(tmp_path, page_factory):
         page.click("#replay-stop")
         wait_until(lambda: view_state(page)["replay"] is None, message="stopped")
         wait_until(
-            lambda: chart_points(page).get("batch:loss", {}).get("loss") == (60, 60),
+            lambda: chart_points(page).get("metrics:loss", {}).get("train (batch)") == (60, 60),
             message="live again",
         )
     console.check()
@@ -547,7 +520,7 @@ def test_log_reset_drops_the_run_and_starts_again(runs_dir, page_factory):
         wait_until(
             lambda: (
                 view_state(page)["live"]["messages"] == 4
-                and chart_points(page).get("epoch:loss") == {"train": (3, 3)}
+                and chart_points(page).get("metrics:loss") == {"train": (3, 3)}
                 and len(chart_points(page)) == 1
             ),
             timeout=10,
@@ -671,7 +644,7 @@ def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
             lambda: (
                 view_state(page)
                 and view_state(page)["live"]["lastSeq"] == n
-                and chart_points(page).get("batch:loss", {}).get("loss", (0, 0))[1] > 0
+                and chart_points(page).get("metrics:loss", {}).get("train (batch)", (0, 0))[1] > 0
             ),
             timeout=120,
             interval=0.5,
@@ -680,13 +653,13 @@ def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
         # A big run's history comes reduced from /api/series (reduced.js): a few points
         # per pixel column, the NaN's gap kept.
         page.wait_for_timeout(600)
-        state = view_state(page)["charts"]["batch:loss"]
-        trace = state["traces"]["loss"]
+        state = view_state(page)["charts"]["metrics:loss"]
+        trace = state["traces"]["train (batch)"]
         assert trace["nonFinite"] == 1
         assert 100 < trace["drawn"] < 10_000
         # The page still answers at once, and zooming in shows every raw point of the range.
         page.evaluate(
-            "() => Plotly.relayout(document.querySelector('[data-chart-id=\"batch:loss\"] .plot'), "
+            "() => Plotly.relayout(document.querySelector('[data-chart-id=\"metrics:loss\"] .plot'), "
             "{'xaxis.range': [50000, 50100]})"
         )
         wait_until(
@@ -694,7 +667,7 @@ def test_hundred_thousand_batch_points_stay_responsive(tmp_path, page_factory):
                 [
                     x
                     for x in page.evaluate(
-                        "() => document.querySelector('[data-chart-id=\"batch:loss\"] .plot').data[0].x"
+                        "() => document.querySelector('[data-chart-id=\"metrics:loss\"] .plot').data[0].x"
                     )
                     if 50000 <= x <= 50100
                 ]
@@ -749,7 +722,8 @@ def test_link_to_a_run_not_there_yet_waits_for_it(runs_dir, page_factory):
             encode_message("epoch_end", {"epoch": 0, "phase": "train", "metrics": {"loss": 1.0}})
         )
         wait_until(
-            lambda: chart_points(page).get("epoch:loss") == {"train": (1, 1)}, message="run opened"
+            lambda: chart_points(page).get("metrics:loss") == {"train": (1, 1)},
+            message="run opened",
         )
     console.check()
 
@@ -772,7 +746,7 @@ def test_file_replaced_while_server_down_starts_the_run_over(runs_dir, page_fact
         wait_until(
             lambda: (
                 view_state(page)["live"]["messages"] == 4
-                and chart_points(page) == {"epoch:loss": {"train": (3, 3)}}
+                and chart_points(page) == {"metrics:loss": {"train": (3, 3)}}
             ),
             timeout=20,
             message="the new content only",

@@ -79,7 +79,7 @@ def test_non_finite_values_are_kept_and_drawn_as_gaps(page):
             const values = [1.0, 'NaN', 2.0, 'Infinity', '-Infinity', 3.0, 'not a number'];
             values.forEach((v, i) => model.apply({type: 'epoch_end', seq: i,
                 data: {epoch: i, phase: 'train', metrics: {loss: v}}}));
-            const s = model.charts.get('epoch:loss').traces.get('train');
+            const s = model.charts.get('metrics:loss').traces.get('train');
             const shown = M.decimate(s, 0, s.length, Infinity);
             return {ys: s.ys.map(String), nonFinite: s.nonFinite, shown: shown.y};
         }"""
@@ -96,7 +96,7 @@ def test_duplicate_and_stale_seqs_are_ignored(page):
             const model = new M.RunModel('x');
             const frame = (seq) => ({type: 'batch_metrics', seq, data: {step: seq, loss: 1}});
             const applied = [0, 1, 2, 1, 2, 3, 0].map((s) => model.apply(frame(s)));
-            return {applied, points: model.charts.get('batch:loss').points, lastSeq: model.lastSeq};
+            return {applied, points: model.charts.get('metrics:loss').points, lastSeq: model.lastSeq};
         }"""
     )
     assert counts == {
@@ -112,7 +112,7 @@ def test_decimate_keeps_every_extreme(page, n, buckets):
     result = page.evaluate(
         """([n, buckets]) => {
             const s = new M.Series('loss');
-            for (let i = 0; i < n; i++) s.push(i, Math.sin(i / 7) + (i % 997 === 0 ? 10 : 0));
+            for (let i = 0; i < n; i++) s.push({step: i}, Math.sin(i / 7) + (i % 997 === 0 ? 10 : 0));
             const d = M.decimate(s, 0, n, buckets);
             return {x: d.x, y: d.y};
         }""",
@@ -137,8 +137,8 @@ def test_decimate_keeps_every_extreme(page, n, buckets):
     assert max(result["y"]) == pytest.approx(max(ys))
 
 
-def test_phase_names_group_into_one_chart(page):
-    """train_loss, val_loss and Lightning's train_loss_epoch share one chart, a line per phase."""
+def test_one_chart_per_metric_whatever_path_logged_it(page):
+    """The callback's epoch values, self.log values and batch values of a metric share one chart."""
     charts = page.evaluate(
         """() => {
             const model = new M.RunModel('x');
@@ -148,16 +148,103 @@ def test_phase_names_group_into_one_chart(page):
             log(2, {val_loss: 0.9, 'val/acc': 0.5});
             log(3, {train_loss_epoch: 0.8, epoch: 0});
             model.apply({type: 'epoch_end', seq: seq++, data: {epoch: 0, phase: 'validation', metrics: {val_loss: 0.7}}});
+            model.apply({type: 'batch_metrics', seq: seq++, data: {step: 4, loss: 0.6, accuracy: null, epoch: 0}});
+            model.apply({type: 'metrics', seq: seq++, data: {step: 4, metrics: {'lr-Adam': 0.001, train_lr: 0.1}}});
+            const out = {};
+            for (const [id, c] of model.charts) {
+                out[id] = Object.fromEntries([...c.traces.values()].map((s) => [s.name, [s.phase, s.values]]));
+            }
+            return out;
+        }"""
+    )
+    assert charts == {
+        # The logger's val_loss came first: the callback's val line (same values) is skipped.
+        "metrics:loss": {
+            "train (batch)": ["train", [1.0]],
+            "val": ["val", [0.9]],
+            "train": ["train", [0.8]],
+        },
+        "metrics:acc": {"val": ["val", [0.5]]},
+        # Learning rates are optimizer values, never a "train" line.
+        "optim:lr-Adam": {"lr-Adam": [None, [0.001]]},
+        "optim:train_lr": {"train_lr": [None, [0.1]]},
+    }
+
+
+def test_smoothing_is_tensorboards_debiased_ema(page):
+    """emaSmooth matches TensorBoard's formula: last = w·last + (1−w)·v, shown last / (1 − w^k)."""
+    values = [1.0, 3.0, "NaN", 2.0, 10.0, -4.0, 0.5]
+    got = page.evaluate(
+        """async (values) => {
+            const S = await import('/static/series-data.js');
+            const ys = values.map((v) => M.toNumber(v));
+            return S.emaSmooth(ys, 0.6).out.map(String);
+        }""",
+        values,
+    )
+    w, last, k, want = 0.6, 0.0, 0, []
+    for v in values:
+        if v == "NaN":
+            want.append("NaN")
+            continue
+        last = w * last + (1 - w) * v
+        k += 1
+        want.append(last / (1 - w**k))
+    assert [float(g) if g != "NaN" else g for g in got] == [
+        pytest.approx(x) if x != "NaN" else x for x in want
+    ]
+
+
+def test_a_resumed_attempt_is_never_joined_to_the_last(page):
+    """A later training_start starts a new attempt: its first point follows a gap, not a line back."""
+    got = page.evaluate(
+        """() => {
+            const model = new M.RunModel('x');
+            let seq = 0;
+            const ep = (epoch, loss) => model.apply({type: 'epoch_end', seq: seq++, data: {epoch, phase: 'train', metrics: {loss}}});
+            model.apply({type: 'training_start', seq: seq++, data: {}});
+            ep(0, 1.0); ep(1, 0.8); ep(2, 0.7);
+            model.apply({type: 'training_start', seq: seq++, data: {}});
+            ep(1, 0.75); ep(2, 0.6);
+            const v = model.charts.get('metrics:loss').traces.get('train').view('epoch');
+            return {xs: v.xs, ys: v.ys, attempt: model.attempt};
+        }"""
+    )
+    assert got == {"xs": [0, 1, 2, 1, 1, 2], "ys": [1.0, 0.8, 0.7, None, 0.75, 0.6], "attempt": 1}
+
+
+def test_epoch_counter_follows_the_runs_numbering(page):
+    """A run counting epochs from 0 shows epoch+1 of N; one counting from 1 shows its own number."""
+    got = page.evaluate(
+        """() => [0, 1].map((first) => {
+            const model = new M.RunModel('x');
+            for (let e = first; e < first + 5; e++) {
+                model.apply({type: 'epoch_start', seq: e, data: {epoch: e, total_epochs: 5}});
+            }
+            return model.epochLabel();
+        })"""
+    )
+    assert got == ["epoch 5/5", "epoch 5/5"]
+
+
+def test_system_metrics_get_a_line_per_host_rank_and_device(page):
+    """system_metrics {host, rank, metrics} land in their own section, a line per host/rank/device."""
+    got = page.evaluate(
+        """() => {
+            const model = new M.RunModel('x');
+            let seq = 0;
+            for (const [host, rank] of [['n1', 0], ['n2', 1]]) {
+                model.apply({type: 'system_metrics', seq: seq++, timestamp: '2025-10-22T11:00:00Z',
+                    data: {host, rank, metrics: {cpu_percent: 10 + rank, gpu: {'0': {util: 50}, '1': {util: 60}}}}});
+            }
             const out = {};
             for (const [id, c] of model.charts) out[id] = [...c.traces.keys()];
             return out;
         }"""
     )
-    assert charts == {
-        "logged:loss_step": ["train"],
-        "logged:loss": ["val", "train"],
-        "logged:acc": ["val"],
-        "epoch:loss": ["val"],
+    assert got == {
+        "system:cpu_percent": ["n1 rank 0", "n2 rank 1"],
+        "system:gpu.util": ["n1 rank 0 gpu0", "n1 rank 0 gpu1", "n2 rank 1 gpu0", "n2 rank 1 gpu1"],
     }
 
 
@@ -208,6 +295,8 @@ def test_client_tagged_values_get_a_line_per_client(page):
         }"""
     )
     assert charts == {
-        "batch:loss": {"client 18446744073709551615": 3, "client 7": 3},
-        "logged:loss": {"client 18446744073709551615 train": 3, "client 7 train": 3},
+        "metrics:loss": {
+            "client 18446744073709551615 train (batch)": 3,
+            "client 7 train (batch)": 3,
+        },
     }

@@ -205,6 +205,43 @@ def test_batch_metrics_every_n_steps(pl: Any, tmp_path: Path) -> None:
         assert b["recall"] is None and b["f1"] is None
 
 
+def test_epoch_end_carries_the_global_step(pl: Any, tmp_path: Path) -> None:
+    """Every epoch_end has `step`, the trainer's global step, so epoch values can be drawn against step."""
+    callback = RecorderCallback(tmp_path, "steps")
+    make_trainer(pl, callbacks=[callback]).fit(make_module(pl), make_loader(), make_loader(seed=1))
+    ends = [m["data"] for m in read_messages(tmp_path / "steps.jsonl") if m["type"] == "epoch_end"]
+    assert [(d["epoch"], d["phase"], d.get("step")) for d in ends] == [
+        (e, p, 4 * (e + 1)) for e in range(3) for p in ("train", "val")
+    ]
+
+
+def test_batch_values_are_only_those_logged_that_step(pl: Any, tmp_path: Path) -> None:
+    """A value logged with on_step=False is never written into a later batch's batch_metrics."""
+    import torch
+
+    class EpochOnlyAccuracy(type(make_module(pl))):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            logits = self.layer(x)
+            acc = (logits.argmax(dim=1) == y).float().mean()
+            self.log("train_acc", acc, on_step=False, on_epoch=True)
+            return torch.nn.functional.cross_entropy(logits, y)
+
+    callback = RecorderCallback(tmp_path, "stale", batch_every_n_steps=1)
+    make_trainer(pl, callbacks=[callback]).fit(
+        EpochOnlyAccuracy(), make_loader(), make_loader(seed=1)
+    )
+    messages = read_messages(tmp_path / "stale.jsonl")
+    batches = [m["data"] for m in messages if m["type"] == "batch_metrics"]
+    assert len(batches) == 12
+    assert [b["accuracy"] for b in batches] == [None] * 12
+    # The epoch value itself is in the epoch message.
+    trains = [
+        m["data"] for m in messages if m["type"] == "epoch_end" and m["data"]["phase"] == "train"
+    ]
+    assert all(0.0 <= t["metrics"]["acc"] <= 1.0 for t in trains)
+
+
 def test_batch_every_n_steps_must_be_positive() -> None:
     """A zero or negative interval is refused with a ValueError naming it."""
     with pytest.raises(ValueError, match="batch_every_n_steps"):

@@ -149,6 +149,7 @@ HOSTILE = {
     "duplicate key": b'{"type":"m","data":{"loss":1,"loss":2}}\n',
     "deep": b'{"type":"m","data":' + b'{"a":' * 1100 + b"1" + b"}" * 1100 + b"}\n",
     "number then NaN string": b'{"type":"m","data":{"loss":"NaN"}}\n',
+    "int past 2**53": b'{"type":"m","data":{"loss":9007199254740993,"step":9007199254740993}}\n',
     "int beyond uint64": b'{"type":"m","data":{"loss":123456789012345678901234567890}}\n',
     "client id beyond int64": b'{"type":"m","data":{"client_id":18446744073709551615,"x":1}}\n',
     "client id float": b'{"type":"m","data":{"client_id":1.5,"x":1}}\n',

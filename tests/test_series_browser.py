@@ -17,7 +17,8 @@ if not Path("/usr/bin/chromium").exists():  # pragma: no cover - CI image has it
 
 STEPS = 30_000  # above the page's REDUCED_FROM_LINES
 SPIKE_STEP = 12_345
-PLOT = "document.querySelector('[data-chart-id=\"batch:loss\"] .plot')"
+PLOT = "document.querySelector('[data-chart-id=\"metrics:loss\"] .plot')"
+BATCH = f"{PLOT}.data.find((t) => t.meta.line === 'train (batch)')"
 
 
 def _loss(step: int) -> float:
@@ -53,16 +54,16 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         def drawn():
             state = view_state(page)
             charts = (state or {}).get("charts", {})
-            trace = charts.get("batch:loss", {}).get("traces", {}).get("loss")
+            trace = charts.get("metrics:loss", {}).get("traces", {}).get("train (batch)")
             return state if trace and trace["drawn"] and state["settled"] else None
 
         state = wait_until(drawn, timeout=60, message="the batch loss chart")
-        loss = state["charts"]["batch:loss"]["traces"]["loss"]
+        loss = state["charts"]["metrics:loss"]["traces"]["train (batch)"]
         assert loss["points"] < STEPS / 4  # reduced, not every line
         assert state["live"]["lastSeq"] == lines - 1
         assert state["live"]["messages"] == lines
-        assert "epoch:loss" in state["charts"]  # from the catalogue's events
-        x, y = page.evaluate(f"() => [{PLOT}.data[0].x, {PLOT}.data[0].y]")
+        assert "val" in state["charts"]["metrics:loss"]["traces"]  # from the catalogue's events
+        x, y = page.evaluate(f"() => [{BATCH}.x, {BATCH}.y]")
         assert max(y) == 50.0 and x[y.index(50.0)] == SPIKE_STEP  # the spike survives
         assert x[0] == 0 and x[-1] == STEPS - 1
         assert any("since=" in url for url in frames)  # live from the snapshot's seq
@@ -71,11 +72,11 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
             f"() => Plotly.relayout({PLOT}, {{'xaxis.range[0]': 20000, 'xaxis.range[1]': 20299}})"
         )
         wait_until(
-            lambda: page.evaluate(f"() => {PLOT}.data[0].x.length") == 302,
+            lambda: page.evaluate(f"() => {BATCH}.x.length") == 302,
             timeout=20,
             message="raw points of the zoomed range",
         )
-        x, y = page.evaluate(f"() => [{PLOT}.data[0].x, {PLOT}.data[0].y]")
+        x, y = page.evaluate(f"() => [{BATCH}.x, {BATCH}.y]")
         assert x == list(range(19_999, 20_301))
         assert y == [_loss(step) for step in x]
 
@@ -88,7 +89,7 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         )
         page.evaluate(f"() => Plotly.relayout({PLOT}, {{'xaxis.autorange': true}})")
         wait_until(
-            lambda: page.evaluate(f"() => {PLOT}.data[0].x.slice(-1)[0]") == STEPS,
+            lambda: page.evaluate(f"() => {BATCH}.x.slice(-1)[0]") == STEPS,
             timeout=20,
             message="the live point on the chart",
         )

@@ -400,3 +400,49 @@ def test_stale_is_the_time_since_the_last_message(tmp_path):
     reader = FileReader(bare, "bare")
     reader.read_all()
     assert 100 <= reader.summary()["stale"] < 160
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.just(b""),
+            st.just(b"   "),
+            st.binary(max_size=90).filter(lambda b: b"\n" not in b),
+            st.builds(lambda i: _line(i)[:-1], st.integers(0, 10**6)),
+        ),
+        max_size=40,
+    ),
+    st.lists(st.integers(1, 400), min_size=1, max_size=8),
+    st.integers(1, 700),
+    st.integers(1, 6),
+)
+def test_bounded_steps_never_split_or_merge_a_line(
+    tmp_path_factory, lines, cuts, max_bytes, max_lines
+):
+    """Whatever the appends and the step limits, the lines (and their seq) are those of one read."""
+    path = tmp_path_factory.mktemp("steps") / "r.jsonl"
+    data = b"".join(line + b"\n" for line in lines) + b'{"type":"tail'
+    reader = FileReader(path, "r", max_line_bytes=64)
+    got = []
+    written = 0
+    with open(path, "wb") as f:
+        for cut in [*cuts, len(data)]:
+            f.write(data[written : written + cut])
+            f.flush()
+            written = min(len(data), written + cut)
+            while True:
+                result = reader.poll(max_bytes=max_bytes, max_lines=max_lines)
+                got += result.lines
+                if not result.more:
+                    break
+            if written == len(data):
+                break
+    whole = FileReader(path, "r", max_line_bytes=64)
+    expected = whole.poll(max_bytes=1 << 30, max_lines=1 << 30).lines  # one unbounded step
+    assert got == expected
+    assert (reader.next_seq, reader.consumed, reader.malformed) == (
+        whole.next_seq,
+        whole.consumed,
+        whole.malformed,
+    )

@@ -9,7 +9,7 @@
 // The token (a server started with --token) travels by cookie only: the
 // server sets it on `/?token=T`, and every later request carries it.
 
-import { Store } from "./store.js";
+import { Store, routeHash } from "./store.js";
 import { $, ListView, RunView, renderConnection, showNotice } from "./views.js";
 
 let listDirty = true;
@@ -48,29 +48,37 @@ function render() {
 
 function route() {
   store.setRoute(location.hash);
-  const { id } = store.route;
-  if (view && view.feed.id !== id) {
+  const { view: kind, id, runs } = store.route;
+  const open = kind === "run" || kind === "compare";
+  if (open && !view) view = new RunView(store);
+  if (!open && view) {
     view.destroy();
     view = null;
   }
-  if (id && !view) {
-    view = new RunView(store, store.feeds.get(id));
-    document.title = `${id} · runtail`;
-  }
-  if (!id) {
+  if (view) {
+    view.bound = null; // the runs shown may differ: bind the board again
+    document.title = kind === "run" ? `${id} · runtail` : `compare ${runs.join(", ")} · runtail`;
+  } else {
     $("#run").hidden = true;
     $("#welcome").hidden = false;
     document.title = "runtail";
   }
-  document.body.dataset.route = id ? "run" : "list";
+  document.body.dataset.route = open ? "run" : "list";
   listDirty = true;
   scheduleRender();
+}
+
+/** Change the route's chart options: the URL changes, and the view follows the URL. */
+function setOptions(change) {
+  const next = routeHash({ ...store.route, options: { ...store.route.options, ...change } });
+  if (next !== location.hash) history.replaceState(null, "", next);
+  route();
 }
 
 /** Run a user action and show its effect at once, not on the next frame. */
 function act(action) {
   return () => {
-    if (!view) return;
+    if (!view || !view.feed) return;
     action(view.feed);
     render();
   };
@@ -82,6 +90,27 @@ function start() {
     history.replaceState(null, "", location.pathname + location.hash);
   }
   $("#runs-filter").addEventListener("input", () => { listDirty = true; scheduleRender(); });
+  $("#runs-sort").addEventListener("change", () => {
+    const metric = $("#runs-sort").value === "metric";
+    $("#runs-sort-metric").hidden = !metric;
+    if (metric) $("#runs-sort-metric").focus();
+    listView.loadSortMetric(metric ? $("#runs-sort-metric").value.trim() : null);
+    listDirty = true;
+    scheduleRender();
+  });
+  $("#runs-sort-metric").addEventListener("change", () => {
+    listView.loadSortMetric($("#runs-sort-metric").value.trim());
+  });
+  $("#compare-open").addEventListener("click", () => {
+    const picked = [...store.selection];
+    if (!picked.length) return;
+    location.hash = routeHash({ view: "compare", runs: picked, options: store.route.options });
+  });
+  $("#opt-x").addEventListener("change", () => setOptions({ x: $("#opt-x").value }));
+  $("#opt-smooth").addEventListener("input", () => setOptions({ smooth: Number($("#opt-smooth").value) }));
+  $("#opt-logy").addEventListener("change", () => setOptions({ logy: $("#opt-logy").checked }));
+  $("#opt-filter").addEventListener("input", () => setOptions({ filter: $("#opt-filter").value }));
+  $("#hparams-metric").addEventListener("change", () => { if (view) { view.hparamsAt = 0; view.renderMeta(); } });
   $("#replay-play").addEventListener("click", act((feed) => feed.startReplay(Number($("#replay-speed").value))));
   $("#replay-pause").addEventListener("click", act((feed) => feed.pauseReplay()));
   $("#replay-stop").addEventListener("click", act((feed) => feed.stopReplay()));
@@ -100,15 +129,26 @@ function start() {
 window.__runtail = {
   connection: () => store.streams.state(),
   runs: () => [...store.list.runs.values()].map((r) => ({ ...r })),
-  view: () => view && {
-    id: view.feed.id,
-    replay: view.feed.replay ? view.feed.replay.state : null,
-    live: { messages: view.feed.live.messages, lastSeq: view.feed.live.lastSeq, status: view.feed.live.status },
-    shown: { messages: view.feed.model.messages, lastSeq: view.feed.model.lastSeq, status: view.feed.model.status },
-    charts: view.board.describe(),
-    // Every chart shows every point the model holds (nothing waits for a frame).
-    settled: view.feed.model.dirtyCharts.size === 0 && view.board.deferred.size === 0
-      && view.feed.model.charts.size === view.board.states.size,
+  route: () => JSON.parse(JSON.stringify(store.route)),
+  view: () => {
+    const feed = view && view.feed;
+    if (!feed) return null;
+    const members = store.members();
+    return {
+      id: store.route.view === "run" ? store.route.id : null,
+      runs: store.route.runs,
+      replay: feed.replay ? feed.replay.state : null,
+      live: {
+        messages: members.reduce((n, m) => n + m.feed.live.messages, 0),
+        lastSeq: feed.live.lastSeq,
+        status: feed.live.status,
+      },
+      shown: { messages: feed.model.messages, lastSeq: feed.model.lastSeq, status: feed.model.status },
+      charts: view.board.describe(),
+      // Every chart shows every point the models hold (nothing waits for a frame).
+      settled: view.bound !== null && view.board.dirty.size === 0 && view.board.deferred.size === 0
+        && members.every((m) => m.feed.model.dirtyCharts.size === 0),
+    };
   },
 };
 

@@ -1,30 +1,52 @@
-// Plotly glue: one plot per model chart, updated in place as points arrive.
+// Plotly glue: one plot per metric, with the lines of every run shown.
 //
-// Small series are extended with Plotly.extendTraces (only the new points go
-// to Plotly). Once a line is longer than RAW_LIMIT points the plot shows a
-// min/max thinned copy (about two points per pixel column) redrawn at most
-// every HEAVY_INTERVAL_MS; the model keeps every point, and zooming in thins
-// only the visible range again, so detail is never lost.
+// A board shows "members" (a run's model each: one run, its ranks, or the
+// runs compared) under one set of options (x axis, smoothing, log-y, a metric
+// filter). A chart is redrawn with Plotly.react when its data changed, at most
+// once a frame, and a long (thinned) chart at most every HEAVY_INTERVAL_MS;
+// series-data.js decides which points each line draws.
 
-import { SECTIONS } from "./model.js";
+import { PHASE_ORDER, SECTIONS } from "./model.js";
 import { seriesPoints } from "./series-data.js";
 
 const RAW_LIMIT = 4000;
 const HEAVY_INTERVAL_MS = 400;
 const FRAME_BUDGET_MS = 24;
-const MARKER_SECTIONS = new Set(["epoch", "round", "client"]);
+const UNIT_AXES = new Set(["epoch"]);
 
-const PHASE_COLOURS = {
-  train: 0, val: 1, test: 2,
+// Readable on both the light and the dark background.
+export const PALETTE = [
+  "#3b82f6", "#f97316", "#16a34a", "#a855f7", "#e11d48",
+  "#0891b2", "#ca8a04", "#db2777", "#65a30d", "#64748b",
+];
+const LINE_COLOURS = {
+  train: 0, val: 1, test: 2, "train (batch)": 0,
   fit: 0, "fit train": 0, "fit val": 1, "fit test": 2,
   eval: 4, "eval val": 4, "eval test": 6, server: 3, "server test": 3, "server val": 7,
   total_norm: 0, max_norm: 1, min_norm: 2,
 };
-// Readable on both the light and the dark background.
-const PALETTE = [
-  "#3b82f6", "#f97316", "#16a34a", "#a855f7", "#e11d48",
-  "#0891b2", "#ca8a04", "#db2777", "#65a30d", "#64748b",
-];
+const DASHES = { train: "solid", val: "dash", test: "dot", predict: "dashdot", eval: "dash", server: "dot" };
+
+/** The dash style of a phase (compare view: colour is the run's, the dash the phase's). */
+export function dashFor(phase) {
+  if (!phase) return "solid";
+  const first = String(phase).split(" ")[0];
+  return DASHES[phase] || DASHES[first] || (PHASE_ORDER.includes(phase) ? "solid" : "dashdot");
+}
+
+const X_TITLES = { step: "step", epoch: "epoch", time: "seconds since start", wall: "time" };
+
+// Nothing leaves the machine: no cloud or Chart Studio controls, no remote defaults.
+const PLOT_CONFIG = {
+  responsive: true,
+  displaylogo: false,
+  showLink: false,
+  showSendToCloud: false,
+  showEditInChartStudio: false,
+  plotlyServerURL: "",
+  topojsonURL: "",
+  modeBarButtonsToRemove: ["sendDataToCloud", "editInChartStudio", "lasso2d", "select2d"],
+};
 
 function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -62,18 +84,47 @@ function nested(flat) {
   return out;
 }
 
+/** A y range around a flat line's value (0.001 reads as 0.001, not 0 on -1..1), or null. */
+export function flatRange(ys, logy) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const y of ys) {
+    if (y === null || !Number.isFinite(y)) continue;
+    if (y < lo) lo = y;
+    if (y > hi) hi = y;
+  }
+  // Flat up to rounding (a smoothed constant wobbles in its last bits).
+  if (!Number.isFinite(lo) || hi - lo > 1e-9 * Math.max(Math.abs(lo), Math.abs(hi))) return null;
+  if (logy) return lo > 0 ? [Math.log10(lo) - 0.1, Math.log10(lo) + 0.1] : null;
+  const d = lo === 0 ? 1 : Math.abs(lo) * 0.1;
+  return [lo - d, lo + d];
+}
+
+/** CSV text of `rows` (arrays); fields quoted where needed. */
+export function toCsv(rows) {
+  const cell = (v) => {
+    if (v === null || v === undefined) return "";
+    const s = typeof v === "number" ? (Number.isFinite(v) ? String(v) : String(v)) : String(v);
+    return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return rows.map((row) => row.map(cell).join(",")).join("\n") + "\n";
+}
+
 class ChartState {
-  constructor(chart, card, plotEl, note) {
-    this.chart = chart;
+  constructor(id, section, metric, title, card, plotEl, note) {
+    this.id = id;
+    this.section = section;
+    this.metric = metric;
+    this.title = title;
     this.card = card;
     this.plotEl = plotEl;
     this.note = note;
     this.plotted = false;
-    this.names = []; // trace names in Plotly's order
-    this.drawn = new Map(); // name -> points handed to Plotly (raw mode)
     this.thinned = false;
     this.range = null; // visible x range after a zoom, or null for all
-    this.lastHeavy = 0;
+    this.lastDraw = -Infinity;
+    this.cost = 0;
+    this.lines = []; // [{member, series}] in Plotly's order (raw traces)
   }
 }
 
@@ -82,8 +133,10 @@ export class ChartBoard {
     this.container = container;
     this.states = new Map();
     this.sections = new Map();
-    this.model = null;
-    this.deferred = new Set(); // thinned charts waiting for their next redraw slot
+    this.members = [];
+    this.options = { x: "step", smooth: 0, logy: false, filter: null };
+    this.dirty = new Set(); // chart ids to redraw
+    this.deferred = new Set(); // charts waiting for their next redraw slot
     // Plotly sizes a plot when it is drawn and, with `responsive`, on window
     // resizes only; cards also change width when a neighbour arrives in the
     // grid or a panel opens, so each plot follows its own box.
@@ -102,12 +155,25 @@ export class ChartBoard {
     });
   }
 
-  /** Show `model`, dropping every plot of the previous one. */
-  bind(model) {
+  /**
+   * Show `members` ([{model, label, run, rank}]), dropping every plot of the
+   * previous ones. One member: a colour per line; several: a colour per member.
+   */
+  bind(members) {
     this.clear();
-    this.model = model;
-    this.modelResets = model.resets;
-    for (const id of model.charts.keys()) model.dirtyCharts.add(id);
+    this.members = members.map((m, i) => ({ ...m, colour: m.colour ?? i, resets: m.model.resets }));
+    for (const m of this.members) for (const id of m.model.charts.keys()) this.dirty.add(id);
+  }
+
+  /** New options ({x, smooth, logy, filter}): every chart is drawn again. */
+  setOptions(options) {
+    const changedAxis = options.x !== this.options.x;
+    this.options = { ...this.options, ...options };
+    for (const state of this.states.values()) {
+      if (changedAxis) state.range = null;
+      this.dirty.add(state.id);
+    }
+    for (const m of this.members) for (const id of m.model.charts.keys()) this.dirty.add(id);
   }
 
   clear() {
@@ -119,32 +185,60 @@ export class ChartBoard {
     this.states.clear();
     this.sections.clear();
     this.deferred.clear();
+    this.dirty.clear();
     this.container.replaceChildren();
+  }
+
+  shows(metric) {
+    const filter = this.options.filter;
+    return !filter || filter.test(metric);
   }
 
   /** Draw what changed since the last call; returns true while a redraw is still owed. */
   flush(now = performance.now()) {
-    const model = this.model;
-    if (!model) return false;
-    if (model.resets !== this.modelResets) this.bind(model);
+    if (this.members.some((m) => m.model.resets !== m.resets)) this.bind(this.members);
+    for (const m of this.members) {
+      for (const id of m.model.dirtyCharts) this.dirty.add(id);
+      m.model.dirtyCharts.clear();
+    }
     // Charts that waited go first, so with many charts each gets its turn.
-    const ids = new Set([...this.deferred, ...model.dirtyCharts]);
-    model.dirtyCharts.clear();
+    const ids = new Set([...this.deferred, ...this.dirty]);
+    this.dirty.clear();
     this.deferred.clear();
-    // Each Plotly update redraws that plot; when a frame's budget is spent the
-    // remaining charts wait for the next frame and then take all their new
-    // points in one update, so a fast run never freezes the page.
     const deadline = performance.now() + FRAME_BUDGET_MS;
     for (const id of ids) {
-      const chart = model.charts.get(id);
-      if (!chart) continue;
-      if (performance.now() > deadline) {
+      const charts = this.chartsFor(id);
+      if (!charts.length) continue;
+      const visible = this.shows(charts[0].chart.metric);
+      if (!visible && !this.states.has(id)) continue; // drawn once the filter lets it through
+      if (visible && performance.now() > deadline) {
         this.deferred.add(id);
         continue;
       }
-      this.update(chart, now);
+      const state = this.stateFor(id, charts[0].chart);
+      state.card.hidden = !visible;
+      if (visible) this.update(state, charts, now);
     }
+    this.hideEmptySections();
     return this.deferred.size > 0;
+  }
+
+  /** [{member, chart}] of every member that has chart `id`. */
+  chartsFor(id) {
+    const out = [];
+    for (const member of this.members) {
+      const chart = member.model.charts.get(id);
+      if (chart) out.push({ member, chart });
+    }
+    return out;
+  }
+
+  hideEmptySections() {
+    for (const [section, grid] of this.sections) {
+      const any = [...grid.children].some((card) => !card.hidden);
+      grid.parentElement.hidden = !any;
+      grid.parentElement.dataset.section = section;
+    }
   }
 
   sectionGrid(section) {
@@ -170,108 +264,192 @@ export class ChartBoard {
     return grid;
   }
 
-  stateFor(chart) {
-    let state = this.states.get(chart.id);
+  stateFor(id, chart) {
+    let state = this.states.get(id);
     if (state) return state;
     const card = document.createElement("figure");
     card.className = "chart-card";
-    card.dataset.chartId = chart.id;
+    card.dataset.chartId = id;
     const caption = document.createElement("figcaption");
     const title = document.createElement("span");
     title.className = "chart-title";
     title.textContent = chart.title;
     const note = document.createElement("span");
     note.className = "chart-note";
-    caption.append(title, note);
+    const csv = document.createElement("button");
+    csv.type = "button";
+    csv.className = "chart-csv";
+    csv.textContent = "CSV";
+    csv.setAttribute("aria-label", `Download ${chart.title} as CSV`);
+    caption.append(title, note, csv);
     const plotEl = document.createElement("div");
     plotEl.className = "plot";
+    plotEl.dataset.metric = chart.metric;
+    plotEl.dataset.section = chart.section;
     plotEl.setAttribute("role", "img");
-    plotEl.setAttribute("aria-label", `${chart.title} over ${chart.xTitle}`);
     card.append(caption, plotEl);
     this.sectionGrid(chart.section).append(card);
-    state = new ChartState(chart, card, plotEl, note);
-    this.states.set(chart.id, state);
+    state = new ChartState(id, chart.section, chart.metric, chart.title, card, plotEl, note);
+    csv.addEventListener("click", () => this.download(state));
+    this.states.set(id, state);
     return state;
   }
 
-  traceFor(state, series, index) {
+  /** The line's name in the legend: the member's label first when there are several. */
+  lineName(member, series) {
+    return this.members.length > 1 ? `${member.label} ${series.name}` : series.name;
+  }
+
+  colourOf(member, series, index) {
+    const i = this.members.length > 1 ? member.colour : (LINE_COLOURS[series.name] ?? index);
+    return PALETTE[i % PALETTE.length];
+  }
+
+  traces(state, charts) {
+    const { x: axis, smooth } = this.options;
     const width = Math.max(200, state.plotEl.clientWidth || 600);
-    const redraw = () => { if (this.states.get(state.chart.id) === state) this.redraw(state); };
-    const shown = seriesPoints(series, { range: state.range, width, thinned: state.thinned, redraw });
-    const colourIndex = PHASE_COLOURS[series.name] ?? index;
-    // Markers where points are few or each one matters (a lone test value, epochs, rounds).
-    const markers = MARKER_SECTIONS.has(state.chart.section) || series.length <= 30;
-    const trace = {
-      type: "scatter",
-      mode: markers ? "lines+markers" : "lines",
-      name: series.name,
-      x: shown.x,
-      y: shown.y,
-      connectgaps: false,
-      line: { color: PALETTE[colourIndex % PALETTE.length], width: 1.6 },
-      marker: { size: 5 },
-      hovertemplate: shown.text ? "%{y:.5g}<br>%{text}<extra>%{fullData.name}</extra>"
-        : "%{y:.5g}<extra>%{fullData.name}</extra>",
-    };
-    if (shown.text) trace.text = shown.text;
-    return trace;
+    const data = [];
+    const lines = [];
+    let longest = 0;
+    for (const { member, chart } of charts) {
+      for (const series of chart.traces.values()) longest = Math.max(longest, series.view(axis).xs.length);
+    }
+    state.thinned = longest > RAW_LIMIT;
+    let index = 0;
+    for (const { member, chart } of charts) {
+      for (const series of chart.traces.values()) {
+        const name = this.lineName(member, series);
+        const colour = this.colourOf(member, series, index++);
+        const meta = { experiment_id: member.model.id, run: member.run ?? member.model.id,
+          rank: member.rank ?? null, phase: series.phase, line: series.name, smoothed: false };
+        const redraw = () => { if (this.states.get(state.id) === state) this.draw(state); };
+        const opts = { axis, range: state.range, width, thinned: state.thinned, redraw };
+        const shown = seriesPoints(series, opts);
+        const markers = series.granularity === "epoch" || shown.x.length <= 30;
+        const raw = {
+          type: "scatter",
+          mode: markers ? "lines+markers" : "lines",
+          name,
+          meta,
+          x: shown.x,
+          y: shown.y,
+          connectgaps: false,
+          line: { color: colour, width: series.granularity === "epoch" ? 2 : 1.3, dash: dashFor(series.phase) },
+          marker: { size: 5 },
+          hovertemplate: shown.text ? "%{y:.5g}<br>%{text}<extra>%{fullData.name}</extra>"
+            : "%{y:.5g}<extra>%{fullData.name}</extra>",
+        };
+        if (shown.text) raw.text = shown.text;
+        lines.push({ member, series, index: data.length });
+        if (smooth > 0) {
+          // The raw line stays, faint; the smoothed one is drawn over it.
+          raw.opacity = 0.25;
+          raw.showlegend = false;
+          raw.hoverinfo = "skip";
+          delete raw.hovertemplate;
+          raw.legendgroup = name;
+          data.push(raw);
+          const smoothed = seriesPoints(series, { ...opts, smooth });
+          data.push({
+            type: "scatter",
+            mode: "lines",
+            name,
+            legendgroup: name,
+            meta: { ...meta, smoothed: true },
+            x: smoothed.x,
+            y: smoothed.y,
+            connectgaps: false,
+            line: { color: colour, width: series.granularity === "epoch" ? 2.2 : 1.5, dash: dashFor(series.phase) },
+            hovertemplate: "%{y:.5g}<extra>%{fullData.name}</extra>",
+          });
+        } else {
+          data.push(raw);
+        }
+      }
+    }
+    state.lines = lines;
+    return data;
   }
 
   /** Whole-number axes (epochs, rounds) with a short span get a tick per step, never 1.5. */
-  unitTicks(state) {
-    if (!MARKER_SECTIONS.has(state.chart.section)) return false;
+  unitTicks(data) {
+    if (!UNIT_AXES.has(this.options.x) && this.options.x !== "step") return false;
     let lo = Infinity;
     let hi = -Infinity;
-    for (const s of state.chart.traces.values()) {
-      for (const x of s.xs) {
+    let n = 0;
+    for (const trace of data) {
+      for (const x of trace.x) {
         if (!Number.isInteger(x)) return false;
         if (x < lo) lo = x;
         if (x > hi) hi = x;
+        n += 1;
       }
     }
-    return hi - lo <= 12;
+    return n > 0 && hi - lo <= 12;
   }
 
-  layoutFor(state) {
-    const chart = state.chart;
-    // A legend when there are several lines, or one whose name says more than the title.
-    const names = [...chart.traces.keys()];
-    const legend = names.length > 1 || (names.length === 1 && names[0] !== chart.title);
-    state.unit = this.unitTicks(state);
-    const ticks = state.unit ? { tickmode: "linear", tick0: 0, dtick: 1 } : { tickmode: "auto" };
+  layoutFor(state, data) {
+    const { x: axis, logy } = this.options;
+    const names = new Set(data.filter((t) => t.showlegend !== false).map((t) => t.name));
+    // Several runs: their colours and the phases' line styles are keyed once, above the
+    // charts; a legend per chart would only repeat it.
+    const legend = this.members.length <= 1 && (names.size > 1 || (names.size === 1 && !names.has(state.title)));
+    const ticks = this.unitTicks(data) ? { tickmode: "linear", tick0: 0, dtick: 1 } : { tickmode: "auto" };
+    const theme = nested(themeLayout());
+    const yaxis = { ...theme.yaxis, automargin: true, type: logy ? "log" : "linear" };
+    const flat = flatRange(data.flatMap((t) => t.y), logy);
+    if (flat) { yaxis.range = flat; yaxis.autorange = false; }
     return {
-      ...nested(themeLayout()),
+      ...theme,
       height: 250,
       autosize: true,
       margin: { l: 52, r: 12, t: legend ? 28 : 8, b: 40 },
-      xaxis: { ...nested(themeLayout()).xaxis, ...ticks, title: { text: chart.xTitle, standoff: 6 }, automargin: true },
-      yaxis: { ...nested(themeLayout()).yaxis, automargin: true },
+      xaxis: {
+        ...theme.xaxis, ...ticks, automargin: true,
+        type: axis === "wall" ? "date" : "linear",
+        title: { text: X_TITLES[axis] || axis, standoff: 6 },
+        ...(state.range ? { range: state.range, autorange: false } : {}),
+      },
+      yaxis,
       showlegend: legend,
-      legend: { ...nested(themeLayout()).legend, orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
+      legend: { ...theme.legend, orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
       hovermode: "x unified",
-      uirevision: chart.id,
+      uirevision: `${state.id}|${axis}|${logy}`,
     };
   }
 
-  redraw(state) {
-    const chart = state.chart;
-    state.names = [...chart.traces.keys()];
-    const data = state.names.map((name, i) => this.traceFor(state, chart.traces.get(name), i));
-    const config = {
-      responsive: true,
-      displaylogo: false,
-      modeBarButtonsToRemove: ["lasso2d", "select2d"],
-      toImageButtonOptions: { filename: `${this.model.id}-${chart.title}`.replace(/[^\w.-]+/g, "_") },
-    };
+  update(state, charts, now) {
+    let nonFinite = 0;
+    for (const { chart } of charts) for (const s of chart.traces.values()) nonFinite += s.nonFinite;
+    state.note.textContent = nonFinite ? `${nonFinite} non-finite value${nonFinite > 1 ? "s" : ""} (gaps)` : "";
+    if (state.plotted && state.thinned) {
+      // A thinned redraw costs tens of milliseconds: keep them to at most about a
+      // fifth of the main thread, so a burst of history never starves the page.
+      const wait = Math.max(HEAVY_INTERVAL_MS, 5 * state.cost);
+      if (now - state.lastDraw < wait) {
+        this.deferred.add(state.id);
+        return;
+      }
+    }
+    const started = performance.now();
+    this.draw(state, charts);
+    state.cost = performance.now() - started;
+    state.lastDraw = now;
+  }
+
+  draw(state, charts = this.chartsFor(state.id)) {
+    const data = this.traces(state, charts);
+    const layout = this.layoutFor(state, data);
+    state.plotEl.setAttribute("aria-label",
+      `${state.title} over ${X_TITLES[this.options.x] || this.options.x}`);
     if (!state.plotted) {
-      window.Plotly.newPlot(state.plotEl, data, this.layoutFor(state), config);
+      window.Plotly.newPlot(state.plotEl, data, layout, PLOT_CONFIG);
       state.plotted = true;
       this.observer.observe(state.plotEl);
       state.plotEl.on("plotly_relayout", (event) => this.onRelayout(state, event));
     } else {
-      window.Plotly.react(state.plotEl, data, this.layoutFor(state), config);
+      window.Plotly.react(state.plotEl, data, layout, PLOT_CONFIG);
     }
-    for (const name of state.names) state.drawn.set(name, chart.traces.get(name).length);
   }
 
   onRelayout(state, event) {
@@ -279,76 +457,40 @@ export class ChartBoard {
     let range;
     if (event["xaxis.autorange"] === true) range = null;
     else if (event["xaxis.range[0]"] !== undefined) {
-      range = [Number(event["xaxis.range[0]"]), Number(event["xaxis.range[1]"])];
-    } else if (Array.isArray(event["xaxis.range"])) range = event["xaxis.range"].map(Number);
+      range = [event["xaxis.range[0]"], event["xaxis.range[1]"]];
+    } else if (Array.isArray(event["xaxis.range"])) range = event["xaxis.range"];
     else return;
+    if (range && this.options.x !== "wall") range = range.map(Number);
+    if (range && this.options.x === "wall") range = range.map((v) => (typeof v === "number" ? v : Date.parse(`${v}Z`)));
     state.range = range;
     // Lines of a big run (reduced.js) ask the server for the new range.
-    const remote = [...state.chart.traces.values()].some((s) => s.remote);
-    if (state.thinned || remote) this.redraw(state);
+    const remote = this.chartsFor(state.id).some(({ chart }) => [...chart.traces.values()].some((s) => s.remote));
+    if (state.thinned || remote) this.draw(state);
   }
 
-  update(chart, now) {
-    const state = this.stateFor(chart);
-    let longest = 0;
-    let nonFinite = 0;
-    for (const s of chart.traces.values()) {
-      longest = Math.max(longest, s.length);
-      nonFinite += s.nonFinite;
-    }
-    state.note.textContent = nonFinite ? `${nonFinite} non-finite value${nonFinite > 1 ? "s" : ""} (gaps)` : "";
-    const thinned = longest > RAW_LIMIT;
-    if (!state.plotted || thinned !== state.thinned || chart.traces.size !== state.names.length) {
-      state.thinned = thinned;
-      state.lastHeavy = now;
-      this.redraw(state);
-      return;
-    }
-    if (thinned) {
-      // A thinned redraw costs tens of milliseconds: keep them to at most about a
-      // fifth of the main thread, so a burst of history never starves the page.
-      const wait = Math.max(HEAVY_INTERVAL_MS, 5 * (state.heavyCost || 0));
-      if (now - state.lastHeavy < wait) {
-        this.deferred.add(chart.id);
-        return;
+  /** Every raw point of a chart as CSV, saved by the browser (nothing is sent anywhere). */
+  download(state) {
+    const rows = [["experiment_id", "rank", "phase", "line", "step", "epoch", "time", "timestamp", "value"]];
+    for (const { member, chart } of this.chartsFor(state.id)) {
+      for (const series of chart.traces.values()) {
+        for (let i = 0; i < series.length; i++) {
+          const y = series.values[i];
+          if (y === null) continue; // an attempt's gap, not a value
+          const wall = series.x.wall[i];
+          rows.push([member.model.id, member.rank ?? "", series.phase ?? "", series.name,
+            series.x.step[i], series.x.epoch[i], series.x.time[i],
+            wall === null ? "" : new Date(wall).toISOString(), Number.isFinite(y) ? y : String(y)]);
+        }
       }
-      state.lastHeavy = now;
-      const started = performance.now();
-      this.redraw(state);
-      state.heavyCost = performance.now() - started;
-      return;
     }
-    // Raw mode: hand Plotly only the new points (lines with hover text apart,
-    // since extendTraces can only extend attributes every listed trace has).
-    const withText = { indices: [], x: [], y: [], text: [] };
-    const plain = { indices: [], x: [], y: [] };
-    const plotted = state.plotEl.data || [];
-    if (state.names.some((name, i) => !!chart.traces.get(name).text !== Array.isArray(plotted[i]?.text))) {
-      this.redraw(state); // a line gained hover text after it was first drawn
-      return;
-    }
-    state.names.forEach((name, i) => {
-      const series = chart.traces.get(name);
-      const from = state.drawn.get(name) || 0;
-      if (series.length <= from) return;
-      const group = series.text ? withText : plain;
-      group.indices.push(i);
-      group.x.push(series.xs.slice(from));
-      group.y.push(series.ys.slice(from).map((y) => (Number.isFinite(y) ? y : null)));
-      if (series.text) group.text.push(series.text.slice(from));
-      state.drawn.set(name, series.length);
-    });
-    if (plain.indices.length) {
-      window.Plotly.extendTraces(state.plotEl, { x: plain.x, y: plain.y }, plain.indices);
-    }
-    if (withText.indices.length) {
-      window.Plotly.extendTraces(state.plotEl,
-        { x: withText.x, y: withText.y, text: withText.text }, withText.indices);
-    }
-    if (state.unit && !this.unitTicks(state)) {
-      state.unit = false;
-      window.Plotly.relayout(state.plotEl, { "xaxis.tickmode": "auto" });
-    }
+    const blob = new Blob([toCsv(rows)], { type: "text/csv" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `${state.metric.replace(/[^\w.-]+/g, "_")}.csv`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   }
 
   applyTheme() {
@@ -358,21 +500,25 @@ export class ChartBoard {
     }
   }
 
-  /** What the test hook reports: per chart, points in the model and points drawn. */
+  /** What the test hook reports: per chart, points in the model and points drawn per line. */
   describe() {
     const out = {};
     for (const [id, state] of this.states) {
       const traces = {};
       const plotted = state.plotEl.data || [];
-      state.names.forEach((name, i) => {
-        const series = state.chart.traces.get(name);
-        traces[name] = {
+      for (const { member, series, index } of state.lines) {
+        traces[this.lineName(member, series)] = {
           points: series.length,
-          drawn: plotted[i] ? plotted[i].x.length : 0,
+          drawn: plotted[index] ? plotted[index].x.length : 0,
           nonFinite: series.nonFinite,
+          experiment_id: member.model.id,
+          phase: series.phase,
         };
-      });
-      out[id] = { title: state.chart.title, section: state.chart.section, thinned: state.thinned, traces };
+      }
+      out[id] = {
+        title: state.title, metric: state.metric, section: state.section,
+        thinned: state.thinned, hidden: state.card.hidden, traces,
+      };
     }
     return out;
   }

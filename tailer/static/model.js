@@ -62,54 +62,118 @@ function normalisePhase(phase) {
   return PHASE_ALIASES[p] || p || "train";
 }
 
-/** One line of a chart: every point kept (display thinning happens in charts.js). */
+/** How a phase is drawn: its rank orders lines and picks a dash style. */
+export const PHASE_ORDER = ["train", "val", "test", "predict"];
+
+/**
+ * One line of a chart: every point kept, with every x it can be drawn against
+ * (step, epoch, seconds since the run's first message, wall time in ms).
+ * Display thinning and smoothing happen later (series-data.js).
+ */
 export class Series {
-  constructor(name) {
-    this.name = name;
-    this.xs = [];
-    this.ys = [];
-    this.text = null; // optional hover text per point
+  constructor(key, { label = key, phase = null, granularity = "step" } = {}) {
+    this.key = key;
+    this.name = label; // the line's name in a legend
+    this.phase = phase;
+    this.granularity = granularity; // "epoch": one value per epoch; "step": per step
+    this.x = { step: [], epoch: [], time: [], wall: [] };
+    this.values = []; // y per point; null is a gap
+    this.texts = null; // optional hover text per point
     this.nonFinite = 0;
-    this.monotonic = true;
+    this.has = { step: false, epoch: false, time: false, wall: false }; // which x axes it has
+    this.attempt = 0; // the run attempt (DESIGN §7) of the last point
+    this.source = null; // the message type that feeds it (others logging the same line are skipped)
+    this.views = {}; // axis -> {xs, ys, text, monotonic, n}, extended as points arrive
   }
-  get length() { return this.xs.length; }
-  push(x, y, text) {
-    const n = this.xs.length;
-    if (n && x < this.xs[n - 1]) this.monotonic = false;
-    this.xs.push(x);
-    this.ys.push(y);
+  get length() { return this.values.length; }
+  // The points against the default axis (step, or epoch where a line has no steps).
+  get xs() { return this.view("step").xs; }
+  get ys() { return this.view("step").ys; }
+  get text() { return this.view("step").text; }
+  get monotonic() { return this.view("step").monotonic; }
+
+  push({ step = null, epoch = null, time = null, wall = null }, y, text) {
+    const n = this.values.length;
+    if (step !== null) this.has.step = true;
+    if (epoch !== null) this.has.epoch = true;
+    if (time !== null) this.has.time = this.has.wall = true;
+    this.x.step.push(step);
+    this.x.epoch.push(epoch);
+    this.x.time.push(time);
+    this.x.wall.push(wall);
+    this.values.push(y);
     if (text !== undefined) {
-      if (!this.text) this.text = new Array(n).fill("");
-      this.text.push(text);
-    } else if (this.text) {
-      this.text.push("");
+      if (!this.texts) this.texts = new Array(n).fill("");
+      this.texts.push(text);
+    } else if (this.texts) {
+      this.texts.push("");
     }
-    if (!Number.isFinite(y)) this.nonFinite += 1;
+    if (y !== null && !Number.isFinite(y)) this.nonFinite += 1;
+  }
+
+  /** A break in the line (a new attempt of the run starts): drawn as a gap, never joined. */
+  gap(x) {
+    this.push(x, null);
+  }
+
+  /**
+   * The points that have an x on `axis` ("step", "epoch", "time", "wall"),
+   * as {xs, ys, text, monotonic}; a line with no x on that axis at all falls
+   * back to step, epoch, then time (system metrics have only time).
+   * Cached and extended incrementally.
+   */
+  view(axis) {
+    const source = this.has[axis] ? axis : ["step", "epoch", "time"].find((a) => this.has[a]) || axis;
+    let v = this.views[axis];
+    if (!v || v.source !== source || (this.texts && !v.text)) {
+      v = { source, xs: [], ys: [], text: this.texts ? [] : null, monotonic: true, n: 0 };
+      this.views[axis] = v;
+    }
+    const xs = this.x[source];
+    for (let i = v.n; i < this.values.length; i++) {
+      const x = xs[i];
+      if (x === null || x === undefined) continue;
+      const k = v.xs.length;
+      if (k && x < v.xs[k - 1]) v.monotonic = false;
+      v.xs.push(x);
+      v.ys.push(this.values[i]);
+      if (v.text) v.text.push(this.texts[i]);
+    }
+    v.n = this.values.length;
+    return v;
   }
 }
 
+// Sections in page order: [key, heading].
 export const SECTIONS = [
-  ["epoch", "Epoch metrics"],
-  ["logged", "Logged metrics (Lightning)"],
-  ["batch", "Batch metrics"],
+  ["metrics", "Metrics"],
   ["round", "Federated rounds"],
   ["client", "Per client"],
   ["optim", "Optimizer"],
+  ["system", "System"],
 ];
 
+/** Optimizer values (learning rates, momentum, ...): their own section, never a "train" line. */
+const OPTIMIZER_NAME = /(^|[-_/.])(lr|learning[-_]?rate|momentum|weight[-_]?decay|betas?\d?)($|[-_/.])/i;
+
+export function isOptimizerValue(name) {
+  return OPTIMIZER_NAME.test(name);
+}
+
+/** One chart: a metric, with a line per (phase, granularity, client, ...). */
 export class Chart {
-  constructor(id, section, title, xTitle) {
+  constructor(id, section, metric, title) {
     this.id = id;
     this.section = section;
+    this.metric = metric; // the name charts are matched on (data-metric)
     this.title = title;
-    this.xTitle = xTitle;
-    this.traces = new Map(); // name -> Series, in first-seen order
+    this.traces = new Map(); // key -> Series, in first-seen order
   }
-  series(name) {
-    let s = this.traces.get(name);
+  series(key, options) {
+    let s = this.traces.get(key);
     if (!s) {
-      s = new Series(name);
-      this.traces.set(name, s);
+      s = new Series(key, options);
+      this.traces.set(key, s);
     }
     return s;
   }
@@ -136,35 +200,59 @@ export class RunModel {
     this.statusMessage = "";
     this.lastError = null;
     this.firstTimestamp = null;
+    this.firstTime = null; // ms of the first timestamp: x=time counts from it
     this.lastTimestamp = null;
     this.mode = null; // training_mode data
-    this.hparams = null;
+    this.hparams = null; // hparams messages and training_start data, flattened
     this.progress = {}; // epoch / round progress
     this.charts = new Map();
     this.timeline = [];
     this.timelineDropped = 0;
     this.clientCounters = new Map();
     this.unknownTypes = 0;
+    this.attempt = 0; // +1 at every later training_start (DESIGN §7)
+    this.started = false;
+    this.lastStep = null; // the latest global step seen (epoch values without one use it)
+    this.now = null; // the x values of the frame being applied
     // What changed since the view last drew: chart ids with new points, and a flag for the rest.
     this.dirtyCharts = new Set();
     this.metaDirty = true;
     this.resets = (this.resets || 0) + 1;
   }
 
-  chart(section, key, title, xTitle) {
-    const id = `${section}:${key}`;
+  chart(section, metric, title = metric) {
+    const id = `${section}:${metric}`;
     let c = this.charts.get(id);
     if (!c) {
-      c = new Chart(id, section, title, xTitle);
+      c = new Chart(id, section, metric, title);
       this.charts.set(id, c);
     }
     return c;
   }
 
-  point(chart, traceName, x, value, text) {
+  /**
+   * Add a value to `chart`'s line `key`. `x` overrides the frame's x values
+   * ({step, epoch}). A line is fed by one message type, the first that gave
+   * it a value: the callback's epoch_end and the logger's `<name>_epoch`, or
+   * batch_metrics and the logger's `<name>_step`, carry the same values.
+   */
+  point(chart, key, value, { label = key, phase = null, granularity = "step", x = {}, text, source } = {}) {
     const y = toNumber(value);
-    if (y === undefined || typeof x !== "number" || !Number.isFinite(x)) return;
-    chart.series(traceName).push(x, y, text);
+    if (y === undefined) return;
+    const at = { ...this.now, ...x };
+    if (at.step === undefined) at.step = null;
+    if (at.epoch === undefined) at.epoch = null;
+    if (at.step === null && at.epoch === null && at.time === null) return;
+    const series = chart.series(key, { label, phase, granularity });
+    if (source) {
+      if (series.source === null) series.source = source;
+      else if (series.source !== source) return; // the same values by another path
+    }
+    if (series.attempt !== this.attempt) {
+      if (series.length) series.gap(at);
+      series.attempt = this.attempt;
+    }
+    series.push(at, y, text);
     this.dirtyCharts.add(chart.id);
   }
 
@@ -184,14 +272,28 @@ export class RunModel {
       this.lastSeq = message.seq;
     }
     this.messages += 1;
+    let wall = null;
     if (typeof message.timestamp === "string") {
       if (!this.firstTimestamp) this.firstTimestamp = message.timestamp;
       this.lastTimestamp = message.timestamp;
+      wall = Date.parse(message.timestamp);
+      if (!Number.isFinite(wall)) wall = null;
+      if (wall !== null && this.firstTime === null) this.firstTime = wall;
     }
     this.metaDirty = true;
     const status = statusOf(message);
     if (status) this.status = status;
     const data = message.data && typeof message.data === "object" ? message.data : {};
+    const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+    const step = num(data.step);
+    if (step !== null && (this.lastStep === null || step > this.lastStep)) this.lastStep = step;
+    const metrics = data.metrics && typeof data.metrics === "object" ? data.metrics : {};
+    this.now = {
+      step,
+      epoch: num(data.epoch) ?? num(metrics.epoch),
+      time: wall === null ? null : (wall - this.firstTime) / 1000,
+      wall,
+    };
     const handler = HANDLERS[message.type];
     if (handler) handler(this, data, message);
     else this.unknownTypes += 1;
@@ -208,13 +310,54 @@ export class RunModel {
     }
     return out;
   }
+
+  /** The epoch counter as the run numbers it: "epoch 3/5" (never 6/5). */
+  epochLabel() {
+    const p = this.progress;
+    if (p.epoch == null) return null;
+    // A run whose first epoch is 0 counts from 0 (Lightning's current_epoch): show a count.
+    const shown = p.firstEpoch === 0 ? p.epoch + 1 : p.epoch;
+    return p.totalEpochs != null ? `epoch ${shown}/${p.totalEpochs}` : `epoch ${shown}`;
+  }
 }
 
-function stepOf(data, model, counterKey) {
+function counterStep(data, model, counterKey) {
   if (typeof data.step === "number") return data.step;
   const n = (model.clientCounters.get(counterKey) || 0) + 1;
   model.clientCounters.set(counterKey, n);
   return n;
+}
+
+function clientLabel(id) {
+  return `client ${id}`;
+}
+
+/** A line's key and legend name: phase, batch values apart, client first. */
+function lineName(phase, granularity, client) {
+  let name = phase || "value";
+  if (granularity === "step" && phase !== null && phase !== "val" && phase !== "test") name = `${phase} (batch)`;
+  if (granularity === "step" && phase === null) name = "batch";
+  return client ? `${clientLabel(client)} ${name}` : name;
+}
+
+/**
+ * A value of a run, wherever it was logged: its chart is the metric name with
+ * the phase prefix moved into the phase; optimizer values go to their own
+ * section with no phase.
+ */
+function metricPoint(model, rawName, value, { phase: known, granularity, client, source, x, text }) {
+  if (isOptimizerValue(rawName)) {
+    const chart = model.chart("optim", rawName);
+    const key = client ? clientLabel(client) : rawName;
+    model.point(chart, key, value, { label: key, phase: null, granularity: "step", source, x, text });
+    return;
+  }
+  let [phase, base] = splitPhase(rawName, known);
+  phase = phase ? normalisePhase(phase) : (known ? normalisePhase(known) : null);
+  if (!phase && granularity === "step") phase = "train";
+  const key = lineName(phase, granularity, client);
+  model.point(model.chart("metrics", base), key, value,
+    { label: key, phase, granularity, source, x, text });
 }
 
 /**
@@ -227,54 +370,63 @@ function roundPoints(model, stage, metrics, round) {
     if (name === "num-examples") continue;
     const [phase, base] = splitPhase(name, stage === "eval" ? "eval" : undefined);
     const trace = !phase || phase === stage ? stage : `${stage} ${phase}`;
-    model.point(model.chart("round", base, base, "round"), trace, round, value);
+    model.point(model.chart("round", base), trace, value,
+      { phase: trace, granularity: "epoch", x: { step: round, epoch: round } });
   }
 }
 
-function clientLabel(id) {
-  return `client ${id}`;
+/** {name: value} leaves of a nested dict, names dotted. */
+function leaves(value, prefix = "", out = []) {
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) leaves(v, prefix ? `${prefix}.${k}` : k, out);
+  } else if (typeof value !== "boolean" && toNumber(value) !== undefined) {
+    out.push([prefix, value]);
+  }
+  return out;
 }
+
+const DEVICE = /^(?:(gpu|cuda|device|dev)[:_-]?)?(\d+)$/i;
 
 const HANDLERS = {
   epoch_start(model, data) {
+    if (typeof data.epoch === "number" && model.progress.firstEpoch === undefined) {
+      model.progress.firstEpoch = data.epoch;
+    }
     model.progress.epoch = data.epoch;
     if (data.total_epochs != null) model.progress.totalEpochs = data.total_epochs;
   },
   epoch_end(model, data) {
     const phase = normalisePhase(data.phase);
+    // An epoch value without its own step is drawn at the latest step seen.
+    const x = { step: model.now.step ?? model.lastStep };
     for (const [name, value] of RunModel.numeric(data.metrics)) {
-      const [, base] = splitPhase(name, phase);
-      const chart = model.chart("epoch", base, base, "epoch");
-      model.point(chart, phase, data.epoch, value);
+      metricPoint(model, name, value, { phase, granularity: "epoch", source: "epoch_end", x });
     }
   },
   metrics(model, data) {
     // A federated client's logger tags its values with client_id: a line per client.
     const client = data.client_id != null ? String(data.client_id) : null;
-    const x = stepOf(data, model, `__logged__${client}`);
+    const x = { step: counterStep(data, model, `__logged__${client}`) };
     for (const [name, value] of RunModel.numeric(data.metrics)) {
-      const [phase, base] = splitPhase(name);
-      // Lightning names on_epoch values `<name>_epoch` and on_step ones `<name>_step`:
-      // epoch values share a chart with val/test `<name>`; step values get their own.
-      let key = base;
-      let title = base;
-      if (base.endsWith("_epoch") && base.length > 6) {
-        key = title = base.slice(0, -6);
-      } else if (base.endsWith("_step") && base.length > 5) {
-        title = `${base.slice(0, -5)} per step`;
+      // Lightning names on_epoch values `<name>_epoch` and on_step ones `<name>_step`;
+      // a bare train value is per step, a bare val/test value per epoch.
+      let base = name;
+      let granularity = null;
+      if (name.endsWith("_epoch") && name.length > 6) { base = name.slice(0, -6); granularity = "epoch"; }
+      else if (name.endsWith("_step") && name.length > 5) { base = name.slice(0, -5); granularity = "step"; }
+      if (!granularity) {
+        const [phase] = splitPhase(base);
+        granularity = phase && normalisePhase(phase) !== "train" ? "epoch" : "step";
       }
-      const chart = model.chart("logged", key, title, "step");
-      const line = phase || name;
-      model.point(chart, client ? `${clientLabel(client)} ${line}` : line, x, value);
+      metricPoint(model, base, value, { granularity, client, source: "metrics", x });
     }
   },
   batch_metrics(model, data) {
     const client = data.client_id != null ? String(data.client_id) : null;
-    const x = stepOf(data, model, `__batch__${client}`);
+    const x = { step: counterStep(data, model, `__batch__${client}`) };
+    const text = data.epoch != null ? `epoch ${data.epoch}` : undefined;
     for (const [name, value] of RunModel.numeric(data)) {
-      const chart = model.chart("batch", name, name, "step");
-      model.point(chart, client ? clientLabel(client) : name, x, value,
-        data.epoch != null ? `epoch ${data.epoch}` : undefined);
+      metricPoint(model, name, value, { phase: "train", granularity: "step", client, source: "batch_metrics", x, text });
     }
   },
   round_start(model, data) {
@@ -301,8 +453,9 @@ const HANDLERS = {
     }
     for (const [name, value] of RunModel.numeric(data.metrics)) {
       if (name === "num-examples") continue; // Flower's weighting count, not a measurement
-      const chart = model.chart("client", `round:${name}`, `${name} per client`, "round");
-      model.point(chart, clientLabel(client), data.round, value);
+      const chart = model.chart("client", `round/${name}`, `${name} per client`);
+      model.point(chart, clientLabel(client), value,
+        { granularity: "epoch", x: { step: data.round, epoch: data.round } });
     }
   },
   local_epoch(model, data) {
@@ -311,26 +464,44 @@ const HANDLERS = {
     const n = (model.clientCounters.get(key) || 0) + 1;
     model.clientCounters.set(key, n);
     for (const [name, value] of RunModel.numeric(data.metrics)) {
-      const chart = model.chart("client", `local:${name}`, `${name} per local epoch`,
-        "local epoch (all rounds)");
-      model.point(chart, clientLabel(client), n, value,
-        `round ${data.round}, local epoch ${data.local_epoch}`);
+      const chart = model.chart("client", `local/${name}`, `${name} per local epoch`);
+      model.point(chart, clientLabel(client), value, {
+        granularity: "epoch", x: { step: n, epoch: n },
+        text: `round ${data.round}, local epoch ${data.local_epoch}`,
+      });
     }
   },
   gradient_stats(model, data) {
-    const x = stepOf(data, model, "__grad__");
-    const chart = model.chart("optim", "grad_norm", "gradient norm", "step");
+    const x = { step: counterStep(data, model, "__grad__") };
+    const chart = model.chart("optim", "grad_norm", "gradient norm");
     for (const key of ["total_norm", "max_norm", "min_norm"]) {
-      if (data[key] != null) model.point(chart, key, x, data[key]);
+      if (data[key] != null) model.point(chart, key, data[key], { x });
     }
   },
   lr_update(model, data) {
-    const x = stepOf(data, model, "__lr__");
-    model.point(model.chart("optim", "lr", "learning rate", "step"),
-      data.scheduler_type ? `lr (${data.scheduler_type})` : "lr", x, data.current_lr);
+    const x = { step: counterStep(data, model, "__lr__") };
+    const key = data.scheduler_type ? `lr (${data.scheduler_type})` : "lr";
+    model.point(model.chart("optim", "lr", "learning rate"), key, data.current_lr, { x });
+  },
+  system_metrics(model, data) {
+    // One line per host/rank/device: a device index in the path goes into the line's name.
+    const who = [data.host, data.rank != null ? `rank ${data.rank}` : null].filter((v) => v != null && v !== "");
+    for (const [path, value] of leaves(data.metrics)) {
+      const parts = path.split(".");
+      const device = [];
+      const name = [];
+      for (const part of parts) {
+        const m = part.match(DEVICE);
+        if (m && parts.length > 1) device.push(`${(m[1] || "gpu").toLowerCase()}${m[2]}`);
+        else name.push(part);
+      }
+      const metric = name.join(".") || path;
+      const key = [...who, ...device].join(" ") || "value";
+      model.point(model.chart("system", metric), key, value, { x: { step: null, epoch: null } });
+    }
   },
   hparams(model, data) {
-    model.hparams = { ...(model.hparams || {}), ...data };
+    model.hparams = { ...(model.hparams || {}), ...flatHparams(data) };
   },
   training_mode(model, data, message) {
     model.mode = data;
@@ -340,7 +511,20 @@ const HANDLERS = {
     model.event("training_mode", message, { title: "training mode", detail });
   },
   training_start(model, data, message) {
-    model.event("training_start", message, { title: "training started", detail: summarise(data) });
+    // A later training_start in the same file is a resumed run: a new attempt (DESIGN §7).
+    if (model.started) model.attempt += 1;
+    model.started = true;
+    const { hparams, ...rest } = data;
+    const fields = {};
+    for (const [k, v] of Object.entries(rest)) {
+      if (v !== null && typeof v !== "object" && !["experiment_id", "run_id"].includes(k)) fields[k] = v;
+    }
+    model.hparams = { ...fields, ...(model.hparams || {}), ...flatHparams(hparams) };
+    if (!Object.keys(model.hparams).length) model.hparams = null;
+    model.event("training_start", message, {
+      title: model.attempt ? `training started (attempt ${model.attempt + 1})` : "training started",
+      detail: summarise(data),
+    });
   },
   training_end(model, data, message) {
     model.event("training_end", message, { title: "training ended", detail: summarise(data) });
@@ -376,6 +560,17 @@ const HANDLERS = {
 };
 // Types the page knows and deliberately does not chart.
 for (const kind of ["client_training_start", "client_progress", "replay_end"]) HANDLERS[kind] = () => {};
+
+/** Hyperparameters as one flat {key: scalar} (nested dicts dotted, lists as JSON). */
+export function flatHparams(data, prefix = "", out = {}) {
+  if (!data || typeof data !== "object") return out;
+  for (const [k, v] of Object.entries(data)) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v)) flatHparams(v, key, out);
+    else out[key] = Array.isArray(v) ? JSON.stringify(v) : v;
+  }
+  return out;
+}
 
 function summarise(data) {
   const parts = [];

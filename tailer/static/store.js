@@ -24,19 +24,64 @@ export function isAfter(a, b) {
 
 // ------------------------------------------------------------------ the route
 
-/** What `location.hash` asks for: {view: "list"|"run", id, ids, options}. */
-export function parseRoute(hash) {
-  const match = String(hash || "").match(/^#\/runs\/([^?]+)(?:\?(.*))?$/);
-  if (match) {
-    let id;
-    try {
-      id = decodeURIComponent(match[1]);
-    } catch {
-      id = match[1];
-    }
-    return { view: "run", id, ids: [id] };
+/** A valid experiment id (DESIGN §1); the page asks the server for nothing else. */
+export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+const AXES = ["step", "epoch", "time", "wall"];
+
+/** The chart options a route carries, with defaults for what is missing or invalid. */
+export function parseOptions(params) {
+  const x = params.get("x");
+  const smooth = Number(params.get("smooth"));
+  return {
+    x: AXES.includes(x) ? x : "step",
+    smooth: Number.isFinite(smooth) && smooth >= 0 && smooth < 1 ? smooth : 0,
+    logy: params.get("logy") === "1",
+    filter: params.get("filter") || "",
+  };
+}
+
+function decode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
   }
-  return { view: "list", id: null, ids: [] };
+}
+
+/**
+ * What `location.hash` asks for: {view: "list"|"run"|"compare", id, runs,
+ * options, invalid} — `#/runs/ID?x=…` or `#/compare?runs=A,B&x=…`.
+ */
+export function parseRoute(hash) {
+  const text = String(hash || "");
+  const q = text.indexOf("?");
+  const path = q < 0 ? text : text.slice(0, q);
+  const params = new URLSearchParams(q < 0 ? "" : text.slice(q + 1));
+  const options = parseOptions(params);
+  const match = path.match(/^#\/runs\/(.+)$/);
+  if (match) {
+    const id = decode(match[1]);
+    return { view: "run", id, runs: [id], options, invalid: ID_PATTERN.test(id) ? [] : [id] };
+  }
+  if (path === "#/compare") {
+    const runs = [...new Set((params.get("runs") || "").split(",").map((r) => r.trim()).filter(Boolean))];
+    return { view: "compare", id: null, runs, options, invalid: runs.filter((r) => !ID_PATTERN.test(r)) };
+  }
+  return { view: "list", id: null, runs: [], options, invalid: [] };
+}
+
+/** The hash for a route (its options only where they differ from the defaults). */
+export function routeHash({ view, id, runs = [], options = {} }) {
+  const params = new URLSearchParams();
+  if (view === "compare") params.set("runs", runs.join(","));
+  if (options.x && options.x !== "step") params.set("x", options.x);
+  if (options.smooth) params.set("smooth", String(options.smooth));
+  if (options.logy) params.set("logy", "1");
+  if (options.filter) params.set("filter", options.filter);
+  const query = params.toString().replace(/%2C/g, ",");
+  const base = view === "run" ? `#/runs/${encodeURIComponent(id)}` : view === "compare" ? "#/compare" : "#/";
+  return query ? `${base}?${query}` : base;
 }
 
 // ------------------------------------------------------------------ one open run
@@ -251,6 +296,11 @@ export class RunsList {
       if (typeof entry.last_seq === "number") run.lastSeq = entry.last_seq;
       else if (typeof entry.lines === "number") run.lastSeq = entry.lines - 1;
       else run.lastSeq = null;
+      // Per-rank files name their run and rank (DESIGN §10); `stale`: seconds since the last line.
+      run.run = typeof entry.run === "string" ? entry.run : id;
+      run.rank = typeof entry.rank === "number" ? entry.rank : null;
+      run.stale = typeof entry.stale === "number" ? entry.stale : null;
+      run.staleAt = Date.now();
       // The tailer keeps the last `error` message's text per run as lines arrive.
       if ("error" in entry) run.error = typeof entry.error === "string" ? entry.error : null;
       this.runs.set(id, run);
@@ -266,6 +316,8 @@ export class RunsList {
       if (listed) feed.stream.kick();
       feed.live.metaDirty = true; // its header reads the list (status, "no such run")
     }
+    this.store.openFeeds(); // a run's rank files may have appeared
+    this.store.loadHparams();
     this.store.changed(true);
   }
 
@@ -283,7 +335,7 @@ export class RunsList {
     }
     let run = this.runs.get(id);
     if (!run) {
-      run = { id, messages: 0, status: "unknown", lastTimestamp: null, lastSeq: null, error: null };
+      run = { id, run: id, rank: null, messages: 0, status: "unknown", lastTimestamp: null, lastSeq: null, error: null };
       this.runs.set(id, run);
       // A new experiment: learn its real counts (once in a while per id, so a file
       // the list no longer has, deleted mid-flight, cannot start a request loop).
@@ -301,6 +353,8 @@ export class RunsList {
       return; // a server without `lines` in its list: timestamps are all there is
     }
     run.messages = (run.messages || 0) + 1;
+    run.stale = 0;
+    run.staleAt = Date.now();
     if (typeof message.seq === "number") run.lastSeq = message.seq;
     if (message.timestamp) run.lastTimestamp = message.timestamp;
     const status = statusOf(message);
@@ -326,6 +380,9 @@ export class Store {
     this.feeds = new Map(); // id -> RunFeed, the runs the route shows
     this.route = parseRoute("");
     this.firehose = null;
+    this.feedsVersion = 0; // +1 whenever the set of open feeds changes
+    this.selection = new Set(); // runs ticked in the list
+    this.hparams = new Map(); // id -> {key: value}, for the list's key=value filter
   }
 
   changed(listChanged = false) {
@@ -342,17 +399,74 @@ export class Store {
       && this.firehose !== null && this.firehose.state === "connected";
   }
 
-  /** Follow a new `location.hash`: open the feeds it needs, close the others. */
+  /** The files of a run: its per-rank files (`<id>.rank<N>`, DESIGN §10), or the run's own. */
+  filesOf(run) {
+    const ranks = [...this.list.runs.values()]
+      .filter((r) => r.run === run && r.id !== run)
+      .sort((a, b) => (a.rank ?? 0) - (b.rank ?? 0) || a.id.localeCompare(b.id));
+    return ranks.length ? ranks.map((r) => r.id) : [run];
+  }
+
+  /** Follow a new `location.hash`. */
   setRoute(hash) {
     this.route = parseRoute(hash);
-    const wanted = new Set(this.route.ids);
+    // The runs compared are the runs ticked in the list.
+    if (this.route.view === "compare") this.selection = new Set(this.route.runs);
+    this.openFeeds();
+  }
+
+  /** Open the feeds the route needs (every file of every run it shows), close the others. */
+  openFeeds() {
+    const valid = this.route.runs.filter((r) => !this.route.invalid.includes(r));
+    const wanted = new Set(valid.flatMap((run) => this.filesOf(run)));
+    let changed = false;
     for (const [id, feed] of this.feeds) {
-      if (!wanted.has(id)) { feed.close(); this.feeds.delete(id); }
+      if (!wanted.has(id)) { feed.close(); this.feeds.delete(id); changed = true; }
     }
     for (const id of wanted) {
-      if (!this.feeds.has(id)) this.feeds.set(id, new RunFeed(this, id));
+      if (!this.feeds.has(id)) { this.feeds.set(id, new RunFeed(this, id)); changed = true; }
     }
+    if (changed) this.feedsVersion += 1;
     this.changed(true);
+  }
+
+  /** [{feed, run, rank}] of the route's runs, in its order. */
+  members() {
+    const out = [];
+    for (const run of this.route.runs) {
+      for (const id of this.filesOf(run)) {
+        const feed = this.feeds.get(id);
+        if (!feed) continue;
+        const listed = this.list.runs.get(id);
+        out.push({ feed, run, rank: listed && listed.run === run && id !== run ? listed.rank ?? null : null });
+      }
+    }
+    return out;
+  }
+
+  /** Read every run's hyperparameters (for the list's key=value filter); at most every 5 s. */
+  async loadHparams() {
+    if (this.hparamsLoading || Date.now() - (this.hparamsAt || 0) < 5000) return;
+    this.hparamsLoading = true;
+    try {
+      const response = await fetch(serverUrl("/api/hparams"), { cache: "no-store" });
+      if (!response.ok) return;
+      const body = await response.json();
+      // The same code as a live run's turns the messages into hyperparameters.
+      const hparams = new Map();
+      for (const [id, messages] of Object.entries(body || {})) {
+        const model = new RunModel(id);
+        if (Array.isArray(messages)) messages.forEach((message) => model.apply(message));
+        if (model.hparams) hparams.set(id, model.hparams);
+      }
+      this.hparams = hparams;
+      this.hparamsAt = Date.now();
+      this.changed(true);
+    } catch {
+      // the list works without them
+    } finally {
+      this.hparamsLoading = false;
+    }
   }
 
   /** Open the firehose and read the list: call once. */
