@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import orjson
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import OPEN
 
 from recorder.format import is_valid_experiment_id
+from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
 from tailer.reader import FileReader, Notes, PollResult, StaleHistory
@@ -65,7 +65,7 @@ class Client:
 
     def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
         self.connection = connection
-        self.transport = connection.transport
+        self.transport = wsio.transport(connection)
         self.queue_bytes = queue_bytes
         self.label = label
         self.closing = False
@@ -79,7 +79,7 @@ class Client:
             return
         # Frames are written straight to the transport (see tailer.frames); the protocol
         # state check keeps data from following our own close frame.
-        if self.connection.protocol.state is not OPEN:
+        if not wsio.is_open(self.connection):
             return
         transport = self.transport
         transport.write(frames)
@@ -128,7 +128,7 @@ class Client:
         A peer that resets the connection meanwhile (RST) only ends this client.
         """
         try:
-            await self.connection.drain()
+            await wsio.drain(self.connection)
         except (OSError, ConnectionClosed):
             self.closing = True
 
@@ -455,7 +455,7 @@ class Hub:
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
-            if client.closing or client.connection.protocol.state is not OPEN:
+            if client.closing or not wsio.is_open(client.connection):
                 return False
             reader = self.readers.get(experiment_id)
             if reader is None or live_only or start >= reader.next_seq:
