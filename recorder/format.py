@@ -144,13 +144,13 @@ def validate_run_id(run_id: object) -> str:
     ``.rank<digits>``: that suffix is how per-rank files name their rank
     (:func:`rank_file_id`), so ``a.rank1`` could not be told from rank 1 of ``a``.
     """
-    validate_experiment_id(run_id)
-    if RANK_SUFFIX.search(run_id) is not None:  # type: ignore[arg-type]
+    run_id = validate_experiment_id(run_id)
+    if RANK_SUFFIX.search(run_id) is not None:
         raise ValueError(
             f"invalid experiment id {run_id!r}: an id may not end in '.rank<digits>' "
             "(per-rank files are named <id>.rank<N>; pass per_rank=True instead)"
         )
-    return run_id  # type: ignore[return-value]
+    return run_id
 
 
 def rank_suffix(rank: int) -> str:
