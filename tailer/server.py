@@ -335,7 +335,7 @@ class TailerServer:
 
     def _http(
         self, path: str, query: dict[str, list[str]], if_none_match: str | None = None
-    ) -> Response:
+    ) -> Response | Awaitable[Response]:
         if path == "/":
             index = self.static_dir / "index.html"
             body = index.read_bytes() if index.is_file() else _PLACEHOLDER

@@ -444,7 +444,7 @@ class SessionStore:
 
     # ------------------------------------------------------------------ handshakes
 
-    def session_for(self, cookie_header: str | None) -> tuple[Session, str | None]:
+    def session_for(self, cookie_header: str | None) -> tuple[Session, str]:
         """The session a handshake presents, or a new one with its cookie value to set.
 
         An unknown or expired value is never adopted: the client gets a new
