@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from recorder.format import is_valid_experiment_id
+from recorder.format import experiment_id_of
 from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
@@ -227,11 +227,7 @@ class Hub:
             self.notes.warn(("list", None), "cannot list %s: %s", self.directory, exc)
             return []
         self.notes.clear(("list", None))
-        return [
-            name[:-6]
-            for name in names
-            if name.endswith(".jsonl") and is_valid_experiment_id(name[:-6])
-        ]
+        return [e for e in map(experiment_id_of, names) if e is not None]
 
     def reader_for(self, experiment_id: str) -> FileReader:
         reader = self.readers.get(experiment_id)
