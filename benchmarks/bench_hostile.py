@@ -41,6 +41,7 @@ import psutil  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from recorder.format import encode_message  # noqa: E402
+from tests._reliability_helpers import never_reading_client  # noqa: E402
 
 URL = re.compile(rb"127\.0\.0\.1:(\d+)/")
 
@@ -181,22 +182,6 @@ async def descriptors(root: Path, tmp: Path) -> None:
     )
 
 
-async def never_reading(port: int) -> asyncio.StreamWriter:
-    import socket
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await reader.readuntil(b"\r\n\r\n")
-    return writer
-
-
 async def memory(root: Path, tmp: Path) -> None:
     for label, args in (
         ("--max-queued-bytes 32 MiB", ("--max-queued-bytes", str(32 << 20))),
@@ -206,7 +191,7 @@ async def memory(root: Path, tmp: Path) -> None:
         runs.mkdir()
         async with Serve(root, runs, *args) as serve:
             rss0 = serve.rss()
-            stuck = [await never_reading(serve.port) for _ in range(40)]
+            stuck = [await never_reading_client(serve.port) for _ in range(40)]
             fd = os.open(runs / "flood.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             pad = "x" * 1000
             peak = rss0

@@ -60,7 +60,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-PLOT = "document.querySelector('[data-chart-id=\"batch:loss\"] .plot')"
+CHART = "document.querySelector('[data-chart-id=\"metrics:loss\"] .plot')"
+# The batch loss line of the loss chart (the page puts every phase of a metric on one chart).
+PLOT = f"{CHART}.data.find((t) => t.meta.line === 'train (batch)')"
+LINE = "train (batch)"
 TARGETS = {"ratio": 0.30, "heap_mb": 150, "rss_mb": 300, "zoom_ms": 200}
 
 SERVE = """
@@ -243,16 +246,17 @@ def open_run(page, lines: int, port: int, timeout_s: float) -> dict[str, object]
     page.goto(f"http://127.0.0.1:{port}/#/runs/run")
     drawn = f"""() => {{
         const v = window.__runtail && window.__runtail.view();
-        const loss = v && v.charts["batch:loss"];
-        return v && v.live.lastSeq === {lines - 1} && v.settled && loss
-            && loss.traces.loss && loss.traces.loss.drawn > 0 && performance.now();
+        const loss = v && v.charts["metrics:loss"];
+        const line = loss && loss.traces["{LINE}"];
+        return v && v.live.lastSeq === {lines - 1} && v.settled && line && line.drawn > 0
+            && performance.now();
     }}"""
     handle = page.wait_for_function(drawn, timeout=timeout_s * 1000, polling="raf")
     return {
         "chart_ms": handle.json_value(),
         "heap_mb": heap_mb(page),
-        "drawn_points": page.evaluate(f"() => {PLOT}.data[0].x.length"),
-        "spike": page.evaluate(f"() => Math.max(...{PLOT}.data[0].y)") == 9.0,
+        "drawn_points": page.evaluate(f"() => {PLOT}.x.length"),
+        "spike": page.evaluate(f"() => Math.max(...{PLOT}.y)") == 9.0,
     }
 
 
@@ -263,11 +267,11 @@ def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, obj
     b = a + last_step // 100
     started = page.evaluate(
         f"() => {{ const t = performance.now(); "
-        f"Plotly.relayout({PLOT}, {{'xaxis.range[0]': {a}, 'xaxis.range[1]': {b}}}); return t; }}"
+        f"Plotly.relayout({CHART}, {{'xaxis.range[0]': {a}, 'xaxis.range[1]': {b}}}); return t; }}"
     )
-    inside = f"{PLOT}.data[0].x.filter((v) => v >= {a} && v <= {b}).length"
+    inside = f"{PLOT}.x.filter((v) => v >= {a} && v <= {b}).length"
     zoomed = f"""() => {{
-        const x = {PLOT}.data[0].x;
+        const x = {PLOT}.x;
         return x.length && x[0] >= {a - 1} && x[x.length - 1] <= {b + 1} && performance.now();
     }}"""
     handle = page.wait_for_function(zoomed, timeout=60_000, polling="raf")
@@ -278,7 +282,7 @@ def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, obj
     except Exception:
         result["zoom_raw"] = False
     result["zoom_ms"] = handle.json_value() - started
-    page.evaluate(f"() => Plotly.relayout({PLOT}, {{'xaxis.autorange': true}})")
+    page.evaluate(f"() => Plotly.relayout({CHART}, {{'xaxis.autorange': true}})")
     time.sleep(0.5)
 
     latencies = []
@@ -293,7 +297,7 @@ def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, obj
         with open(path, "ab") as f:
             f.write(line)
         seen = f"""() => window.__runtail.view().live.lastSeq === {seq}
-            && {PLOT}.data[0].x.includes({step}) && Date.now()"""
+            && {PLOT}.x.includes({step}) && Date.now()"""
         handle = page.wait_for_function(seen, timeout=30_000, polling="raf")
         latencies.append(handle.json_value() - sent)
         time.sleep(0.3)

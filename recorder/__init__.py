@@ -6,8 +6,9 @@ classes are imported on first use, so a process without torch can record.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from recorder._lazy import lazy_getattr
 from recorder.format import MalformedLine, decode_line, encode_message, validate_experiment_id
 
 if TYPE_CHECKING:
@@ -24,19 +25,11 @@ __all__ = [
     "validate_experiment_id",
 ]
 
-_LAZY = {
-    "MetricsRecorder": "recorder.recorder",
-    "RecorderCallback": "recorder.lightning",
-    "JsonlLogger": "recorder.lightning",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'recorder' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "MetricsRecorder": "recorder.recorder",
+        "RecorderCallback": "recorder.lightning",
+        "JsonlLogger": "recorder.lightning",
+    },
+)

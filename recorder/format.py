@@ -41,11 +41,13 @@ __all__ = [
     "MAX_LINE_BYTES",
     "NON_FINITE",
     "RANK_SUFFIX",
+    "RUN_FILE_SUFFIX",
     "STATUS_TYPES",
     "MalformedLine",
     "decode_line",
     "encode_line",
     "encode_message",
+    "experiment_id_of",
     "format_timestamp",
     "is_blank_line",
     "is_valid_experiment_id",
@@ -62,6 +64,9 @@ __all__ = [
     "validate_run_id",
     "wire_frame",
 ]
+
+#: What every run file's name ends in: ``<experiment_id>.jsonl``.
+RUN_FILE_SUFFIX = ".jsonl"
 
 #: What an experiment id may look like; it is also the file's stem.
 EXPERIMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -99,6 +104,20 @@ def is_valid_experiment_id(experiment_id: object) -> bool:
     )
 
 
+def experiment_id_of(name: str) -> str | None:
+    """The experiment id a run file's name gives, or ``None`` if it names no run.
+
+    ``a.jsonl`` → ``"a"``, ``a.rank3.jsonl`` → ``"a.rank3"`` (:func:`split_rank`
+    parts it), ``notes.txt`` or ``.jsonl`` → ``None``. ``name`` is a bare file
+    name: which files count (regular files, symlinks, FIFOs) is the caller's rule.
+    """
+    if name.endswith(RUN_FILE_SUFFIX):
+        stem = name[: -len(RUN_FILE_SUFFIX)]
+        if is_valid_experiment_id(stem):
+            return stem
+    return None
+
+
 def validate_experiment_id(experiment_id: object) -> str:
     """Return ``experiment_id`` unchanged, or raise :class:`ValueError` naming it.
 
@@ -125,13 +144,13 @@ def validate_run_id(run_id: object) -> str:
     ``.rank<digits>``: that suffix is how per-rank files name their rank
     (:func:`rank_file_id`), so ``a.rank1`` could not be told from rank 1 of ``a``.
     """
-    validate_experiment_id(run_id)
-    if RANK_SUFFIX.search(run_id) is not None:  # type: ignore[arg-type]
+    run_id = validate_experiment_id(run_id)
+    if RANK_SUFFIX.search(run_id) is not None:
         raise ValueError(
             f"invalid experiment id {run_id!r}: an id may not end in '.rank<digits>' "
             "(per-rank files are named <id>.rank<N>; pass per_rank=True instead)"
         )
-    return run_id  # type: ignore[return-value]
+    return run_id
 
 
 def rank_suffix(rank: int) -> str:

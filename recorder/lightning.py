@@ -60,7 +60,7 @@ _CALLBACKS = _load("lightning.pytorch", "Callback") + _load("pytorch_lightning",
 _LOGGERS = _load("lightning.pytorch.loggers", "Logger") + _load(
     "pytorch_lightning.loggers", "Logger"
 )
-_EARLY_STOPPING = tuple(
+_EARLY_STOPPING: tuple[type[Any], ...] = tuple(
     _load("lightning.pytorch.callbacks", "EarlyStopping")
     + _load("pytorch_lightning.callbacks", "EarlyStopping")
 )
@@ -677,7 +677,7 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
         return self._experiment
 
     @override
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:  # type: ignore[override]
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if not self._writes():
             return
         if self._prefix:

@@ -11,8 +11,9 @@ pyarrow and pandas.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from recorder._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from replay.pacing import iter_frames, paced_frames
@@ -34,19 +35,20 @@ __all__ = [
     "read_metrics",
 ]
 
-_WHERE = {
-    **dict.fromkeys(
-        ("MESSAGE_COLUMNS", "METRIC_COLUMNS", "SkippedLinesWarning", "read_messages", "read_metrics"),
-        "replay.tables",
-    ),
-    "iter_frames": "replay.pacing",
-    "paced_frames": "replay.pacing",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'replay' has no attribute {name!r}")
-    value = globals()[name] = getattr(importlib.import_module(module), name)
-    return value
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        **dict.fromkeys(
+            (
+                "MESSAGE_COLUMNS",
+                "METRIC_COLUMNS",
+                "SkippedLinesWarning",
+                "read_messages",
+                "read_metrics",
+            ),
+            "replay.tables",
+        ),
+        "iter_frames": "replay.pacing",
+        "paced_frames": "replay.pacing",
+    },
+)

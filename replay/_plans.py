@@ -130,7 +130,7 @@ class PlanCompiler:
         source = f"def {name}({params}):\n" + "\n".join(f"    {line}" for line in lines) + "\n"
         namespace: dict[str, Any] = {**self.env, **env, "MISS": MISS}
         exec(compile(source, f"<runtail plan {name}>", "exec"), namespace)
-        return namespace[name]  # type: ignore[no-any-return]
+        return namespace[name]
 
     def nested(self, mapping: dict[str, Any], node: Any) -> Callable[[dict[str, Any]], Any] | None:
         """A plan ``f(d)`` for dicts of this shape below ``data``'s top level (None: walk in general)."""

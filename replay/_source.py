@@ -24,8 +24,8 @@ from typing import BinaryIO, Union
 
 from recorder.format import (
     MAX_LINE_BYTES,
+    experiment_id_of,
     is_blank_line,
-    is_valid_experiment_id,
     split_lines,
     split_rank,
 )
@@ -97,7 +97,7 @@ def _runs_in_directory(directory: Path, skipped: list[str]) -> list[Run]:
     for path in sorted(directory.glob("*.jsonl")):
         if not path.is_file():
             continue
-        if not is_valid_experiment_id(path.stem):
+        if experiment_id_of(path.name) is None:
             skipped.append(path.name)
             continue
         runs.append(Run.of(path))

@@ -22,7 +22,7 @@ import asyncio
 import math
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 from recorder.format import (
@@ -94,7 +94,7 @@ _TICK_LINES = 1024
 
 def _messages(
     path: Path, block_bytes: int, *, ticks: bool = False
-) -> Iterator[tuple[int, bytes, dict[str, object]] | None]:
+) -> Generator[tuple[int, bytes, dict[str, object]] | None, None, None]:
     """``(seq, line, message)`` for each valid message of the file, read a block at a time.
 
     With ``ticks``, also ``None`` every :data:`_TICK_LINES` lines, valid or

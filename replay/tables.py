@@ -53,7 +53,8 @@ import math
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -231,13 +232,13 @@ def message_table_schema(*, with_experiment_id: bool = True) -> pa.Schema:
 # --------------------------------------------------------------------------- conversions
 
 
-def _timestamps(values: list[Any]) -> pa.Array:
+def _timestamps(values: Sequence[Any]) -> pa.Array:
     """Timestamp strings to ``timestamp[us, UTC]``; anything unparsable becomes null."""
     try:
         return pa.array(values, pa.string()).cast(_TIMESTAMP)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         pass
-    parsed = []
+    parsed: list[datetime | None] = []
     for value in values:
         try:
             parsed.append(parse_timestamp(value))
@@ -277,7 +278,7 @@ def _first_int(mapping: dict[str, Any], keys: tuple[str, ...]) -> int | None:
     return None
 
 
-def _int_array(values: list[Any]) -> pa.Array:
+def _int_array(values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.int64())
     except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
@@ -681,11 +682,11 @@ class _MetricsBuilder:
                 "client_id": pa.array(clients, pa.string()),
             }
         ).take(owner)
-        rows = len(self.values)
+        n_values = len(self.values)
         columns = []
         if self.with_experiment_id:
-            columns.append(pa.repeat(self.experiment_id, rows))  # type: ignore[attr-defined]
-        columns.append(pa.repeat(self.rank, rows))  # type: ignore[attr-defined]
+            columns.append(pa.repeat(self.experiment_id, n_values))  # type: ignore[attr-defined]
+        columns.append(pa.repeat(self.rank, n_values))  # type: ignore[attr-defined]
         columns.extend(
             per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
         )

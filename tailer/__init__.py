@@ -11,17 +11,13 @@ Names load on first use, so ``tailer export`` does not pay for the server.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from recorder._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from tailer.server import TailerServer, serve_directory, serve_replay
 
 __all__ = ["TailerServer", "serve_directory", "serve_replay"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module 'tailer' has no attribute {name!r}")
-    value = globals()[name] = getattr(importlib.import_module("tailer.server"), name)
-    return value
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(__all__, "tailer.server"))

@@ -146,7 +146,7 @@ def _json_rows(table) -> bytes:
     columns = list(table.columns)
     rows = []
     for record in table.itertuples(index=False, name=None):
-        row = {}
+        row: dict[str, object] = {}
         for name, cell in zip(columns, record, strict=True):
             # A missing float index (epoch, step) is null; the value column keeps NaN as "NaN".
             if name != "value" and isinstance(cell, float) and math.isnan(cell):

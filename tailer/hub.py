@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import orjson
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import OPEN
 
-from recorder.format import is_valid_experiment_id
+from recorder.format import experiment_id_of
+from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
 from tailer.reader import FileReader, Notes, PollResult, StaleHistory
@@ -65,7 +65,7 @@ class Client:
 
     def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
         self.connection = connection
-        self.transport = connection.transport
+        self.transport = wsio.transport(connection)
         self.queue_bytes = queue_bytes
         self.label = label
         self.closing = False
@@ -79,7 +79,7 @@ class Client:
             return
         # Frames are written straight to the transport (see tailer.frames); the protocol
         # state check keeps data from following our own close frame.
-        if self.connection.protocol.state is not OPEN:
+        if not wsio.is_open(self.connection):
             return
         transport = self.transport
         transport.write(frames)
@@ -128,7 +128,7 @@ class Client:
         A peer that resets the connection meanwhile (RST) only ends this client.
         """
         try:
-            await self.connection.drain()
+            await wsio.drain(self.connection)
         except (OSError, ConnectionClosed):
             self.closing = True
 
@@ -227,11 +227,7 @@ class Hub:
             self.notes.warn(("list", None), "cannot list %s: %s", self.directory, exc)
             return []
         self.notes.clear(("list", None))
-        return [
-            name[:-6]
-            for name in names
-            if name.endswith(".jsonl") and is_valid_experiment_id(name[:-6])
-        ]
+        return [e for e in map(experiment_id_of, names) if e is not None]
 
     def reader_for(self, experiment_id: str) -> FileReader:
         reader = self.readers.get(experiment_id)
@@ -435,7 +431,19 @@ class Hub:
             reader = self.readers.get(experiment_id)
             # Until the reader got as far as the previous tailer had, it cannot tell
             # whether the file was replaced while no tailer ran (tailer.identities).
-            while reader is not None and reader.checkpoint is not None and not client.closing:
+            # (Bounded: a file that cannot be read at all never gets there.)
+            for _ in range(200):
+                if reader is None or reader.checkpoint is None or client.closing:
+                    break
+                await asyncio.sleep(0.05)
+            # A file still being read in the background (a big one at start-up) has not
+            # numbered its lines up to `since` yet: that is no truncation, wait for them.
+            while (
+                reader is not None
+                and reader in self._catch_ups
+                and reader.next_seq < start
+                and not client.closing
+            ):
                 await asyncio.sleep(0.05)
             lines = reader.next_seq if reader is not None and reader.exists else 0
             replaced = reader.replaced_lines if reader is not None else 0
@@ -443,7 +451,7 @@ class Hub:
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
-            if client.closing or client.connection.protocol.state is not OPEN:
+            if client.closing or not wsio.is_open(client.connection):
                 return False
             reader = self.readers.get(experiment_id)
             if reader is None or live_only or start >= reader.next_seq:

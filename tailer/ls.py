@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from recorder.format import is_valid_experiment_id
+from recorder.format import experiment_id_of
 from tailer.paths import PathError, directory_to_list
 from tailer.reader import scan_file
 
@@ -39,9 +39,9 @@ def list_experiments(directory: str | os.PathLike[str]) -> list[dict[str, object
     directory = Path(directory)
     out = []
     for name in sorted(os.listdir(directory)):
-        stem = name[:-6]
+        stem = experiment_id_of(name)
         path = directory / name
-        if name.endswith(".jsonl") and is_valid_experiment_id(stem) and path.is_file():
+        if stem is not None and path.is_file():
             try:
                 out.append(scan_file(path, stem))
             except OSError as exc:

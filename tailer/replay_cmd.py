@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
     ) -> AbstractAsyncContextManager[TailerServer]:
         return serve_replay(
             path, speed=args.speed, max_gap=args.max_gap, on_listen=on_listen, **options
-        )  # type: ignore[arg-type]
+        )
 
     speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
     return run_server(
         start, lambda app: f"replaying {path} {speed}", options["host"], options["port"]
-    )  # type: ignore[arg-type]
+    )
 
 
 def _holds_a_message(path: Path) -> bool:

@@ -249,7 +249,7 @@ class SeriesService:
             key=lambda r: r.last_timestamp or "",
             reverse=True,
         )
-        budget = self.max_bytes
+        budget: float = self.max_bytes
         for reader in chosen:
             estimate = reader.size * _STORE_PER_FILE_BYTE
             if estimate > budget or reader.experiment_id in self.stores:

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import TypedDict
 from urllib.parse import quote
 
 from tailer import config
@@ -133,7 +134,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def network_options(args: argparse.Namespace) -> dict[str, object]:
+class NetworkOptions(TypedDict):
+    """What :func:`network_options` gives: keyword arguments of ``serve_directory``/``serve_replay``."""
+
+    host: str
+    port: int
+    token: str | None
+    allow_origins: list[str]
+    allow_hosts: list[str]
+    max_clients: int
+
+
+def network_options(args: argparse.Namespace) -> NetworkOptions:
     """Keyword arguments for the server from the CLI, falling back on ``TAILER_*`` variables."""
     max_clients = (
         args.max_clients
@@ -148,7 +160,7 @@ def network_options(args: argparse.Namespace) -> dict[str, object]:
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, not {port}")
     return {
-        "host": args.host or config.env_str("HOST", config.DEFAULT_HOST),
+        "host": args.host or config.env_str("HOST", None) or config.DEFAULT_HOST,
         "port": port,
         # An empty TAILER_TOKEN counts as unset (env_str), never as a token nobody can give.
         "token": args.token if args.token is not None else config.env_str("TOKEN", None),
@@ -269,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tailer: {exc}", file=sys.stderr)
         return 2
-    _raise_open_file_limit(options["max_clients"])  # type: ignore[arg-type]
+    _raise_open_file_limit(options["max_clients"])
     directory = args.directory
     try:
         created = directory_to_serve(directory)
@@ -293,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
             state_dir=args.state_dir or default_state_dir(directory),
             session_ttl=args.session_ttl,
             on_listen=on_listen,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
 
-    return run_server(start, lambda app: f"serving {directory}", options["host"], options["port"])  # type: ignore[arg-type]
+    return run_server(start, lambda app: f"serving {directory}", options["host"], options["port"])

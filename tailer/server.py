@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.format import validate_experiment_id
-from tailer import identities
+from tailer import identities, wsio
 from tailer.api import hparams_body, metrics_body, parse_metrics_query
 from tailer.config import (
     DEFAULT_HOST,
@@ -335,7 +335,7 @@ class TailerServer:
 
     def _http(
         self, path: str, query: dict[str, list[str]], if_none_match: str | None = None
-    ) -> Response:
+    ) -> Response | Awaitable[Response]:
         if path == "/":
             index = self.static_dir / "index.html"
             body = index.read_bytes() if index.is_file() else _PLACEHOLDER
@@ -562,7 +562,7 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     # 1013 check only runs when a line is sent to it. Past twice the queue limit, drop it.
     limit = 2 * app.queue_bytes
 
-    class Connection(ServerConnection):
+    class Connection(wsio.RawConnection):  # overrides asyncio Protocol methods: see wsio
         request_line_checked = False
         on_lost: Callable[[], object] | None = None
 

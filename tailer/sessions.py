@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tailer import wsio
 from tailer.hub import Client, log_reset_frame
 
 if TYPE_CHECKING:
@@ -252,9 +253,9 @@ class SessionClient(Client):
     ) -> None:
         response = connection.response
         counter = CountingTransport(
-            connection.transport, len(response.serialize()) if response is not None else 0
+            wsio.transport(connection), len(response.serialize()) if response is not None else 0
         )
-        connection.transport = counter  # type: ignore[assignment]
+        wsio.replace_transport(connection, counter)
         super().__init__(connection, queue_bytes=queue_bytes, label=label)
         self.counter = counter
         self.session = session
@@ -443,7 +444,7 @@ class SessionStore:
 
     # ------------------------------------------------------------------ handshakes
 
-    def session_for(self, cookie_header: str | None) -> tuple[Session, str | None]:
+    def session_for(self, cookie_header: str | None) -> tuple[Session, str]:
         """The session a handshake presents, or a new one with its cookie value to set.
 
         An unknown or expired value is never adopted: the client gets a new

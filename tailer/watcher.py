@@ -34,7 +34,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from recorder.format import is_valid_experiment_id
+from recorder.format import experiment_id_of
 
 __all__ = ["JsonlFilter", "NotificationsUnavailable", "watch_directory"]
 
@@ -58,13 +58,7 @@ class JsonlFilter:
 
     def __call__(self, change: object, path: str) -> bool:
         head, name = os.path.split(path)
-        return head == self.directory and _experiment_of(name) is not None
-
-
-def _experiment_of(name: str) -> str | None:
-    if name.endswith(".jsonl") and is_valid_experiment_id(name[:-6]):
-        return name[:-6]
-    return None
+        return head == self.directory and experiment_id_of(name) is not None
 
 
 async def watch_directory(
@@ -238,7 +232,7 @@ async def _inotify(directory: Path, changes: _Coalescer) -> bool:
                         if not ended.done():
                             ended.set_result(None)
                     elif name:
-                        experiment_id = _experiment_of(os.fsdecode(name))
+                        experiment_id = experiment_id_of(os.fsdecode(name))
                         if experiment_id is not None:
                             ids.add(experiment_id)
             if everything:

@@ -217,3 +217,20 @@ def raise_nofile(want: int) -> int:
 def env_without_tailer() -> dict[str, str]:
     """The environment minus any ``TAILER_*`` the developer may have set."""
     return {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
+
+
+async def never_reading_client(port: int) -> asyncio.StreamWriter:
+    """A firehose client with a small receive buffer that never reads what it is sent."""
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return writer

@@ -328,3 +328,24 @@ def test_restore_non_finite_is_deep() -> None:
     assert restored["a"][1] == math.inf
     assert restored["a"][2]["b"] == -math.inf
     assert restored["c"] == "nan"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.jsonl", "a"),
+        ("run-1_b.jsonl", "run-1_b"),
+        ("a.rank3.jsonl", "a.rank3"),
+        ("a.b.jsonl", "a.b"),
+        (".jsonl", None),
+        (".hidden.jsonl", None),
+        ("a.json", None),
+        ("a.JSONL", None),
+        ("a.jsonl.tmp", None),
+        ("bad name.jsonl", None),
+        ("x" * 129 + ".jsonl", None),
+    ],
+)
+def test_experiment_id_of_names_runs_only(name: str, expected: str | None) -> None:
+    """A run file is ``<valid id>.jsonl``; every other name gives None."""
+    assert fmt.experiment_id_of(name) == expected

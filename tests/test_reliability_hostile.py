@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests._reliability_helpers import env_without_tailer
+from tests._reliability_helpers import env_without_tailer, never_reading_client
 from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, ws_connect
 from tests.test_serve_cli import tailer
 
@@ -45,12 +45,21 @@ async def _healthz_seconds(port: int, timeout: float = 30) -> float:
     return time.monotonic() - started
 
 
-async def _other_run_latency(port: int, runs: Path, rounds: int = 5) -> float:
-    """Worst time for a line appended to another run to reach its live subscriber."""
+async def _other_run_latency(
+    port: int, runs: Path, rounds: int = 5, *, before=None, token: str | None = None
+) -> float:
+    """Worst time for a line appended to another run to reach its live subscriber.
+
+    ``before`` (a coroutine) is awaited once the subscriber is connected.
+    """
     w = Writer(runs, "good")
     worst = 0.0
+    query = f"&token={token}" if token else ""
+    url = f"ws://127.0.0.1:{port}/?experiment=good{query}"
     try:
-        async with ws_connect(f"ws://127.0.0.1:{port}/?experiment=good", open_timeout=30) as ws:
+        async with ws_connect(url, open_timeout=30) as ws:
+            if before is not None:
+                await before
             for i in range(rounds):
                 started = time.monotonic()
                 w.message("m", {"probe": i})
@@ -422,23 +431,6 @@ async def test_inotify_is_re_armed_when_the_runs_directory_comes_back(tmp_path):
         w.close()
 
 
-async def _never_reading_client(port: int) -> asyncio.StreamWriter:
-    """A firehose client with a small receive buffer that never reads what it is sent."""
-    import socket
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    return writer
-
-
 @aio(120)
 async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp_path, caplog):
     """8 firehose clients that never read: what waits for all of them stays under --max-queued-bytes."""
@@ -450,7 +442,7 @@ async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp
     async with serve_directory(
         tmp_path, port=0, queue_bytes=2 << 20, max_queued_bytes=budget
     ) as app:
-        stuck = [await _never_reading_client(app.port) for _ in range(8)]
+        stuck = [await never_reading_client(app.port) for _ in range(8)]
         async with ws_connect(app.ws_url) as honest:
             w = Writer(tmp_path, "flood")
             received = 0
@@ -543,46 +535,28 @@ async def test_running_out_of_descriptors_never_stops_delivery(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "tailer", "serve", str(runs), "--port", "0", "--token", "t"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            env={**env_without_tailer(), "PYTHONUNBUFFERED": "1"},
-            preexec_fn=low_limit,
-        )
     idle: list[asyncio.StreamWriter] = []
+
+    async def crowd(port: int) -> None:
+        for _ in range(600):
+            try:
+                idle.append((await asyncio.open_connection("127.0.0.1", port))[1])
+            except OSError:
+                break
+
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        port = int(line.split(b"127.0.0.1:")[1].split(b"/")[0])
-        w = Writer(runs, "live")
-        async with ws_connect(f"ws://127.0.0.1:{port}/experiments/live?token=t") as honest:
+        async with tailer(
+            "serve", str(runs), "--port", "0", "--token", "t", log=log, preexec_fn=low_limit
+        ) as (proc, port, _):
             rss_before = rss_of(proc.pid)
-            for _ in range(600):
-                try:
-                    idle.append((await asyncio.open_connection("127.0.0.1", port))[1])
-                except OSError:
-                    break
             started = time.monotonic()
-            worst = 0.0
-            for i in range(40):  # 10 s: past the 10 s handshake timeout of the first idle ones
-                sent = time.monotonic()
-                w.message("m", {"i": i})
-                got = await recv_json(honest, timeout=30)
-                assert got["data"] == {"i": i}
-                worst = max(worst, time.monotonic() - sent)
-                await asyncio.sleep(0.25)
+            # 100 lines over 10 s: past the 10 s handshake timeout of the first idle ones.
+            worst = await _other_run_latency(port, runs, 100, before=crowd(port), token="t")
             elapsed = time.monotonic() - started
             rss_during = rss_of(proc.pid)
-        w.close()
     finally:
         for writer in idle:
             writer.transport.abort()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     text = log.read_text()
     print(
         f"600 idle connections under ulimit -n 256: worst line latency {worst * 1000:.0f} ms, "
@@ -625,3 +599,29 @@ async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
         async with ws_connect(f"{app.ws_url}experiments/grown?since=99") as ws:
             first = await recv_json(ws)
             assert (first["seq"], first["data"]["step"]) == (100, 100)
+
+
+@aio(120)
+async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_firehose(tmp_path):
+    """Lines read in the background after start-up are history: subscribers get them, the live firehose does not."""
+    from tailer import hub as hub_module
+    from tailer.server import serve_directory
+    from tests._reliability_helpers import wait_for
+
+    n = 300_000
+    (tmp_path / "big.jsonl").write_bytes(_lines(0, n))
+    saved = hub_module.STARTUP_BUDGET
+    hub_module.STARTUP_BUDGET = 0  # everything past the first step goes to the background
+    try:
+        async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as fire:
+            assert app.hub is not None and app.hub._catch_ups, "read before listening"
+            async with ws_connect(f"{app.ws_url}experiments/big?since={n - 6}") as ws:
+                got = [(await recv_json(ws, timeout=60))["seq"] for _ in range(5)]
+                assert got == list(range(n - 5, n))
+                await wait_for(lambda: not app.hub._catch_ups, 60, "the background read")
+                Writer(tmp_path, "big").message("m", {"i": "new"})
+                assert (await recv_json(ws))["seq"] == n
+            first = await recv_json(fire)
+            assert (first["seq"], first["data"]) == (n, {"i": "new"})
+    finally:
+        hub_module.STARTUP_BUDGET = saved

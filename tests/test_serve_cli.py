@@ -31,7 +31,7 @@ URL = re.compile(r"on http://127\.0\.0\.1:(\d+)/\S* \(ws://127\.0\.0\.1:(\d+)/\)
 
 
 @contextlib.asynccontextmanager
-async def tailer(*args: str, log: Path, env: dict[str, str] | None = None):
+async def tailer(*args: str, log: Path, env: dict[str, str] | None = None, preexec_fn=None):
     """Start ``python -m tailer ARGS``; yield (process, port) once it printed its URL."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
     environment.update(PYTHONUNBUFFERED="1", **(env or {}))
@@ -45,6 +45,7 @@ async def tailer(*args: str, log: Path, env: dict[str, str] | None = None):
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
             env=environment,
+            preexec_fn=preexec_fn,
         )
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
