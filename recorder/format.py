@@ -63,6 +63,7 @@ __all__ = [
     "validate_experiment_id",
     "validate_run_id",
     "wire_frame",
+    "wire_frames",
 ]
 
 #: What every run file's name ends in: ``<experiment_id>.jsonl``.
@@ -520,6 +521,29 @@ def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
         experiment_id.encode("ascii"),
         seq,
     )
+
+
+#: Bytes that, just before a line's closing brace, make :func:`wire_frame` strip or
+#: leave out the separator (whitespace, an empty object).
+_NOT_PLAIN = frozenset(b" \t\r\n{")
+
+
+def wire_frames(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
+    """:func:`wire_frame` of each ``(seq, line)``, the same bytes, for a whole batch at once.
+
+    The history catch-up's hot path: a line that ends with ``}`` right after
+    something other than whitespace or ``{`` (nearly every recorded line) is
+    spliced with one formatting operation; any other goes through
+    :func:`wire_frame`.
+    """
+    middle = b',"experiment_id":"%s","seq":' % experiment_id.encode("ascii")
+    slow = _NOT_PLAIN
+    return [
+        b"%s%s%d}" % (line[:-1], middle, seq)
+        if line[-1:] == b"}" and line[-2] not in slow
+        else wire_frame(line, experiment_id, seq)
+        for seq, line in pairs
+    ]
 
 
 def iter_messages(lines: Iterable[bytes]) -> Iterable[tuple[int, dict[str, Any] | None]]:

@@ -685,6 +685,20 @@ class FileReader:
                     break  # cannot happen for an append-only file; stop rather than spin
                 seq = splitter.next_seq
                 lines = splitter.feed(data)
+                end = seq + len(lines)
+                if (
+                    seq >= start_seq
+                    and (next_bad < 0 or next_bad >= end)
+                    and (untracked_from < 0 or end <= untracked_from)
+                    and None not in lines
+                ):
+                    # Every line of the chunk is wanted and known valid (the common case):
+                    # number them at C speed.
+                    if lines:
+                        yield list(zip(range(seq, end), lines, strict=True))  # type: ignore[arg-type]
+                    if self.generation != generation:
+                        raise StaleHistory(self.experiment_id)
+                    continue
                 out: list[tuple[int, bytes]] = []
                 append = out.append
                 for line in lines:

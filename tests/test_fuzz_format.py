@@ -10,7 +10,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from recorder.format import MAX_LINE_BYTES, MalformedLine, decode_line, is_blank_line, wire_frame
+from recorder.format import (
+    MAX_LINE_BYTES,
+    MalformedLine,
+    decode_line,
+    is_blank_line,
+    wire_frame,
+    wire_frames,
+)
 from tailer.frames import frame_lines
 from tailer.reader import FileReader
 
@@ -95,6 +102,9 @@ def _check_decoded(line: bytes) -> dict | None:
 @example(line=b'{"type":"a","type":"b"}', experiment_id="x")
 @example(line=b'{"type":"a","seq":7,"experiment_id":"evil"}', experiment_id="x")
 @example(line=b'{"type":"a"} \t\r', experiment_id="x")
+@example(line=b'{"type":"a" }', experiment_id="x")
+@example(line=b"{}", experiment_id="x")
+@example(line=b"{ }", experiment_id="x")
 @example(line=b'{"type":"\\u00e9","data":{}}', experiment_id="x")
 @example(line=b'{"type":"a","data":123456789012345678901234567890}', experiment_id="x")
 def test_accepted_lines_give_valid_wire_frames(line, experiment_id):
@@ -111,6 +121,8 @@ def test_accepted_lines_give_valid_wire_frames(line, experiment_id):
         strict = json.loads(frame.decode("utf-8"))
         assert (strict["experiment_id"], strict["seq"]) == (experiment_id, seq)
         assert strict.keys() == parsed.keys()
+        # The batch splice of history gives the very same bytes.
+        assert wire_frames([(seq, line)], experiment_id) == [frame]
 
 
 @pytest.mark.parametrize(

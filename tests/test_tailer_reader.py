@@ -215,6 +215,28 @@ def test_history_reads_from_disk_after_since_and_skips_malformed(tmp_path):
     assert chunk[0] == (1500, lines[1500][:-1])
 
 
+def test_history_chunks_without_malformed_lines_match_the_line_by_line_path(tmp_path):
+    """Chunks wholly valid (numbered in bulk) and chunks with a bad or over-long line agree."""
+    path = tmp_path / "r.jsonl"
+    bad = {700, 1501}
+    lines = [
+        b"broken\n" if i in bad else b'{"x":"' + b"y" * 300 + b'"}\n' if i == 2222 else _line(i)
+        for i in range(3000)
+    ]
+    path.write_bytes(b"".join(lines))
+    reader = FileReader(path, "r", index_every=100, max_line_bytes=200)
+    reader.read_all()
+    valid = [i for i in range(3000) if i not in bad and i != 2222]
+    for start in (0, 5, 699, 701, 1500, 2221, 2999):
+        for chunk_bytes in (1000, 1 << 20):
+            got = [
+                (seq, line)
+                for chunk in reader.history(start, reader.consumed, chunk_bytes=chunk_bytes)
+                for seq, line in chunk
+            ]
+            assert got == [(i, lines[i][:-1]) for i in valid if i >= start]
+
+
 def test_history_raises_when_the_file_is_reset_meanwhile(tmp_path):
     """A truncation between history chunks makes the history stale rather than mixing files."""
     path = tmp_path / "r.jsonl"
