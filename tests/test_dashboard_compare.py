@@ -566,7 +566,7 @@ def test_a_silent_running_run_says_how_long_it_has_been_silent(tmp_path, page_fa
 
 
 def test_per_rank_files_are_one_run_with_a_line_per_rank(tmp_path, page_factory):
-    """<id>.rank<N>.jsonl files (entries with run and rank) show as one run with a trace per rank."""
+    """<id>.rank<N>.jsonl files (/api/experiments gives their run and rank) are one run, a line per rank."""
     directory = tmp_path / "runs"
     directory.mkdir()
     for rank in (0, 1):
@@ -577,15 +577,7 @@ def test_per_rank_files_are_one_run_with_a_line_per_rank(tmp_path, page_factory)
             )
         )
 
-    def patch(entries):
-        out = []
-        for e in entries:
-            stem, _, rank = e["experiment_id"].rpartition(".rank")
-            out.append({**e, "run": stem, "rank": int(rank)} if stem else e)
-        return out
-
     page, console = page_factory()
-    _patch_experiments(page, patch)
     with serving(directory) as server:
         page.goto(server.page_url())
         wait_until(
