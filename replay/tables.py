@@ -358,7 +358,7 @@ class _Attempts:
     def column(self, first: int, n: int) -> pa.Array:
         """The attempt at positions ``0 .. n-1``, ``first`` being the one in force at 0; clears marks."""
         if not self.marks:
-            return pa.repeat(pa.scalar(first, pa.int64()), n)  # type: ignore[attr-defined]
+            return pa.repeat(pa.scalar(first, pa.int64()), n)
         import numpy as np
 
         values = np.full(n, first, dtype=np.int64)
@@ -685,8 +685,8 @@ class _MetricsBuilder:
         n_values = len(self.values)
         columns = []
         if self.with_experiment_id:
-            columns.append(pa.repeat(self.experiment_id, n_values))  # type: ignore[attr-defined]
-        columns.append(pa.repeat(self.rank, n_values))  # type: ignore[attr-defined]
+            columns.append(pa.repeat(self.experiment_id, n_values))
+        columns.append(pa.repeat(self.rank, n_values))
         columns.extend(
             per_message.column(i).combine_chunks() for i in range(per_message.num_columns)
         )
@@ -810,9 +810,9 @@ class _MessageTableBuilder:
         stamp_text = pa.array(stamps, pa.string())
         columns = []
         if self.with_experiment_id:
-            columns.append(pa.repeat(self.experiment_id, len(seqs)))  # type: ignore[attr-defined]
+            columns.append(pa.repeat(self.experiment_id, len(seqs)))
         columns += [
-            pa.repeat(self.rank, len(seqs)),  # type: ignore[attr-defined]
+            pa.repeat(self.rank, len(seqs)),
             pa.array(seqs, pa.int64()),
             attempts.column(first_attempt, len(seqs)),
             _timestamps(stamps),
@@ -1058,8 +1058,8 @@ def read_messages(src: Source) -> Any:
                         datas.append(data)
                         count += 1
             skips.add(run.path, malformed, blocks.torn)
-            ids.append(pa.repeat(run.experiment_id, count))  # type: ignore[attr-defined]
-            ranks.append(pa.repeat(pa.scalar(run.rank, pa.int64()), count))  # type: ignore[attr-defined]
+            ids.append(pa.repeat(run.experiment_id, count))
+            ranks.append(pa.repeat(pa.scalar(run.rank, pa.int64()), count))
             attempt_columns.append(attempts.column(0, count))
     fields = [pa.field(name, _METRIC_TYPES[name]) for name in MESSAGE_COLUMNS[:-1]]
     schema = pa.schema(fields, metadata={b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)})
