@@ -557,6 +557,7 @@ def test_a_silent_running_run_says_how_long_it_has_been_silent(tmp_path, page_fa
         page.goto(server.page_url())
         badge = page.locator('li.run-item[data-id="quiet"] .badge')
         wait_until(lambda: badge.inner_text() == "no update for 3 h", message="stale badge")
+
         page.goto(server.page_url("#/runs/quiet"))
         wait_until(
             lambda: page.locator("#run-status").inner_text() == "no update for 3 h",
@@ -622,4 +623,25 @@ def test_compare_screenshots(shared, page_factory, n, width, scheme):
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"page scrolls sideways by {overflow}px"
     screenshot(page, f"compare-{n}-{scheme}-{width}")
+    console.check()
+
+
+def test_the_landing_summary_counts_a_silent_run_as_silent(tmp_path, page_factory):
+    """The landing view's sum-up agrees with the list: a silent 'running' run is not counted as running."""
+    directory = tmp_path / "runs"
+    directory.mkdir()
+    (directory / "quiet.jsonl").write_bytes(
+        encode_message("training_start", {}, timestamp=ts(0))
+        + encode_message("status", {"status": "running"}, timestamp=ts(0))
+    )
+    (directory / "done.jsonl").write_bytes(
+        encode_message("status", {"status": "completed"}, timestamp=ts(0))
+    )
+    page, console = page_factory()
+    _patch_experiments(page, lambda entries: [{**e, "stale": 3 * 3600} for e in entries])
+    with serving(directory) as server:
+        page.goto(server.page_url())
+        summary = page.locator("#summary")
+        wait_until(lambda: summary.inner_text().startswith("2 runs"), message="summary")
+        assert summary.inner_text() == "2 runs: 1 silent, 1 completed"
     console.check()

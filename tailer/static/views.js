@@ -250,10 +250,14 @@ export class ListView {
     compare.textContent = n ? `Compare selected (${n})` : "Compare selected";
     $("#runs-count").textContent = groups.size ? `(${groups.size})` : "";
     const byStatus = {};
-    for (const run of groups.values()) byStatus[run.status] = (byStatus[run.status] || 0) + 1;
+    for (const run of groups.values()) {
+      // Counted as the list shows it: a "running" run silent for long is "silent" (DESIGN §7).
+      const status = shownStatus(run).status === "stale" ? "silent" : run.status;
+      byStatus[status] = (byStatus[status] || 0) + 1;
+    }
     $("#welcome-title").textContent = groups.size ? "Pick a run, or tick several to compare" : "Waiting for runs";
     $("#summary").textContent = groups.size
-      ? `${groups.size} run${groups.size === 1 ? "" : "s"}: ` + ["running", "completed", "failed", "unknown"]
+      ? `${groups.size} run${groups.size === 1 ? "" : "s"}: ` + ["running", "silent", "completed", "failed", "unknown"]
         .filter((status) => byStatus[status]).map((status) => `${byStatus[status]} ${status}`).join(", ")
       : "";
     $("#runs-empty").hidden = groups.size > 0 || authProblem;
