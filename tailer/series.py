@@ -85,6 +85,8 @@ class SeriesQuery:
     max_raw: int = 20_000
     events: bool = True
     upto: int | None = None
+    #: Answer only for a run whose file is bigger than this many bytes (else 204, no body).
+    if_over: int | None = None
 
 
 class _Column:

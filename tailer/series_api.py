@@ -94,6 +94,15 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, top: int) ->
     return value
 
 
+def _size(query: Mapping[str, list[str]], name: str) -> int | None:
+    text = _one(query, name)
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise RequestError(400, f"{name} must be a number of bytes, not {text[:40]!r}")
+    return int(text)
+
+
 def _upto(query: Mapping[str, list[str]]) -> int | None:
     text = _one(query, "upto")
     if text is None or text == "":
@@ -128,6 +137,7 @@ def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
         max_raw=_count(query, "max_raw", SeriesQuery.max_raw, MAX_RAW),
         events=_one(query, "events") != "0",
         upto=_upto(query),
+        if_over=_size(query, "if_over"),
     )
 
 
@@ -170,6 +180,11 @@ class SeriesService:
         for task in self._warming:
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def bigger_than(self, run: str, size: int) -> bool:
+        """Whether ``run`` has a file of more than ``size`` bytes (``if_over``)."""
+        reader = self.reader_for(run)
+        return reader is not None and reader.exists and reader.size > size
 
     async def respond(self, query: SeriesQuery, *, gzip_ok: bool) -> tuple[bytes, bool]:
         """``(body, gzipped)`` of the answer to ``query``; 404 for a run without a file."""

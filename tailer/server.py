@@ -276,8 +276,11 @@ class TailerServer:
     async def _series(self, query: dict[str, list[str]], accept_encoding: str) -> Response:
         """``GET /api/series`` (docs/DESIGN.md, "Reduced series"), computed on a worker thread."""
         gzip_ok = "gzip" in accept_encoding.lower()
+        parsed = parse_series_query(query)
+        if parsed.if_over is not None and not self.series.bigger_than(parsed.run, parsed.if_over):
+            return _response(204, b"", "application/json", cache="no-store")
         try:
-            body, gzipped = await self.series.respond(parse_series_query(query), gzip_ok=gzip_ok)
+            body, gzipped = await self.series.respond(parsed, gzip_ok=gzip_ok)
         except SeriesBuilding as exc:
             return _error(exc.status, exc.reason, extra=[("Retry-After", "1")])
         extra = [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []

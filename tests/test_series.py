@@ -301,6 +301,22 @@ async def test_series_refuses_bad_requests(tmp_path):
 
 
 @aio()
+async def test_series_if_over_answers_only_for_a_big_enough_run(tmp_path):
+    """``if_over=BYTES``: 204 (no body, no store built) for a missing or smaller run, else as without."""
+    Writer(tmp_path, "r").message("epoch_end", {"epoch": 0, "metrics": {"loss": 1}})
+    size = (tmp_path / "r.jsonl").stat().st_size
+    async with serve_directory(tmp_path, port=0) as app:
+        for target in [f"/api/series?run=r&if_over={size}", "/api/series?run=missing&if_over=0"]:
+            status, _, body = await _get(app.port, target)
+            assert (status, body) == (204, b""), target
+        assert "r" not in app.series.stores
+        status, _, answer = await _get(app.port, f"/api/series?run=r&if_over={size - 1}")
+        assert status == 200 and answer["seq"] == 0 and answer["messages"] == 1
+        for bad in ["-1", "x", "1.5", "9" * 40]:
+            assert (await _get(app.port, f"/api/series?run=r&if_over={bad}"))[0] == 400, bad
+
+
+@aio()
 async def test_series_needs_the_token(tmp_path):
     """With a token, /api/series needs it like every other endpoint."""
     Writer(tmp_path, "r").message("epoch_end", {"epoch": 0, "metrics": {"loss": 1}})

@@ -35,6 +35,7 @@ async function getJson(params) {
       continue;
     }
     if (!response.ok) throw new Error(`/api/series: HTTP ${response.status}`);
+    if (response.status === 204) return null; // `if_over`: the run is not that big
     return response.json();
   }
 }
@@ -102,12 +103,13 @@ class RemoteMetric {
 }
 
 /**
- * Load a big run's history into `model`: events whole, bulk series reduced.
+ * Load a big run's history into `model`: events whole, bulk series reduced
+ * (`asked`: the catalogue's request, when already sent).
  * Resolves once the model holds everything up to the catalogue's `seq`
  * (then `model.lastSeq`), so the WebSocket continues with `since=seq`.
  */
-export async function loadReduced(model, run) {
-  const catalogue = await getJson({ run });
+export async function loadReduced(model, run, asked = null) {
+  const catalogue = (asked && await asked.catch(() => null)) || await getJson({ run });
   const upto = catalogue.seq;
   const metrics = [...new Set(catalogue.series.filter((s) => s.bulk).map((s) => s.metric))];
   const answers = await Promise.all(metrics.map((metric) => getJson(
@@ -182,13 +184,21 @@ export function openFeed(feed) {
   const { store, id } = feed;
   const pending = new PendingStream();
   (async () => {
+    let asked = null;
     if (!store.list.loaded) {
+      // The page was opened on this run: ask for its catalogue while the list (which
+      // says whether the run is big) is read, not after; unused for a small run.
+      if (feed.live.lastSeq < 0) {
+        // `if_over`: a small or missing run is answered 204 (no store built, no 404 logged).
+        asked = getJson({ run: id, if_over: REDUCED_FROM_BYTES });
+        asked.catch(() => {}); // the list decides, not this
+      }
       try { await (store.list.loading || store.list.load()); } catch { /* list retried later */ }
     }
     if (pending.stopped) return;
     if (wantsReduced(store.list.runs.get(id)) && feed.live.lastSeq < 0) {
       try {
-        await loadReduced(feed.live, id);
+        await loadReduced(feed.live, id, asked);
       } catch {
         feed.live.reset(); // fall back to streaming every line
       }
