@@ -363,9 +363,9 @@ class _FastMetrics:
         columns: list[Any] = []
         n = len(owner)
         if self.with_experiment_id:
-            columns.append(pa.repeat(self.experiment_id_scalar, n))  # type: ignore[attr-defined]
+            columns.append(pa.repeat(self.experiment_id_scalar, n))
         columns += [
-            pa.repeat(self.careful.rank, n),  # type: ignore[attr-defined]
+            pa.repeat(self.careful.rank, n),
             _array(owner + first_seq, pa.int64()),
             _array(attempts[owner], pa.int64()),
             timestamps,

@@ -321,7 +321,7 @@ class SeriesStore:
         for u, key_codes in enumerate(unique.tolist()):
             rows = order[bounds[u] : bounds[u + 1]]
             key = tuple(key_codes)
-            series = self.series.get(key)  # type: ignore[arg-type]
+            series = self.series.get(key)
             if series is None:
                 metric = lookup["metric"][key[0]]
                 series = _Series(
@@ -330,7 +330,7 @@ class SeriesStore:
                     lookup["phase"][key[2]],
                     lookup["client"][key[3]],
                 )
-                self.series[key] = series  # type: ignore[index]
+                self.series[key] = series
                 self.by_metric.setdefault(metric, []).append(series)
             series.index.extend(message_of_row[rows])
             series.values.extend(values[rows])
