@@ -79,7 +79,8 @@ TRACES = """(metric) => {
     const plot = document.querySelector(`.plot[data-metric="${metric}"]`);
     if (!plot || !plot.data) return null;
     return plot.data.map((t) => ({name: t.name, meta: t.meta, x: t.x, y: t.y,
-        colour: t.line && t.line.color, dash: t.line && t.line.dash, opacity: t.opacity ?? 1}));
+        colour: t.line && t.line.color, dash: t.line && t.line.dash, opacity: t.opacity ?? 1,
+        mode: t.mode}));
 }"""
 
 
@@ -258,6 +259,23 @@ def test_x_axis_time_and_wall(shared, page_factory):
     )
     xs = of_run(traces(page, "loss"), "alpha", "train (batch)")["x"]
     assert [x / 1000 for x in xs] == pytest.approx([w + start for w in want])
+    console.check()
+
+
+@pytest.mark.xfail(strict=True, reason="per-step values are joined into a sawtooth on the epoch axis")
+def test_per_step_values_on_the_epoch_axis_are_never_joined_back(shared, page_factory):
+    """x=epoch: a run's many batch values share each epoch's x, so they are drawn as points, never as a
+    line that zigzags down at every epoch and back (only lines whose x never goes back are joined)."""
+    directory, server = shared
+    page, console = page_factory()
+    open_run(page, server, "#/runs/alpha?x=epoch", directory / "alpha.jsonl")
+    found = traces(page, "loss")
+    batch = of_run(found, "alpha", "train (batch)")
+    assert len(batch["x"]) == len(batch_losses(directory / "alpha.jsonl")[1])
+    for trace in found:
+        if "lines" in (trace["mode"] or "lines"):
+            xs = [x for x in trace["x"] if x is not None]
+            assert all(a < b for a, b in zip(xs, xs[1:])), (trace["meta"], xs[:10])
     console.check()
 
 
