@@ -262,7 +262,6 @@ def test_x_axis_time_and_wall(shared, page_factory):
     console.check()
 
 
-@pytest.mark.xfail(strict=True, reason="per-step values are joined into a sawtooth on the epoch axis")
 def test_per_step_values_on_the_epoch_axis_are_never_joined_back(shared, page_factory):
     """x=epoch: a run's many batch values share each epoch's x, so they are drawn as points, never as a
     line that zigzags down at every epoch and back (only lines whose x never goes back are joined)."""

@@ -326,9 +326,12 @@ export class ChartBoard {
         const opts = { axis, range: state.range, width, thinned: state.thinned, redraw };
         const shown = seriesPoints(series, opts);
         const markers = series.granularity === "epoch" || shown.x.length <= 30;
+        // Per-step values against epochs share each epoch's x: joined, they would zigzag
+        // down and back at every epoch, so they are drawn as points only.
+        const pointsOnly = axis === "epoch" && series.granularity !== "epoch";
         const raw = {
           type: "scatter",
-          mode: markers ? "lines+markers" : "lines",
+          mode: pointsOnly ? "markers" : markers ? "lines+markers" : "lines",
           name,
           meta,
           x: shown.x,
