@@ -53,13 +53,8 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from tests._dashboard_helpers import CHROMIUM_ARGS  # noqa: E402
+
 CHART = "document.querySelector('[data-chart-id=\"metrics:loss\"] .plot')"
 # The batch loss line of the loss chart (the page puts every phase of a metric on one chart).
 PLOT = f"{CHART}.data.find((t) => t.meta.line === 'train (batch)')"

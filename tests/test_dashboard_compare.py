@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -274,7 +275,7 @@ def test_per_step_values_on_the_epoch_axis_are_never_joined_back(shared, page_fa
     for trace in found:
         if "lines" in (trace["mode"] or "lines"):
             xs = [x for x in trace["x"] if x is not None]
-            assert all(a < b for a, b in zip(xs, xs[1:])), (trace["meta"], xs[:10])
+            assert all(a < b for a, b in pairwise(xs)), (trace["meta"], xs[:10])
     console.check()
 
 

@@ -8,15 +8,8 @@ import threading
 import pytest
 
 from tailer.server import serve_directory
+from tests._dashboard_helpers import CHROMIUM_ARGS
 from tests._tailer_helpers import Writer
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 
 class _ServerThread:
