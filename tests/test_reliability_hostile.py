@@ -471,10 +471,6 @@ async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp
     assert closed, "nobody was closed for the global budget"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clients closed with 1013 keep their queued bytes for up to --close-timeout, uncounted",
-)
 @aio(120)
 async def test_clients_being_closed_still_count_against_the_queued_bytes_budget(tmp_path):
     """Never-readers closed with 1013 hold their queue until the socket goes: the budget counts it.
