@@ -84,10 +84,10 @@ class Client:
         transport = self.transport
         transport.write(frames)
         queued = transport.get_write_buffer_size()
+        if self.budget is not None:
+            self.budget.charge(self, queued)
         if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
-        elif self.budget is not None:
-            self.budget.charge(self, queued)
 
     def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
         """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).
@@ -107,9 +107,8 @@ class Client:
         """Start a closing handshake without waiting for it (``why``: what to log instead)."""
         if self.closing:
             return
+        # What it holds still counts against the budget until its socket is gone.
         self.closing = True
-        if self.budget is not None:
-            self.budget.release(self)
         if why is not None:
             log.warning("closing client %s (%d): %s", self.label, code, why)
         elif code == 1013:
@@ -143,8 +142,13 @@ class QueueBudget:
     clients could still hold a thousand full queues. The budget keeps a
     running total, updated from each client's own buffer size as it is
     written to; the total only overestimates (buffers drain unseen), so when
-    it passes the limit the real sizes are summed, and if they are over too,
-    the clients with the most queued are closed with 1013 until the rest fit.
+    it passes the limit the real sizes are summed. A client closed with 1013
+    keeps its queue, close frame last, until its closing handshake ends (up to
+    websockets' close timeout), so it still counts. Over the limit, clients
+    already closing are dropped at once (they were told and are not reading),
+    largest first; if the open ones alone hold more than half the limit, the
+    fullest are closed with 1013 until they fit in that half, which leaves
+    the closing ones room to read their close frame before they are dropped.
     """
 
     def __init__(self, limit: int, clients: Iterable[Client]) -> None:
@@ -159,25 +163,40 @@ class QueueBudget:
             self._shed()
 
     def release(self, client: Client) -> None:
+        """``client`` is gone: nothing of it is held any more."""
         self.total -= client.charged
         client.charged = 0
 
     def _shed(self) -> None:
-        sizes = []
+        open_sizes: list[tuple[int, Client]] = []
+        closing_sizes: list[tuple[int, Client]] = []
         total = 0
         for client in self.clients:
-            if client.closing:
-                continue
             queued = client.transport.get_write_buffer_size()
             client.charged = queued
             total += queued
-            sizes.append((queued, client))
+            if queued:
+                (closing_sizes if client.closing else open_sizes).append((queued, client))
+        if total > self.limit:
+            closing_sizes.sort(key=lambda pair: pair[0], reverse=True)
+            for queued, client in closing_sizes:
+                if total <= self.limit:
+                    break
+                log.warning(
+                    "dropping client %s: closed, %d bytes still queued, over --max-queued-bytes",
+                    client.label,
+                    queued,
+                )
+                client.transport.abort()
+                client.charged = 0
+                total -= queued
         self.total = total
-        if total <= self.limit:
+        held_open = sum(queued for queued, _ in open_sizes)
+        if total <= self.limit or held_open <= self.limit // 2:
             return
-        sizes.sort(key=lambda pair: pair[0], reverse=True)
-        for queued, client in sizes:
-            if self.total <= self.limit or queued == 0:
+        open_sizes.sort(key=lambda pair: pair[0], reverse=True)
+        for queued, client in open_sizes:
+            if held_open <= self.limit // 2:
                 break
             client.close(
                 1013,
@@ -185,6 +204,7 @@ class QueueBudget:
                 why=f"{total} bytes queued for all clients, over --max-queued-bytes "
                 f"{self.limit}; it had the most ({queued})",
             )
+            held_open -= queued
 
 
 class Hub:
@@ -380,6 +400,8 @@ class Hub:
         self.firehose.add(client)
 
     def unsubscribe(self, client: Client) -> None:
+        if client.budget is not None:
+            client.budget.release(client)
         self.firehose.discard(client)
         for experiment_id, clients in list(self.subscribers.items()):
             clients.discard(client)

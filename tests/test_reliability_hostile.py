@@ -471,6 +471,44 @@ async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp
     assert closed, "nobody was closed for the global budget"
 
 
+@aio(120)
+async def test_clients_being_closed_still_count_against_the_queued_bytes_budget(tmp_path):
+    """Never-readers closed with 1013 hold their queue until the socket goes: the budget counts it.
+
+    A closed client's send buffer stays in memory until its closing handshake
+    times out; a crowd of never-readers closed one after another would
+    otherwise hold many times --max-queued-bytes (seen: 1.5 GB for 1,000).
+    """
+    from recorder.format import encode_message
+    from tailer.server import serve_directory
+
+    budget = 3 << 20
+    async with serve_directory(
+        tmp_path, port=0, queue_bytes=1 << 20, max_queued_bytes=budget
+    ) as app:
+        stuck = [await never_reading_client(app.port) for _ in range(8)]
+        async with ws_connect(app.ws_url) as honest:
+            w = Writer(tmp_path, "flood")
+            peak = 0
+            pad = "x" * 1000
+            for burst in range(60):  # 12 MB in all, faster than any closing handshake times out
+                w.raw(
+                    b"".join(
+                        encode_message("m", {"i": burst * 200 + k, "pad": pad}) for k in range(200)
+                    )
+                )
+                for _ in range(200):
+                    await recv_json(honest)
+                # Every byte still waiting in a socket buffer, closing clients included.
+                queued = sum(c.transport.get_write_buffer_size() for c in list(app.clients))
+                peak = max(peak, queued)
+            w.close()
+        for writer in stuck:
+            writer.transport.abort()
+    print(f"8 never-reading clients: peak held for all {peak / 2**20:.1f} MiB (budget 3 MiB)")
+    assert peak <= budget + (256 << 10), peak
+
+
 # --------------------------------------------------------------------------- item 8
 
 
