@@ -2,8 +2,8 @@
 
 This module is the only place that knows how a message becomes a line and a
 line becomes a message. :mod:`tailer` and :mod:`replay` import it; nothing
-re-implements it (:class:`recorder.MetricsRecorder` inlines
-:func:`encode_message` on its hot path; a property test keeps the two equal).
+re-implements it: :class:`recorder.MetricsRecorder` writes what
+:func:`encode_message` returns, and :func:`encode_line` is the one encoder.
 
 A line is ``{"type": str, "timestamp": str, "data": object, ...}`` followed by
 exactly one ``\\n``. Timestamps are RFC 3339 UTC ending in ``Z``, recorded to
@@ -389,29 +389,18 @@ def encode_message(
 ) -> bytes:
     """Build and encode a message ``{"type", "timestamp", "data", **extra}`` as one line.
 
-    Keys of ``extra`` never replace ``type``, ``timestamp`` or ``data``.
+    Keys of ``extra`` never replace ``type``, ``timestamp`` or ``data``. This
+    is what :meth:`recorder.MetricsRecorder.record` writes.
     """
-    # Every recorded message passes here, so utc_timestamp and encode_line
-    # are inlined: a Python call costs a tenth of the whole message.
-    if timestamp is None:
-        now = _time_ns()
-        cached = _milli_stamp
-        timestamp = cached[2] if cached[0] <= now < cached[1] else _stamp_at(now)
     message: dict[str, Any] = {
         "type": type,
-        "timestamp": timestamp,
+        "timestamp": utc_timestamp() if timestamp is None else timestamp,
         "data": {} if data is None else data,
     }
     if extra:
         for key, value in extra.items():
             message.setdefault(key, value)
-    try:
-        line = _dumps(message, default=_default, option=_FAST_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError):
-        return _encode_careful(message)
-    if line.rfind(b"null") >= 0 and _has_non_finite(message):
-        return _encode_careful(message)
-    return line
+    return encode_line(message)
 
 
 # --------------------------------------------------------------------------- decoding
