@@ -16,7 +16,7 @@ anything else that JSON cannot hold is written as its ``str()`` with one
 warning per type.
 
 On the wire the tailer sends the recorded object plus ``experiment_id`` and
-``seq``; :func:`wire_frame` splices those two keys into the recorded bytes
+``seq``; :func:`wire_payload` splices those two keys into the recorded bytes
 instead of re-serialising the message.
 """
 
@@ -62,8 +62,8 @@ __all__ = [
     "utc_timestamp",
     "validate_experiment_id",
     "validate_run_id",
-    "wire_frame",
-    "wire_frames",
+    "wire_payload",
+    "wire_payloads",
 ]
 
 #: What every run file's name ends in: ``<experiment_id>.jsonl``.
@@ -492,8 +492,11 @@ def status_of(message: Mapping[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- wire
 
 
-def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
-    """The frame the tailer sends for a recorded line: the object plus ``experiment_id`` and ``seq``.
+def wire_payload(line: bytes, experiment_id: str, seq: int) -> bytes:
+    """The payload of the text frame the tailer sends for a recorded line.
+
+    That is the recorded object plus ``experiment_id`` and ``seq`` (framing it
+    is :mod:`tailer.frames`' work).
 
     ``line`` must be a line that :func:`decode_line` accepted (so it is a JSON
     object); its bytes are kept and the two keys are appended before the
@@ -512,25 +515,25 @@ def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
     )
 
 
-#: Bytes that, just before a line's closing brace, make :func:`wire_frame` strip or
+#: Bytes that, just before a line's closing brace, make :func:`wire_payload` strip or
 #: leave out the separator (whitespace, an empty object).
 _NOT_PLAIN = frozenset(b" \t\r\n{")
 
 
-def wire_frames(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
-    """:func:`wire_frame` of each ``(seq, line)``, the same bytes, for a whole batch at once.
+def wire_payloads(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
+    """:func:`wire_payload` of each ``(seq, line)``, the same bytes, for a whole batch at once.
 
     The history catch-up's hot path: a line that ends with ``}`` right after
     something other than whitespace or ``{`` (nearly every recorded line) is
     spliced with one formatting operation; any other goes through
-    :func:`wire_frame`.
+    :func:`wire_payload`.
     """
     middle = b',"experiment_id":"%s","seq":' % experiment_id.encode("ascii")
     slow = _NOT_PLAIN
     return [
         b"%s%s%d}" % (line[:-1], middle, seq)
         if line[-1:] == b"}" and line[-2] not in slow
-        else wire_frame(line, experiment_id, seq)
+        else wire_payload(line, experiment_id, seq)
         for seq, line in pairs
     ]
 
