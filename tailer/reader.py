@@ -510,7 +510,7 @@ class FileReader:
                 self._replaced_while_down(checkpoint, "holds other bytes")
         return PollResult(
             PollKind.DATA,
-            self._classify(first, lines),
+            self._validate_and_tally(first, lines),
             more=read_pos + len(data) < size,
             backlog=backlog,
         )
@@ -596,8 +596,13 @@ class FileReader:
         finally:
             os.close(fd)
 
-    def _classify(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
-        """Validate each line; count and skip malformed ones; update the statistics."""
+    def _validate_and_tally(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
+        """The valid ``lines`` numbered from ``seq``; the run's statistics updated on the way.
+
+        A malformed line (``None``: over-long or not one line) is counted and
+        skipped; each valid one adds to ``messages`` and may set the first and
+        last timestamps, the status and the error of :meth:`summary`.
+        """
         out: list[tuple[int, bytes]] = []
         append = out.append
         malformed = self.malformed_seqs
