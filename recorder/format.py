@@ -86,7 +86,7 @@ STATUS_TYPES = frozenset({"status", "training_end", "error"})
 
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 # The fast path leaves out OPT_NON_STR_KEYS (it costs more than half a dumps):
-# a non-string key makes orjson raise, and the careful path turns keys into str.
+# a non-string key makes orjson raise, and the sanitising path turns keys into str.
 _FAST_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
@@ -339,7 +339,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (str, int)) or value is None:
         return False
     if depth > 200:
-        return True  # let the careful path decide
+        return True  # let the sanitising path decide
     if isinstance(value, Mapping):
         return any(_has_non_finite(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -348,7 +348,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     return converted is not None and _has_non_finite(converted, depth + 1)
 
 
-def _encode_careful(message: Mapping[str, Any]) -> bytes:
+def _encode_sanitised(message: Mapping[str, Any]) -> bytes:
     """The slow path: a sanitised copy, so no value can make the line invalid."""
     clean = _sanitise(message)
     try:
@@ -370,13 +370,13 @@ def encode_line(message: Mapping[str, Any]) -> bytes:
         line = _dumps(message, default=_default, option=_FAST_OPTIONS)
     except (orjson.JSONEncodeError, TypeError):
         # Non-string keys, integers beyond 64 bits, lone surrogates, deep nesting.
-        return _encode_careful(message)
+        return _encode_sanitised(message)
     # orjson writes NaN and the infinities as null. A null may also be a None
     # (or the text "null" inside a string), so only a real non-finite float
     # takes the slow path; the substring search (rfind: the
     # quickest of CPython's searches here) costs far less than a parse.
     if line.rfind(b"null") >= 0 and _has_non_finite(message):
-        return _encode_careful(message)
+        return _encode_sanitised(message)
     return line
 
 
