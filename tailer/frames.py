@@ -1,7 +1,7 @@
 """WebSocket text frames built once per message and shared by every client.
 
 Server-to-client frames are never masked and the tailer turns compression
-off, so the bytes of a frame do not depend on the connection: the hub frames
+off, so the bytes of a frame do not depend on the connection: the fan-out frames
 each message once and writes the same bytes to every subscriber's transport.
 Pure functions, no I/O.
 """

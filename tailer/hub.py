@@ -1,7 +1,7 @@
 """Routing of new lines to subscribers: one reader per file, one encoding per batch.
 
-The :class:`Hub` owns a :class:`~tailer.reader.FileReader` per experiment and
-the subscriber sets. When a reader yields new lines, the hub frames them once
+The :class:`DirectoryFanout` owns a :class:`~tailer.reader.FileReader` per experiment and
+the subscriber sets. When a reader yields new lines, the fan-out frames them once
 (:func:`tailer.frames.frame_lines`) and writes the same bytes to every
 subscriber of that experiment and every unfiltered firehose client, without
 awaiting anyone: a slow client never slows the others.
@@ -36,7 +36,7 @@ from tailer.reader import FileReader, Notes, PollKind, PollResult, StaleHistory
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Client", "Hub", "log_reset_frame"]
+__all__ = ["Client", "DirectoryFanout", "log_reset_frame"]
 
 log = logging.getLogger("tailer")
 
@@ -101,7 +101,7 @@ class Client:
         self.write(frames)
 
     def send_history(self, frames: bytes, experiment_id: str, seq: int) -> None:
-        """Queue frames of a catch-up from disk (:meth:`Hub.attach`)."""
+        """Queue frames of a catch-up from disk (:meth:`DirectoryFanout.attach`)."""
         self.write(frames)
 
     def release(self, experiment_id: str) -> None:
@@ -211,7 +211,7 @@ class QueueBudget:
             held_open -= queued
 
 
-class Hub:
+class DirectoryFanout:
     """Readers for every ``*.jsonl`` in ``directory`` and who receives their lines."""
 
     def __init__(

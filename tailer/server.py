@@ -441,7 +441,7 @@ async def _listen(app: TailerServer) -> AsyncIterator[Server]:
 async def _start(app: TailerServer, host: str, port: int) -> Server:
     # websockets answers every ping with a pong and closes with a close frame, writing them
     # without a look at the send buffer. A peer that sends while never reading (a ping
-    # flood) would grow that buffer, and the server's memory, without bound; the hub's
+    # flood) would grow that buffer, and the server's memory, without bound; the fan-out's
     # 1013 check only runs when a line is sent to it. Past twice the queue limit, drop it.
     limit = 2 * app.queue_bytes
 
@@ -579,7 +579,7 @@ async def serve_directory(
         async with source.watching(
             poll=poll, scan_interval=scan_interval, poll_interval=poll_interval
         ):
-            app.series.warm(source.hub.readers.values())  # long runs' series, in the background
+            app.series.warm(source.fanout.readers.values())  # long runs' series, in the background
             yield app
 
 

@@ -4,8 +4,8 @@ The server speaks HTTP and WebSocket; a *source* says which runs exist and
 what a connection receives. Two sources exist:
 
 - :class:`LiveDirectory` (``tailer serve DIR``): every run file of a watched
-  directory, streamed live by a :class:`~tailer.hub.Hub`, with history after
-  ``since`` and cookie sessions on ``/`` (DESIGN §11);
+  directory, streamed live by a :class:`~tailer.hub.DirectoryFanout`, with
+  history after ``since`` and cookie sessions on ``/`` (DESIGN §11);
 - :class:`PacedReplay` (``tailer replay FILE``): one finished run, replayed
   from the start to each connection at its recorded pace.
 
@@ -26,7 +26,7 @@ from websockets.asyncio.server import ServerConnection
 
 from recorder.format import validate_experiment_id
 from tailer import identities
-from tailer.hub import Client, Hub
+from tailer.hub import Client, DirectoryFanout
 from tailer.reader import FileReader
 from tailer.routes import RequestError, Route, parse_speed
 from tailer.sessions import SessionClient, SessionStore
@@ -71,7 +71,7 @@ class RunSource(Protocol):
 
 
 class LiveDirectory:
-    """``tailer serve DIR``: the hub's runs, live, with history from disk.
+    """``tailer serve DIR``: the fanout's runs, live, with history from disk.
 
     Made by :meth:`open`, which reads the files there; :meth:`watching` then
     follows the directory until its block exits.
@@ -79,13 +79,13 @@ class LiveDirectory:
 
     def __init__(
         self,
-        hub: Hub,
+        fanout: DirectoryFanout,
         sessions: SessionStore,
         state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.hub = hub
+        self.fanout = fanout
         self.sessions = sessions
-        #: Where the hub's identities are kept across restarts (:mod:`tailer.identities`).
+        #: Where the fanout's identities are kept across restarts (:mod:`tailer.identities`).
         self.state_dir = state_dir
 
     @classmethod
@@ -100,32 +100,32 @@ class LiveDirectory:
         sessions: SessionStore,
     ) -> LiveDirectory:
         """The runs in ``directory``, read up to the start-up budget (the rest goes on later)."""
-        hub = Hub(
+        fanout = DirectoryFanout(
             directory,
             queue_bytes=queue_bytes,
             index_every=index_every,
             follow_symlinks=follow_symlinks,
         )
         if state_dir is not None:
-            hub.checkpoints = identities.load(state_dir)
-        await hub.refresh(startup=True)
-        hub.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
-        log.info("found %d experiment(s) in %s", len(hub.readers), directory)
-        return cls(hub, sessions, state_dir)
+            fanout.checkpoints = identities.load(state_dir)
+        await fanout.refresh(startup=True)
+        fanout.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
+        log.info("found %d experiment(s) in %s", len(fanout.readers), directory)
+        return cls(fanout, sessions, state_dir)
 
     @contextlib.asynccontextmanager
     async def watching(
         self, *, poll: bool, scan_interval: float, poll_interval: float
     ) -> AsyncIterator[None]:
         """Follow the directory (and save the identities) until the block exits."""
-        hub = self.hub
+        fanout = self.fanout
 
         async def changed(ids: set[str] | None) -> None:
-            await hub.refresh(ids)
+            await fanout.refresh(ids)
 
         watcher = asyncio.create_task(
             watch_directory(
-                hub.directory,
+                fanout.directory,
                 changed,
                 poll=poll,
                 scan_interval=scan_interval,
@@ -136,10 +136,12 @@ class LiveDirectory:
         # whatever was appended between the initial read and that moment.
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        await hub.refresh()
+        await fanout.refresh()
         state_dir = self.state_dir
         keeper = (
-            asyncio.create_task(identities.keep(hub, state_dir)) if state_dir is not None else None
+            asyncio.create_task(identities.keep(fanout, state_dir))
+            if state_dir is not None
+            else None
         )
         try:
             yield
@@ -147,46 +149,48 @@ class LiveDirectory:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await hub.close()
+            await fanout.close()
             if keeper is not None:  # saves where every file was read to, one last time
                 keeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
 
     def summaries(self) -> list[dict[str, object]]:
-        return self.hub.summaries()
+        return self.fanout.summaries()
 
     def run_files(self) -> list[Path]:
-        return [self.hub.directory / f"{s['experiment_id']}.jsonl" for s in self.hub.summaries()]
+        return [
+            self.fanout.directory / f"{s['experiment_id']}.jsonl" for s in self.fanout.summaries()
+        ]
 
     def reader(self, experiment_id: str) -> FileReader | None:
-        return self.hub.readers.get(experiment_id)
+        return self.fanout.readers.get(experiment_id)
 
     def resolve(self, route: Route, query: dict[str, list[str]]) -> Route:
         if route.kind == "replay":
-            reader = self.hub.readers.get(route.experiment_id or "")
+            reader = self.fanout.readers.get(route.experiment_id or "")
             if reader is None or not reader.exists:  # never a link out of DIR, a FIFO...
                 raise RequestError(404, "no such experiment")
         return route
 
     async def stream(self, client: Client, route: Route) -> None:
-        hub = self.hub
+        fanout = self.fanout
         if route.kind == "replay":
             assert route.experiment_id is not None
-            path = hub.directory / f"{route.experiment_id}.jsonl"
+            path = fanout.directory / f"{route.experiment_id}.jsonl"
             await stream_paced_replay(client.connection, path, route)
             return
         if isinstance(client, SessionClient):
-            await self.sessions.attach(hub, client, route)
+            await self.sessions.attach(fanout, client, route)
         elif route.kind == "firehose" and route.experiment_id is None:
-            hub.subscribe_firehose(client)
+            fanout.subscribe_firehose(client)
         else:
             assert route.experiment_id is not None
-            await hub.attach(client, route.experiment_id, route.since)
+            await fanout.attach(client, route.experiment_id, route.since)
         await client.connection.wait_closed()
 
     def detach(self, client: Client) -> None:
-        self.hub.unsubscribe(client)
+        self.fanout.unsubscribe(client)
         if isinstance(client, SessionClient):
             self.sessions.detach(client)
 
