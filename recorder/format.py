@@ -16,7 +16,7 @@ anything else that JSON cannot hold is written as its ``str()`` with one
 warning per type.
 
 On the wire the tailer sends the recorded object plus ``experiment_id`` and
-``seq``; :func:`wire_frame` splices those two keys into the recorded bytes
+``seq``; :func:`wire_payload` splices those two keys into the recorded bytes
 instead of re-serialising the message.
 """
 
@@ -63,8 +63,8 @@ __all__ = [
     "utc_timestamp",
     "validate_experiment_id",
     "validate_run_id",
-    "wire_frame",
-    "wire_frames",
+    "wire_payload",
+    "wire_payloads",
 ]
 
 #: What every run file's name ends in: ``<experiment_id>.jsonl``.
@@ -87,7 +87,7 @@ STATUS_TYPES = frozenset({"status", "training_end", "error"})
 
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 # The fast path leaves out OPT_NON_STR_KEYS (it costs more than half a dumps):
-# a non-string key makes orjson raise, and the careful path turns keys into str.
+# a non-string key makes orjson raise, and the sanitising path turns keys into str.
 _FAST_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
@@ -340,7 +340,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (str, int)) or value is None:
         return False
     if depth > 200:
-        return True  # let the careful path decide
+        return True  # let the sanitising path decide
     if isinstance(value, Mapping):
         return any(_has_non_finite(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -349,7 +349,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     return converted is not None and _has_non_finite(converted, depth + 1)
 
 
-def _encode_careful(message: Mapping[str, Any]) -> bytes:
+def _encode_sanitised(message: Mapping[str, Any]) -> bytes:
     """The slow path: a sanitised copy, so no value can make the line invalid."""
     clean = _sanitise(message)
     try:
@@ -371,13 +371,13 @@ def encode_line(message: Mapping[str, Any]) -> bytes:
         line = _dumps(message, default=_default, option=_FAST_OPTIONS)
     except (orjson.JSONEncodeError, TypeError):
         # Non-string keys, integers beyond 64 bits, lone surrogates, deep nesting.
-        return _encode_careful(message)
+        return _encode_sanitised(message)
     # orjson writes NaN and the infinities as null. A null may also be a None
     # (or the text "null" inside a string), so only a real non-finite float
     # takes the slow path; the substring search (rfind: the
     # quickest of CPython's searches here) costs far less than a parse.
     if line.rfind(b"null") >= 0 and _has_non_finite(message):
-        return _encode_careful(message)
+        return _encode_sanitised(message)
     return line
 
 
@@ -550,8 +550,11 @@ def status_of(message: Mapping[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- wire
 
 
-def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
-    """The frame the tailer sends for a recorded line: the object plus ``experiment_id`` and ``seq``.
+def wire_payload(line: bytes, experiment_id: str, seq: int) -> bytes:
+    """The payload of the text frame the tailer sends for a recorded line.
+
+    That is the recorded object plus ``experiment_id`` and ``seq`` (framing it
+    is :mod:`tailer.frames`' work).
 
     ``line`` must be a line that :func:`decode_line` accepted (so it is a JSON
     object); its bytes are kept and the two keys are appended before the
@@ -570,25 +573,25 @@ def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
     )
 
 
-#: Bytes that, just before a line's closing brace, make :func:`wire_frame` strip or
+#: Bytes that, just before a line's closing brace, make :func:`wire_payload` strip or
 #: leave out the separator (whitespace, an empty object).
 _NOT_PLAIN = frozenset(b" \t\r\n{")
 
 
-def wire_frames(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
-    """:func:`wire_frame` of each ``(seq, line)``, the same bytes, for a whole batch at once.
+def wire_payloads(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
+    """:func:`wire_payload` of each ``(seq, line)``, the same bytes, for a whole batch at once.
 
     The history catch-up's hot path: a line that ends with ``}`` right after
     something other than whitespace or ``{`` (nearly every recorded line) is
     spliced with one formatting operation; any other goes through
-    :func:`wire_frame`.
+    :func:`wire_payload`.
     """
     middle = b',"experiment_id":"%s","seq":' % experiment_id.encode("ascii")
     slow = _NOT_PLAIN
     return [
         b"%s%s%d}" % (line[:-1], middle, seq)
         if line[-1:] == b"}" and line[-2] not in slow
-        else wire_frame(line, experiment_id, seq)
+        else wire_payload(line, experiment_id, seq)
         for seq, line in pairs
     ]
 

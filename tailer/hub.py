@@ -1,7 +1,7 @@
 """Routing of new lines to subscribers: one reader per file, one encoding per batch.
 
-The :class:`Hub` owns a :class:`~tailer.reader.FileReader` per experiment and
-the subscriber sets. When a reader yields new lines, the hub frames them once
+The :class:`DirectoryFanout` owns a :class:`~tailer.reader.FileReader` per experiment and
+the subscriber sets. When a reader yields new lines, the fan-out frames them once
 (:func:`tailer.frames.frame_lines`) and writes the same bytes to every
 subscriber of that experiment and every unfiltered firehose client, without
 awaiting anyone: a slow client never slows the others.
@@ -31,12 +31,12 @@ from recorder.format import experiment_id_of
 from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
-from tailer.reader import FileReader, Notes, PollResult, StaleHistory
+from tailer.reader import FileReader, Notes, PollKind, PollResult, StaleHistory
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Client", "Hub", "log_reset_frame"]
+__all__ = ["Client", "DirectoryFanout", "log_reset_frame"]
 
 log = logging.getLogger("tailer")
 
@@ -49,6 +49,10 @@ STARTUP_BUDGET = 0.3
 
 #: A refresh of many files yields to the event loop after this long.
 STEP_BUDGET = 0.02
+
+
+#: Poll outcomes that send nothing to clients.
+_NOTHING_TO_SEND = frozenset((PollKind.NONE, PollKind.WAIT, PollKind.VERIFY))
 
 
 def log_reset_frame(experiment_id: str) -> bytes:
@@ -97,7 +101,7 @@ class Client:
         self.write(frames)
 
     def send_history(self, frames: bytes, experiment_id: str, seq: int) -> None:
-        """Queue frames of a catch-up from disk (:meth:`Hub.attach`)."""
+        """Queue frames of a catch-up from disk (:meth:`DirectoryFanout.attach`)."""
         self.write(frames)
 
     def release(self, experiment_id: str) -> None:
@@ -207,7 +211,7 @@ class QueueBudget:
             held_open -= queued
 
 
-class Hub:
+class DirectoryFanout:
     """Readers for every ``*.jsonl`` in ``directory`` and who receives their lines."""
 
     def __init__(
@@ -289,7 +293,7 @@ class Hub:
                 continue
             while True:
                 result = reader.poll()
-                if startup and is_new and result.kind == "data" and result.more:
+                if startup and is_new and result.kind is PollKind.DATA and result.more:
                     reader.backlog_end = reader.size
                 self.dispatch(reader, result)
                 if not _wants_more(result) or reader.deleted:
@@ -314,16 +318,16 @@ class Hub:
         self._catch_ups[reader] = task
 
     async def _read_on(self, reader: FileReader) -> None:
-        result = PollResult("none", more=True)
+        result = PollResult(PollKind.NONE, more=True)
         try:
             while True:
                 if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
                     return
-                if result.kind == "verify":
+                if result.kind is PollKind.VERIFY:
                     result = await reader.verify()  # on a worker thread
                     self.dispatch(reader, result)
                 else:
-                    if result.kind == "wait":
+                    if result.kind is PollKind.WAIT:
                         await asyncio.sleep(result.retry_after)
                     # One background step per turn of the event loop, whatever the number
                     # of files being read: the turn is held until the loop came round.
@@ -337,7 +341,7 @@ class Hub:
                     continue
                 if reader in self._again:
                     self._again.discard(reader)
-                    result = PollResult("none", more=True)
+                    result = PollResult(PollKind.NONE, more=True)
                     continue
                 if reader.exists and not reader.deleted and reader.backlog_end:
                     log.info("experiment %s: %d messages", reader.experiment_id, reader.messages)
@@ -361,12 +365,12 @@ class Hub:
     def dispatch(self, reader: FileReader, result: PollResult) -> None:
         """Send one poll's outcome to the experiment's subscribers and the firehose."""
         kind = result.kind
-        if kind in ("none", "wait", "verify"):
+        if kind in _NOTHING_TO_SEND:
             return
         experiment_id = reader.experiment_id
         subscribers = self.subscribers.get(experiment_id)
         seq = -1  # a reset or deletion: nothing of the experiment's (new) file yet
-        if kind == "data":
+        if kind is PollKind.DATA:
             if not result.lines or not (subscribers or self.firehose):
                 return
             frames = frame_lines(result.lines, experiment_id)
@@ -375,9 +379,9 @@ class Hub:
                 for client in subscribers or ():
                     client.deliver(frames, experiment_id, seq)
                 return
-        elif kind == "reset":
+        elif kind is PollKind.RESET:
             frames = log_reset_frame(experiment_id)
-        else:  # deleted
+        else:  # PollKind.DELETED
             if self.readers.get(experiment_id) is reader:
                 del self.readers[experiment_id]
             for client in list(subscribers or ()):
@@ -529,4 +533,4 @@ class Hub:
 
 
 def _wants_more(result: PollResult) -> bool:
-    return result.more or result.kind in ("verify", "wait")
+    return result.more or result.kind in (PollKind.VERIFY, PollKind.WAIT)

@@ -38,6 +38,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from recorder.format import (
@@ -57,6 +58,7 @@ __all__ = [
     "FileReader",
     "LineSplitter",
     "Notes",
+    "PollKind",
     "PollResult",
     "StaleHistory",
     "at_most_lines",
@@ -207,19 +209,35 @@ def _line_starts(
         pos += len(raw) + 1
 
 
+class PollKind(StrEnum):
+    """What kind of thing one :meth:`FileReader.poll` (or :meth:`~FileReader.verify`) found."""
+
+    #: New lines (possibly none that are valid), in :attr:`PollResult.lines`.
+    DATA = "data"
+    #: Nothing new (or nothing to read yet: poll again when told, or when ``more``).
+    NONE = "none"
+    #: Truncated, rewritten or replaced: clients must forget the run (``log_reset``).
+    RESET = "reset"
+    #: The file is gone.
+    DELETED = "deleted"
+    #: Another inode, or a shorter file: :meth:`FileReader.verify` decides (on a thread).
+    VERIFY = "verify"
+    #: A file shrank: poll again after :attr:`PollResult.retry_after` seconds.
+    WAIT = "wait"
+
+
 @dataclass
 class PollResult:
     """What one :meth:`FileReader.poll` found."""
 
-    #: ``"data"``, ``"none"``, ``"reset"`` (truncated, rewritten or replaced) or ``"deleted"``.
-    kind: str
+    kind: PollKind
     #: ``(seq, line)`` of the new valid lines (malformed ones are counted, not listed).
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     #: Whether more bytes are waiting (the read stopped at ``READ_CHUNK``).
     more: bool = False
     #: Lines that were in the file when the tailer started (not sent to the firehose).
     backlog: bool = False
-    #: ``"wait"``: poll again after this many seconds.
+    #: :attr:`PollKind.WAIT`: poll again after this many seconds.
     retry_after: float = 0.0
 
 
@@ -400,18 +418,18 @@ class FileReader:
            that name gets a new reader, numbered from 0.
         """
         if self.deleted:
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         try:
             fd = self._open()
         except FileNotFoundError:
             if self._identity is None:
-                return PollResult("none")  # listed, then gone before the first read
+                return PollResult(PollKind.NONE)  # listed, then gone before the first read
             return self._mark_deleted()
         except NotAnExperiment:
             return self._not_an_experiment()
         except OSError as exc:
             self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -427,10 +445,10 @@ class FileReader:
             elif size < read_pos:
                 return self._shrunk(identity, size)
             elif identity != self._identity or self._shrunk_since is not None:
-                return PollResult("verify")
+                return PollResult(PollKind.VERIFY)
             self.size = size
             if size == read_pos:
-                return PollResult("none")
+                return PollResult(PollKind.NONE)
             consumed = self.splitter.consumed
             # Same inode, same or larger size, but the byte before our offset is no longer
             # the newline we read there: the file was rewritten in place.
@@ -448,7 +466,7 @@ class FileReader:
             data = os.pread(fd, want, read_pos)
         except OSError as exc:  # EIO and the like: nothing consumed, the next poll retries
             self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         finally:
             os.close(fd)
         self.notes.clear(("read", str(self.path)))
@@ -462,8 +480,8 @@ class FileReader:
             if self.crc != checkpoint[1]:
                 self._replaced_while_down(checkpoint, "holds other bytes")
         return PollResult(
-            "data",
-            self._classify(first, lines),
+            PollKind.DATA,
+            self._validate_and_tally(first, lines),
             more=read_pos + len(data) < size,
             backlog=backlog,
         )
@@ -491,13 +509,13 @@ class FileReader:
             self._shrunk_since = now
         waited = now - self._shrunk_since
         if waited < self.settle:
-            return PollResult("wait", retry_after=self.settle - waited)
+            return PollResult(PollKind.WAIT, retry_after=self.settle - waited)
         read_pos = self.splitter.read_pos
         return self._mark_reset(identity, f"shrank from {read_pos} to {size} bytes")
 
     def _not_an_experiment(self) -> PollResult:
         if self._identity is None:
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         return self._mark_deleted()
 
     async def verify(self) -> PollResult:
@@ -512,7 +530,7 @@ class FileReader:
         read_pos, crc, generation = self.splitter.read_pos, self.crc, self.generation
         found = await asyncio.to_thread(self._checksum_of_prefix, read_pos)
         if self.generation != generation or self.splitter.read_pos != read_pos or found is None:
-            return PollResult("none", more=True)  # changed meanwhile: poll again
+            return PollResult(PollKind.NONE, more=True)  # changed meanwhile: poll again
         identity, got = found
         self._shrunk_since = None
         if got != crc:
@@ -523,7 +541,7 @@ class FileReader:
                 self.experiment_id,
             )
         self._identity = identity
-        return PollResult("none", more=True)
+        return PollResult(PollKind.NONE, more=True)
 
     def _checksum_of_prefix(self, length: int) -> tuple[tuple[int, int], int] | None:
         """``(identity, CRC-32 of the first length bytes)``; None if shorter, gone or unreadable."""
@@ -549,8 +567,13 @@ class FileReader:
         finally:
             os.close(fd)
 
-    def _classify(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
-        """Validate each line; count and skip malformed ones; update the statistics."""
+    def _validate_and_tally(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
+        """The valid ``lines`` numbered from ``seq``; the run's statistics updated on the way.
+
+        A malformed line (``None``: over-long or not one line) is counted and
+        skipped; each valid one adds to ``messages`` and may set the first and
+        last timestamps, the status and the error of :meth:`summary`.
+        """
         out: list[tuple[int, bytes]] = []
         append = out.append
         malformed = self.malformed_seqs
@@ -600,13 +623,13 @@ class FileReader:
         self.checkpoint = None
         self.generation += 1
         self._reset_state()
-        return PollResult("reset", more=True)
+        return PollResult(PollKind.RESET, more=True)
 
     def _mark_deleted(self) -> PollResult:
         log.info("experiment %s: file deleted", self.experiment_id)
         self.deleted = True
         self.generation += 1
-        return PollResult("deleted")
+        return PollResult(PollKind.DELETED)
 
     def read_all(self) -> None:
         """Read the file to its current end (used at start-up and by ``tailer ls``)."""

@@ -64,13 +64,11 @@ def run(args: argparse.Namespace) -> int:
         on_listen: Callable[[TailerServer], None],
     ) -> AbstractAsyncContextManager[TailerServer]:
         return serve_replay(
-            path, speed=args.speed, max_gap=args.max_gap, on_listen=on_listen, **options
+            path, speed=args.speed, max_gap=args.max_gap, on_listen=on_listen, **vars(options)
         )
 
     speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
-    return run_server(
-        start, lambda app: f"replaying {path} {speed}", options["host"], options["port"]
-    )
+    return run_server(start, lambda app: f"replaying {path} {speed}", options)
 
 
 def _holds_a_message(path: Path) -> bool:

@@ -31,7 +31,7 @@ from recorder.format import (
     to_python,
     utc_timestamp,
     validate_experiment_id,
-    wire_frame,
+    wire_payload,
 )
 
 
@@ -331,15 +331,15 @@ def test_blank_lines_are_no_lines() -> None:
     assert numbered == [(0, "a"), (1, None), (2, "b")]
 
 
-def test_wire_frame_appends_id_and_seq() -> None:
+def test_wire_payload_appends_id_and_seq() -> None:
     """The frame is the recorded object plus experiment_id and seq, which win over recorded keys."""
     line = encode_message("x", {"a": 1}, timestamp="t", extra={"seq": 99})
-    frame = wire_frame(line, "exp-1", 7)
+    frame = wire_payload(line, "exp-1", 7)
     parsed = json.loads(frame)
     assert parsed["experiment_id"] == "exp-1"
     assert parsed["seq"] == 7
     assert parsed["data"] == {"a": 1}
-    assert json.loads(wire_frame(b"{}\n", "e", 0)) == {"experiment_id": "e", "seq": 0}
+    assert json.loads(wire_payload(b"{}\n", "e", 0)) == {"experiment_id": "e", "seq": 0}
 
 
 @pytest.mark.parametrize(

@@ -652,11 +652,11 @@ async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_fir
     hub_module.STARTUP_BUDGET = 0  # everything past the first step goes to the background
     try:
         async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as fire:
-            assert app.hub is not None and app.hub._catch_ups, "read before listening"
+            assert app.source.fanout is not None and app.source.fanout._catch_ups, "read before listening"
             async with ws_connect(f"{app.ws_url}experiments/big?since={n - 6}") as ws:
                 got = [(await recv_json(ws, timeout=60))["seq"] for _ in range(5)]
                 assert got == list(range(n - 5, n))
-                await wait_for(lambda: not app.hub._catch_ups, 60, "the background read")
+                await wait_for(lambda: not app.source.fanout._catch_ups, 60, "the background read")
                 Writer(tmp_path, "big").message("m", {"i": "new"})
                 assert (await recv_json(ws))["seq"] == n
             first = await recv_json(fire)
