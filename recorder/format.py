@@ -43,6 +43,7 @@ __all__ = [
     "RANK_SUFFIX",
     "RUN_FILE_SUFFIX",
     "STATUS_TYPES",
+    "LineBuffer",
     "MalformedLine",
     "decode_line",
     "encode_line",
@@ -454,16 +455,73 @@ def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
 
     Blank lines (:func:`is_blank_line`) are left out. The rest is a line still
     being written (or torn by a crash): readers keep it until its newline
-    arrives and never treat it as a message before that.
+    arrives and never treat it as a message before that (:class:`LineBuffer`).
     """
-    end = buffer.rfind(b"\n")
-    if end < 0:
-        return [], buffer
-    lines = buffer[:end].split(b"\n")
+    lines = buffer.split(b"\n")
+    rest = lines.pop()  # after the last newline: all of buffer when it has none
     # One C-level pass finds out whether there is a blank line at all (rare).
     if b"" in map(bytes.strip, lines):
         lines = [line for line in lines if line.strip()]
-    return lines, buffer[end + 1 :]
+    return lines, rest
+
+
+class LineBuffer:
+    """Bytes appended to a run file in, the raw bytes of its complete lines out; pure, no I/O.
+
+    The one rule for how a growing file becomes lines, shared by the tailer
+    (:class:`tailer.reader.LineSplitter`) and replay
+    (:class:`replay._source.LineBlocks`): bytes after the last newline are
+    held until their newline arrives (a line still being written, or torn by a
+    crash: :attr:`torn`). A line that grows past ``max_line_bytes`` before its
+    newline arrives is not held: its bytes are dropped as they come, and once
+    its newline arrives :meth:`feed` reports it (it is malformed but, unless
+    it was only whitespace, still a line that takes its ``seq``).
+    """
+
+    __slots__ = ("_rest", "_skip", "_skip_blank", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._rest = b""
+        self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
+        self._skip_blank = False  # whether those bytes were all whitespace (a blank line)
+
+    def feed(self, data: bytes) -> tuple[int, bool, bytes]:
+        """Append ``data``; return ``(dropped, over_long, chunk)``.
+
+        ``chunk`` is the raw bytes of the complete lines ``data`` finished, each
+        ending in ``\\n``, blank ones included (``b""`` when none).
+        ``dropped`` is how many bytes, newline included, of an over-long line
+        ended just before ``chunk`` (0 when none); ``over_long`` says that line
+        counts as a line (it was not only whitespace).
+        """
+        dropped, over_long = 0, False
+        if self._skip >= 0:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._skip += len(data)
+                self._skip_blank = self._skip_blank and is_blank_line(data)
+                return 0, False, b""
+            dropped = self._skip + newline + 1
+            over_long = not (self._skip_blank and is_blank_line(data[:newline]))
+            data = data[newline + 1 :]
+            self._skip = -1
+        if self._rest:
+            data = self._rest + data
+        end = data.rfind(b"\n") + 1
+        chunk, rest = data[:end], data[end:]
+        if len(rest) > self.max_line_bytes:
+            self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
+        self._rest = rest
+        return dropped, over_long, chunk
+
+    @property
+    def torn(self) -> bool:
+        """Whether the bytes held since the last newline belong to a line (not only whitespace).
+
+        A file that ends here ends in a torn line.
+        """
+        return not is_blank_line(self._rest) or (self._skip >= 0 and not self._skip_blank)
 
 
 def status_of(message: Mapping[str, Any]) -> str | None:

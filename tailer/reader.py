@@ -16,9 +16,9 @@ The partial-line race, step by step (why holding the rest is enough):
 1. A writer appends ``{"type": ...}\\n`` with one ``os.write``; the kernel may
    make the first bytes visible to a reader before the last ones.
 2. The reader's ``pread`` can therefore end inside that line.
-3. :func:`recorder.format.split_lines` returns the bytes after the last
-   ``\\n`` as the rest; the reader keeps them and advances ``read_pos`` past
-   them, but ``consumed`` (the offset clients resume from) stops at the newline.
+3. :class:`recorder.format.LineBuffer` holds the bytes after the last
+   ``\\n``; the reader advances ``read_pos`` past them, but ``consumed``
+   (the offset clients resume from) stops at the newline.
 4. The next notification reads from ``read_pos``; the held rest plus the new
    bytes form the complete line, which only now gets its ``seq``.
 5. If the writer crashed, the rest stays held forever and is never sent; a
@@ -43,6 +43,7 @@ from pathlib import Path
 
 from recorder.format import (
     MAX_LINE_BYTES,
+    LineBuffer,
     MalformedLine,
     decode_line,
     is_blank_line,
@@ -127,24 +128,17 @@ def at_most_lines(data: bytes, max_lines: int) -> bytes:
 
 
 class LineSplitter:
-    """Turn appended bytes into complete lines, numbered from 0; pure, no I/O.
+    """Turn appended bytes into complete lines, numbered from 0, with their offsets; pure, no I/O.
 
-    A complete line longer than ``max_line_bytes`` is returned as is (the
-    decoder refuses it); a line that grows past the limit before its newline
-    arrives is not buffered: its bytes are dropped and, once the newline comes,
-    it is returned as ``None`` so it still takes its ``seq``.
+    :class:`recorder.format.LineBuffer` decides where lines end (held partial
+    lines, over-long ones); this numbers them, tracks offsets and fills the
+    sparse index. A complete line longer than ``max_line_bytes`` is returned
+    as is (the decoder refuses it); a line that grows past the limit before
+    its newline arrives is not buffered and is returned as ``None`` once the
+    newline comes, so it still takes its ``seq``.
     """
 
-    __slots__ = (
-        "_rest",
-        "_skip",
-        "_skip_blank",
-        "consumed",
-        "index",
-        "max_line_bytes",
-        "next_seq",
-        "read_pos",
-    )
+    __slots__ = ("_lines", "consumed", "index", "next_seq", "read_pos")
 
     def __init__(
         self,
@@ -158,10 +152,7 @@ class LineSplitter:
         self.consumed = start_offset  # offset just past the last complete line
         self.read_pos = start_offset  # offset of the next byte to read
         self.index = index
-        self.max_line_bytes = max_line_bytes
-        self._rest = b""
-        self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
-        self._skip_blank = False  # whether those bytes were all whitespace (a blank line)
+        self._lines = LineBuffer(max_line_bytes)
 
     @property
     def pending(self) -> int:
@@ -171,57 +162,37 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[bytes | None]:
         """Append ``data``; return the lines it completed (``None`` for over-long ones)."""
         self.read_pos += len(data)
-        head: list[bytes | None] = []
-        skipped = -1
-        if self._skip >= 0:
-            newline = data.find(b"\n")
-            if newline < 0:
-                self._skip += len(data)
-                self._skip_blank = self._skip_blank and is_blank_line(data)
-                return head
-            skipped = self._skip + newline  # length of the over-long line, newline excluded
-            if not (self._skip_blank and is_blank_line(data[:newline])):
-                head.append(None)
-            data = data[newline + 1 :]
-            self._skip = -1
-        if self._rest:
-            data = self._rest + data
-        lines, rest = split_lines(data)
-        complete = len(data) - len(rest)  # bytes of the complete lines, blank ones included
-        if len(rest) > self.max_line_bytes:
-            self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
-        self._rest = rest
-        out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment, operator]
+        dropped, over_long, chunk = self._lines.feed(data)
+        lines = split_lines(chunk)[0]
+        out: list[bytes | None] = [None, *lines] if over_long else lines  # type: ignore[assignment]
         pos = self.consumed
-        end = pos + skipped + 1 + complete  # skipped is -1 when no over-long line ended
+        end = pos + dropped + len(chunk)
         if not out:
             self.consumed = end  # nothing, or only blank lines
             return out
         first = self.next_seq
-        n = len(out)
         index = self.index
         if index is not None:
-            if head and first % index.every == 0:
+            if over_long and first % index.every == 0:
                 index.record(first, pos)
-            pos += skipped + 1
-            starts = _line_starts(data, lines, complete, pos, first + len(head), index.every)
+            starts = _line_starts(chunk, lines, pos + dropped, first + over_long, index.every)
             for seq, offset in starts:
                 index.record(seq, offset)
         self.consumed = end
-        self.next_seq = first + n
+        self.next_seq = first + len(out)
         return out
 
 
 def _line_starts(
-    data: bytes, lines: list[bytes], complete: int, base: int, first: int, every: int
+    chunk: bytes, lines: list[bytes], base: int, first: int, every: int
 ) -> Iterator[tuple[int, int]]:
-    """``(seq, offset)`` of the lines of ``data`` whose seq is a multiple of ``every``.
+    """``(seq, offset)`` of the lines of ``chunk`` whose seq is a multiple of ``every``.
 
-    ``lines`` are the non-blank complete lines :func:`split_lines` found in
-    the first ``complete`` bytes of ``data``, which starts at file offset
-    ``base``; the first of them has seq ``first``.
+    ``chunk`` is complete lines, each ending in ``\\n``, starting at file offset
+    ``base``; ``lines`` are its non-blank lines (:func:`split_lines`), the
+    first of which has seq ``first``.
     """
-    if sum(map(len, lines)) + len(lines) == complete:  # no blank line: lengths give offsets
+    if sum(map(len, lines)) + len(lines) == len(chunk):  # no blank line: lengths give offsets
         j = (-first) % every
         pos, a = base, 0
         while j < len(lines):
@@ -230,7 +201,7 @@ def _line_starts(
             a, j = j, j + every
         return
     seq, pos = first, base
-    for raw in data[: complete - 1].split(b"\n"):
+    for raw in chunk[:-1].split(b"\n"):
         if not is_blank_line(raw):
             if seq % every == 0:
                 yield seq, pos

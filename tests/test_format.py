@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from recorder import format as fmt
 from recorder.format import (
     MAX_LINE_BYTES,
+    LineBuffer,
     MalformedLine,
     decode_line,
     encode_line,
@@ -280,6 +282,43 @@ def test_split_lines_keeps_the_partial_tail() -> None:
     assert split_lines(b'{"a"') == ([], b'{"a"')
     assert split_lines(b"a\nb\nc") == ([b"a", b"b"], b"c")
     assert split_lines(b"a\n\nb\n") == ([b"a", b"b"], b"")
+
+
+_LINE_PARTS = st.lists(
+    st.sampled_from([b"{}", b" ", b"\t", b"x" * 7, b"y" * 13, b"\n", b"\n", b"\n"]), max_size=40
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=_LINE_PARTS, cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_line_buffer_gives_the_same_lines_however_the_bytes_arrive(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    """LineBuffer: complete lines, over-long ones and the torn tail do not depend on the reads.
+
+    An over-long line that arrives whole comes back whole (the decoder refuses
+    it); one that grows past the limit comes back as ``None``: both take a seq.
+    """
+    data = b"".join(parts)
+
+    def fed(pieces: list[bytes]) -> tuple[list[bytes | None], int, bool]:
+        buffer = LineBuffer(max_line_bytes=10)
+        lines: list[bytes | None] = []
+        offset = 0
+        for piece in pieces:
+            dropped, over_long, chunk = buffer.feed(piece)
+            lines += [None] * over_long + split_lines(chunk)[0]
+            offset += dropped + len(chunk)
+        return [None if line and len(line) > 10 else line for line in lines], offset, buffer.torn
+
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    whole = data.rfind(b"\n") + 1
+    tail = data[whole:]
+    want = [
+        None if len(line) > 10 else line for line in data[:whole].split(b"\n")[:-1] if line.strip()
+    ]
+    assert fed(pieces) == fed([data]) == (want, whole, bool(tail.strip()))
 
 
 def test_blank_lines_are_no_lines() -> None:
