@@ -38,6 +38,7 @@ _dumps = orjson.dumps
 
 __all__ = [
     "EXPERIMENT_ID_PATTERN",
+    "INDEX_KEYS",
     "MAX_LINE_BYTES",
     "NON_FINITE",
     "RANK_SUFFIX",
@@ -81,6 +82,24 @@ MAX_LINE_BYTES = 1 << 20
 
 #: How non-finite floats are spelled in a line, and what they read back as.
 NON_FINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+#: Keys of a message's ``data`` (and of ``data.metrics``) that index a value rather
+#: than being one: replay's tables make no metric rows of them, and the tailer
+#: serves them to the dashboard (``/api/schema``) so it charts the same values.
+INDEX_KEYS = frozenset(
+    {
+        "epoch",
+        "step",
+        "round",
+        "round_num",
+        "total_epochs",
+        "total_rounds",
+        "batch_idx",
+        "local_epoch",
+        "client_id",
+        "rank",
+    }
+)
 
 #: Message types whose arrival says what state a run is in.
 STATUS_TYPES = frozenset({"status", "training_end", "error"})

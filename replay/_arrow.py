@@ -36,13 +36,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from recorder.format import MAX_LINE_BYTES, NON_FINITE, MalformedLine, decode_line, split_lines
+from recorder.format import (
+    INDEX_KEYS,
+    MAX_LINE_BYTES,
+    NON_FINITE,
+    MalformedLine,
+    decode_line,
+    split_lines,
+)
 from replay._plans import EPOCH_KEYS, ROUND_KEYS, STEP_KEYS
 from replay._source import LineBlocks, Run, SkipCounts
 from replay.tables import (
     _TIMESTAMP,
     ATTEMPT_START,
-    INDEX_KEYS,
     _gc_paused,
     _MetricsBuilder,
     _timestamps,

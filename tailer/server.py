@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tailer import wsio
-from tailer.api import hparams_body, metrics_body, parse_metrics_query
+from tailer.api import hparams_body, metrics_body, parse_metrics_query, schema_body
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -291,6 +291,8 @@ class TailerServer:
             return _response(200, body, "application/json", cache="no-store")
         if path in ("/api/metrics", "/api/hparams"):
             return self._data(path, query)  # a coroutine: websockets awaits it
+        if path == "/api/schema":
+            return _response(200, schema_body(), "application/json")
         if path == "/static/vendor/plotly.min.js":
             plotly = _plotly_js()
             if plotly is None:

@@ -315,10 +315,6 @@ INDEX_KEY_MESSAGES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.js keeps its own index keys: num_examples left out of the charts, rank charted",
-)
 def test_a_value_is_charted_exactly_when_read_metrics_gives_it_a_row(page, tmp_path):
     """The page's index keys are replay's: `rank` indexes a value, `num_examples` is one."""
     import orjson
