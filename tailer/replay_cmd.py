@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tailer.paths import run_to_replay
 from tailer.reader import FileReader
-from tailer.serve import add_network_arguments, configure_logging, network_options, run_server
+from tailer.serve_cmd import add_network_arguments, configure_logging, network_options, run_server
 from tailer.server import TailerServer, serve_replay
 
 __all__ = ["add_arguments", "run"]
