@@ -41,7 +41,7 @@ from recorder.format import (
     MalformedLine,
     decode_line,
     parse_timestamp,
-    wire_frame,
+    wire_payload,
 )
 from tailer.reader import LineSplitter
 
@@ -356,7 +356,7 @@ class SeriesStore:
             self.messages += 1
             if message["type"] in BULK_TYPES:
                 continue
-            frame = wire_frame(line, self.experiment_id, seq)
+            frame = wire_payload(line, self.experiment_id, seq)
             self.events.append(frame)
             self.event_bytes += len(frame)
         if self.event_bytes > MAX_EVENT_BYTES:

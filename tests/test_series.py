@@ -421,7 +421,7 @@ async def test_a_run_the_tailer_still_reads_in_is_answered_503(tmp_path):
     """While the tailer numbers a file's start-up backlog, /api/series says 503, retry."""
     _write_run(tmp_path, "r", 100).close()
     async with serve_directory(tmp_path, port=0) as app:
-        reader = app.hub.readers["r"]
+        reader = app.source.fanout.readers["r"]
         reader.backlog_end = reader.consumed + 1000  # as if the start-up read were not done
         status, head, _ = await _get(app.port, "/api/series?run=r")
         assert status == 503 and head["retry-after"] == "1"
