@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
     return run_server(
-        start, lambda app: f"replaying {path} {speed}", options["host"], options["port"]
+        start, lambda app: f"replaying {path} {speed}", options["host"], options["port"], args.loop
     )
 
 

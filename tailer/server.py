@@ -713,6 +713,7 @@ async def serve_directory(
                 poll=poll,
                 scan_interval=scan_interval,
                 poll_interval=poll_interval,
+                at_once=hub.refresh_now,
             )
         )
         # The watcher's first step registers the inotify watch; then one more read picks up
