@@ -38,7 +38,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from recorder.format import encode_message, wire_frame  # noqa: E402
+from recorder.format import encode_message, wire_payload  # noqa: E402
 
 MARKER = b'"seq":'
 URL = re.compile(rb"http://127\.0\.0\.1:(\d+)/")
@@ -290,9 +290,11 @@ def _fanout_lines(n: int) -> list[bytes]:
 def bench_fanout(tmp: Path, clients: int, messages: int) -> dict[str, float]:
     """Deliveries/s of ~200 B messages to `clients` clients: tailer vs a bare broadcast loop."""
     lines = _fanout_lines(messages)
-    size = statistics.mean(len(wire_frame(line, "fan", i)) for i, line in enumerate(lines))
+    size = statistics.mean(len(wire_payload(line, "fan", i)) for i, line in enumerate(lines))
     frames_file = tmp / "frames.txt"
-    frames_file.write_bytes(b"\n".join(wire_frame(line, "fan", i) for i, line in enumerate(lines)))
+    frames_file.write_bytes(
+        b"\n".join(wire_payload(line, "fan", i) for i, line in enumerate(lines))
+    )
 
     # Baseline: websockets' broadcast() of the same frames.
     proc = subprocess.Popen(

@@ -2,8 +2,8 @@
 
 This module is the only place that knows how a message becomes a line and a
 line becomes a message. :mod:`tailer` and :mod:`replay` import it; nothing
-re-implements it (:class:`recorder.MetricsRecorder` inlines
-:func:`encode_message` on its hot path; a property test keeps the two equal).
+re-implements it: :class:`recorder.MetricsRecorder` writes what
+:func:`encode_message` returns, and :func:`encode_line` is the one encoder.
 
 A line is ``{"type": str, "timestamp": str, "data": object, ...}`` followed by
 exactly one ``\\n``. Timestamps are RFC 3339 UTC ending in ``Z``, recorded to
@@ -16,7 +16,7 @@ anything else that JSON cannot hold is written as its ``str()`` with one
 warning per type.
 
 On the wire the tailer sends the recorded object plus ``experiment_id`` and
-``seq``; :func:`wire_frame` splices those two keys into the recorded bytes
+``seq``; :func:`wire_payload` splices those two keys into the recorded bytes
 instead of re-serialising the message.
 """
 
@@ -38,11 +38,13 @@ _dumps = orjson.dumps
 
 __all__ = [
     "EXPERIMENT_ID_PATTERN",
+    "INDEX_KEYS",
     "MAX_LINE_BYTES",
     "NON_FINITE",
     "RANK_SUFFIX",
     "RUN_FILE_SUFFIX",
     "STATUS_TYPES",
+    "LineBuffer",
     "MalformedLine",
     "decode_line",
     "encode_line",
@@ -62,8 +64,8 @@ __all__ = [
     "utc_timestamp",
     "validate_experiment_id",
     "validate_run_id",
-    "wire_frame",
-    "wire_frames",
+    "wire_payload",
+    "wire_payloads",
 ]
 
 #: What every run file's name ends in: ``<experiment_id>.jsonl``.
@@ -81,12 +83,30 @@ MAX_LINE_BYTES = 1 << 20
 #: How non-finite floats are spelled in a line, and what they read back as.
 NON_FINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
+#: Keys of a message's ``data`` (and of ``data.metrics``) that index a value rather
+#: than being one: replay's tables make no metric rows of them, and the tailer
+#: serves them to the dashboard (``/api/schema``) so it charts the same values.
+INDEX_KEYS = frozenset(
+    {
+        "epoch",
+        "step",
+        "round",
+        "round_num",
+        "total_epochs",
+        "total_rounds",
+        "batch_idx",
+        "local_epoch",
+        "client_id",
+        "rank",
+    }
+)
+
 #: Message types whose arrival says what state a run is in.
 STATUS_TYPES = frozenset({"status", "training_end", "error"})
 
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 # The fast path leaves out OPT_NON_STR_KEYS (it costs more than half a dumps):
-# a non-string key makes orjson raise, and the careful path turns keys into str.
+# a non-string key makes orjson raise, and the sanitising path turns keys into str.
 _FAST_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
@@ -339,7 +359,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (str, int)) or value is None:
         return False
     if depth > 200:
-        return True  # let the careful path decide
+        return True  # let the sanitising path decide
     if isinstance(value, Mapping):
         return any(_has_non_finite(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -348,7 +368,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     return converted is not None and _has_non_finite(converted, depth + 1)
 
 
-def _encode_careful(message: Mapping[str, Any]) -> bytes:
+def _encode_sanitised(message: Mapping[str, Any]) -> bytes:
     """The slow path: a sanitised copy, so no value can make the line invalid."""
     clean = _sanitise(message)
     try:
@@ -370,13 +390,13 @@ def encode_line(message: Mapping[str, Any]) -> bytes:
         line = _dumps(message, default=_default, option=_FAST_OPTIONS)
     except (orjson.JSONEncodeError, TypeError):
         # Non-string keys, integers beyond 64 bits, lone surrogates, deep nesting.
-        return _encode_careful(message)
+        return _encode_sanitised(message)
     # orjson writes NaN and the infinities as null. A null may also be a None
     # (or the text "null" inside a string), so only a real non-finite float
     # takes the slow path; the substring search (rfind: the
     # quickest of CPython's searches here) costs far less than a parse.
     if line.rfind(b"null") >= 0 and _has_non_finite(message):
-        return _encode_careful(message)
+        return _encode_sanitised(message)
     return line
 
 
@@ -389,29 +409,18 @@ def encode_message(
 ) -> bytes:
     """Build and encode a message ``{"type", "timestamp", "data", **extra}`` as one line.
 
-    Keys of ``extra`` never replace ``type``, ``timestamp`` or ``data``.
+    Keys of ``extra`` never replace ``type``, ``timestamp`` or ``data``. This
+    is what :meth:`recorder.MetricsRecorder.record` writes.
     """
-    # Every recorded message passes here, so utc_timestamp and encode_line
-    # are inlined: a Python call costs a tenth of the whole message.
-    if timestamp is None:
-        now = _time_ns()
-        cached = _milli_stamp
-        timestamp = cached[2] if cached[0] <= now < cached[1] else _stamp_at(now)
     message: dict[str, Any] = {
         "type": type,
-        "timestamp": timestamp,
+        "timestamp": utc_timestamp() if timestamp is None else timestamp,
         "data": {} if data is None else data,
     }
     if extra:
         for key, value in extra.items():
             message.setdefault(key, value)
-    try:
-        line = _dumps(message, default=_default, option=_FAST_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError):
-        return _encode_careful(message)
-    if line.rfind(b"null") >= 0 and _has_non_finite(message):
-        return _encode_careful(message)
-    return line
+    return encode_line(message)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -465,16 +474,73 @@ def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
 
     Blank lines (:func:`is_blank_line`) are left out. The rest is a line still
     being written (or torn by a crash): readers keep it until its newline
-    arrives and never treat it as a message before that.
+    arrives and never treat it as a message before that (:class:`LineBuffer`).
     """
-    end = buffer.rfind(b"\n")
-    if end < 0:
-        return [], buffer
-    lines = buffer[:end].split(b"\n")
+    lines = buffer.split(b"\n")
+    rest = lines.pop()  # after the last newline: all of buffer when it has none
     # One C-level pass finds out whether there is a blank line at all (rare).
     if b"" in map(bytes.strip, lines):
         lines = [line for line in lines if line.strip()]
-    return lines, buffer[end + 1 :]
+    return lines, rest
+
+
+class LineBuffer:
+    """Bytes appended to a run file in, the raw bytes of its complete lines out; pure, no I/O.
+
+    The one rule for how a growing file becomes lines, shared by the tailer
+    (:class:`tailer.reader.LineSplitter`) and replay
+    (:class:`replay._source.LineBlocks`): bytes after the last newline are
+    held until their newline arrives (a line still being written, or torn by a
+    crash: :attr:`torn`). A line that grows past ``max_line_bytes`` before its
+    newline arrives is not held: its bytes are dropped as they come, and once
+    its newline arrives :meth:`feed` reports it (it is malformed but, unless
+    it was only whitespace, still a line that takes its ``seq``).
+    """
+
+    __slots__ = ("_rest", "_skip", "_skip_blank", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._rest = b""
+        self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
+        self._skip_blank = False  # whether those bytes were all whitespace (a blank line)
+
+    def feed(self, data: bytes) -> tuple[int, bool, bytes]:
+        """Append ``data``; return ``(dropped, over_long, chunk)``.
+
+        ``chunk`` is the raw bytes of the complete lines ``data`` finished, each
+        ending in ``\\n``, blank ones included (``b""`` when none).
+        ``dropped`` is how many bytes, newline included, of an over-long line
+        ended just before ``chunk`` (0 when none); ``over_long`` says that line
+        counts as a line (it was not only whitespace).
+        """
+        dropped, over_long = 0, False
+        if self._skip >= 0:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._skip += len(data)
+                self._skip_blank = self._skip_blank and is_blank_line(data)
+                return 0, False, b""
+            dropped = self._skip + newline + 1
+            over_long = not (self._skip_blank and is_blank_line(data[:newline]))
+            data = data[newline + 1 :]
+            self._skip = -1
+        if self._rest:
+            data = self._rest + data
+        end = data.rfind(b"\n") + 1
+        chunk, rest = data[:end], data[end:]
+        if len(rest) > self.max_line_bytes:
+            self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
+        self._rest = rest
+        return dropped, over_long, chunk
+
+    @property
+    def torn(self) -> bool:
+        """Whether the bytes held since the last newline belong to a line (not only whitespace).
+
+        A file that ends here ends in a torn line.
+        """
+        return not is_blank_line(self._rest) or (self._skip >= 0 and not self._skip_blank)
 
 
 def status_of(message: Mapping[str, Any]) -> str | None:
@@ -503,8 +569,11 @@ def status_of(message: Mapping[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- wire
 
 
-def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
-    """The frame the tailer sends for a recorded line: the object plus ``experiment_id`` and ``seq``.
+def wire_payload(line: bytes, experiment_id: str, seq: int) -> bytes:
+    """The payload of the text frame the tailer sends for a recorded line.
+
+    That is the recorded object plus ``experiment_id`` and ``seq`` (framing it
+    is :mod:`tailer.frames`' work).
 
     ``line`` must be a line that :func:`decode_line` accepted (so it is a JSON
     object); its bytes are kept and the two keys are appended before the
@@ -523,25 +592,25 @@ def wire_frame(line: bytes, experiment_id: str, seq: int) -> bytes:
     )
 
 
-#: Bytes that, just before a line's closing brace, make :func:`wire_frame` strip or
+#: Bytes that, just before a line's closing brace, make :func:`wire_payload` strip or
 #: leave out the separator (whitespace, an empty object).
 _NOT_PLAIN = frozenset(b" \t\r\n{")
 
 
-def wire_frames(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
-    """:func:`wire_frame` of each ``(seq, line)``, the same bytes, for a whole batch at once.
+def wire_payloads(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
+    """:func:`wire_payload` of each ``(seq, line)``, the same bytes, for a whole batch at once.
 
     The history catch-up's hot path: a line that ends with ``}`` right after
     something other than whitespace or ``{`` (nearly every recorded line) is
     spliced with one formatting operation; any other goes through
-    :func:`wire_frame`.
+    :func:`wire_payload`.
     """
     middle = b',"experiment_id":"%s","seq":' % experiment_id.encode("ascii")
     slow = _NOT_PLAIN
     return [
         b"%s%s%d}" % (line[:-1], middle, seq)
         if line[-1:] == b"}" and line[-2] not in slow
-        else wire_frame(line, experiment_id, seq)
+        else wire_payload(line, experiment_id, seq)
         for seq, line in pairs
     ]
 

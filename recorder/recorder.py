@@ -35,15 +35,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from recorder import format as _format
 from recorder._runs import claim_run
 from recorder.format import (
-    _FAST_OPTIONS,
     MAX_LINE_BYTES,
-    _default,
-    _dumps,
-    _stamp_at,
-    _time_ns,
     encode_message,
     rank_suffix,
     validate_experiment_id,
@@ -181,13 +175,9 @@ class MetricsRecorder:
         self._torn = False  # a line was cut off by a failed write: start the next on a new line
         self._finalizer: weakref.finalize | None = None
         self._sampler: Any = None  # a SystemMetricsSampler, stopped by close()
-        # The descriptor while the hot path applies (open, no fsync, nothing
-        # torn), else -1: one attribute to test under the lock.
-        self._fast_fd = -1
         _live.add(self)
         if self.enabled:
             self._open()
-        self._update_plain()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -237,7 +227,6 @@ class MetricsRecorder:
             if self._closed:
                 return
             self._closed = True
-            self._fast_fd = -1
             if self._finalizer is not None:
                 self._finalizer()  # closes the descriptor exactly once
                 self._finalizer = None
@@ -313,66 +302,23 @@ class MetricsRecorder:
         :mod:`recorder.format` describes, and failed writes are counted in
         :attr:`lost`.
         """
-        # The hot path: encode_message inlined (a Python call is a tenth of a
-        # message; tests check both give the same line), one lock, one
-        # os.write. Anything unusual (extra keys, a non-str type, a value
-        # that needs the careful encoder, a closed, torn, fsync'ing or
-        # disabled recorder) takes _record_slowly, which calls encode_message,
-        # or _careful, which writes an already encoded line.
-        if extra is None and type.__class__ is str:
-            now = _time_ns()
-            cached = _format._milli_stamp
-            try:
-                line = _dumps(
-                    {
-                        "type": type,
-                        "timestamp": cached[2] if cached[0] <= now < cached[1] else _stamp_at(now),
-                        "data": {} if data is None else data,
-                    },
-                    _default,  # default= and option=, passed by position: a little quicker
-                    _FAST_OPTIONS,
-                )
-            except Exception:
-                return self._record_slowly(type, data, extra)
-            size = len(line)
-            # orjson writes NaN and the infinities as null (see encode_line); the
-            # data starts at byte 57 at the earliest, so the envelope is skipped.
-            if line.rfind(b"null", 57) >= 0 or size > _LINE_LIMIT:
-                return self._record_slowly(type, data, extra)
-            lock = self._lock
-            lock.acquire()  # acquire/release: half the cost of ``with``
-            try:
-                fd = self._fast_fd
-                if fd < 0:  # closed, torn, fsync'ing or disabled
-                    return self._careful(line)
-                try:
-                    written = _os_write(fd, line)
-                except OSError as exc:
-                    self._lose(f"cannot write {self.path} ({_describe(exc)})")
-                    return False
-                return written == size or self._finish(line, written)
-            finally:
-                lock.release()
-        return self._record_slowly(type, data, extra)
-
-    def _record_slowly(self, type: Any, data: Any, extra: Mapping[str, Any] | None) -> bool:
         if not self.enabled:
             return False
         try:
-            if type.__class__ is not str:
-                type = str(type)
-            line = encode_message(type, data, extra=extra)
+            line = encode_message(type if type.__class__ is str else str(type), data, extra=extra)
         except Exception as exc:  # a broken __str__ in a value, say: never into training
             with self._lock:
                 self._lose(f"cannot encode a {type!r} message ({exc!r})")
             return False
-        with self._lock:
-            return self._careful(line)
+        lock = self._lock
+        lock.acquire()  # acquire/release: half the cost of ``with``
+        try:
+            return self._write(line)
+        finally:
+            lock.release()
 
-    def _careful(self, line: bytes) -> bool:
-        """Write ``line`` when the hot path does not apply (caller holds the lock)."""
-        if not self.enabled:
-            return False
+    def _write(self, line: bytes) -> bool:
+        """Append one encoded line with one ``os.write`` (caller holds the lock)."""
         fd = self._fd
         if fd is None:
             self._lose(
@@ -396,25 +342,9 @@ class MetricsRecorder:
                 os.fsync(fd)
         except OSError as exc:
             self._lose(f"cannot write {self.path} ({_describe(exc)})")
-            self._update_plain()
             return False
         self._torn = False
-        self._update_plain()
         return True
-
-    def _finish(self, line: bytes, written: int) -> bool:
-        """Complete a short write from the hot path (caller holds the lock)."""
-        try:
-            self._write_rest(self._fd, line, written)  # type: ignore[arg-type]
-        except OSError as exc:
-            self._lose(f"cannot write {self.path} ({_describe(exc)})")
-            self._update_plain()  # the file now ends in a torn line
-            return False
-        return True
-
-    def _update_plain(self) -> None:
-        plain = self.enabled and not (self._fsync or self._torn or self._closed)
-        self._fast_fd = self._fd if plain and self._fd is not None else -1
 
     def _write_rest(self, fd: int, line: bytes, written: int) -> None:
         # A short write (a signal, RLIMIT_FSIZE, a nearly full disk): finish the

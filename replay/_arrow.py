@@ -21,7 +21,7 @@ pyarrow reads JSON more liberally than :func:`recorder.format.decode_line`
 nesting past orjson's limit) and coerces what the careful path keeps apart (a
 number that is a string in another line is an error, an integer past int64 a
 double). So a block is taken here only when nothing in it can differ: any
-doubt (:class:`_Careful`) sends that block, and only it, through the careful
+doubt (:class:`_ReadLineByLine`) sends that block, and only it, through the careful
 path, which also counts its malformed lines.
 """
 
@@ -36,13 +36,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from recorder.format import MAX_LINE_BYTES, NON_FINITE, MalformedLine, decode_line, split_lines
+from recorder.format import (
+    INDEX_KEYS,
+    MAX_LINE_BYTES,
+    NON_FINITE,
+    MalformedLine,
+    decode_line,
+    split_lines,
+)
 from replay._plans import EPOCH_KEYS, ROUND_KEYS, STEP_KEYS
 from replay._source import LineBlocks, Run, SkipCounts
 from replay.tables import (
     _TIMESTAMP,
     ATTEMPT_START,
-    INDEX_KEYS,
     _gc_paused,
     _MetricsBuilder,
     _timestamps,
@@ -66,8 +72,8 @@ _PARSE = pj.ParseOptions(
 _READ = pj.ReadOptions(use_threads=True, block_size=1 << 20)
 
 
-class _Careful(Exception):
-    """This block may not give the careful path's rows here; read it the careful way."""
+class _ReadLineByLine(Exception):
+    """Raised when this block may not give the careful path's rows: read it line by line."""
 
 
 # --------------------------------------------------------------------------- numpy <-> Arrow
@@ -126,30 +132,30 @@ _ATTEMPT_START = _strings([ATTEMPT_START])[0]
 
 
 def _parse(chunk: bytes, lines: int) -> pa.Table:
-    """``chunk`` (complete lines) as a table of one row per line, or :class:`_Careful`."""
+    """``chunk`` (complete lines) as a table of one row per line, or :class:`_ReadLineByLine`."""
     if not chunk.isascii():
         try:
             chunk.decode("utf-8")  # pyarrow does not check; orjson refuses invalid UTF-8
         except UnicodeDecodeError:
-            raise _Careful from None
+            raise _ReadLineByLine from None
         if b"\xef\xbb\xbf" in chunk:  # a byte order mark, which pyarrow skips and orjson refuses
-            raise _Careful
+            raise _ReadLineByLine
     if len(chunk) > MAX_LINE_BYTES and _has_long_line(chunk):
-        raise _Careful  # decode_line refuses it, pyarrow would not
+        raise _ReadLineByLine  # decode_line refuses it, pyarrow would not
     try:
         table = pj.read_json(io.BytesIO(chunk), read_options=_READ, parse_options=_PARSE)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        raise _Careful from None
+        raise _ReadLineByLine from None
     # Fewer rows: blank lines (pyarrow skips them); more: two objects on one line.
     if table.num_rows != lines or table.column("type").null_count:
-        raise _Careful
+        raise _ReadLineByLine
     for column in table.columns:
         _check_values(column.type, column, 0)
     return table
 
 
 def _check_values(kind: pa.DataType, column: Any, depth: int) -> None:
-    """:class:`_Careful` for what pyarrow accepts and orjson does not, and for lists.
+    """:class:`_ReadLineByLine` for what pyarrow accepts and orjson does not, and for lists.
 
     NaN and Infinity written bare are numbers to pyarrow, malformed to orjson;
     orjson refuses nesting past 1024 levels. Lists go the careful way: their
@@ -157,10 +163,10 @@ def _check_values(kind: pa.DataType, column: Any, depth: int) -> None:
     from some of them (``[null, 0]``).
     """
     if depth > _MAX_DEPTH or pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        raise _Careful
+        raise _ReadLineByLine
     if pa.types.is_floating(kind):
         if pc.any(pc.invert(pc.is_finite(column))).as_py():
-            raise _Careful
+            raise _ReadLineByLine
     elif pa.types.is_struct(kind):
         for i in range(kind.num_fields):
             field = kind.field(i)
@@ -218,7 +224,7 @@ def _leaf(name: str, column: Any) -> _Leaf | None:
         return _Leaf(name, values, present)
     if pa.types.is_boolean(kind) or pa.types.is_null(kind) or pa.types.is_temporal(kind):
         return None  # booleans and nulls are not metrics; temporal: strings pyarrow took for times
-    raise _Careful  # lists (named by position), binary, ...
+    raise _ReadLineByLine  # lists (named by position), binary, ...
 
 
 def _leaves(column: Any, prefix: str, at_root: bool, in_data: bool, out: list[_Leaf]) -> None:
@@ -265,9 +271,9 @@ def _as_index(column: Any) -> pa.Array:
         return _array(np.where(whole, values, 0).astype(np.int64), pa.int64(), whole)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if column.null_count < len(column):
-            raise _Careful  # "3" counts as 3 there; rare enough to leave to Python's int()
+            raise _ReadLineByLine  # "3" counts as 3 there; rare enough to leave to Python's int()
     elif pa.types.is_temporal(kind):
-        raise _Careful  # a string pyarrow took for a time
+        raise _ReadLineByLine  # a string pyarrow took for a time
     return pa.nulls(len(column), pa.int64())
 
 
@@ -294,7 +300,7 @@ def _phase(data: Any, rows: int) -> pa.Array:
     if column is not None and pa.types.is_string(column.type):
         return column
     if column is not None and pa.types.is_temporal(column.type):
-        raise _Careful  # a string pyarrow took for a time
+        raise _ReadLineByLine  # a string pyarrow took for a time
     return pa.nulls(rows, pa.string())
 
 
@@ -305,7 +311,7 @@ def _client_ids(data: Any, rows: int) -> pa.Array:
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         return column.cast(pa.string())  # decimal digits; true / false as JSON spells them
-    raise _Careful  # floats (Python's str of them), objects (their JSON text), times
+    raise _ReadLineByLine  # floats (Python's str of them), objects (their JSON text), times
 
 
 # --------------------------------------------------------------------------- blocks
@@ -327,7 +333,7 @@ class _FastMetrics:
         data = table.column("data").combine_chunks() if "data" in table.column_names else None
         if data is not None and not pa.types.is_struct(data.type):
             if data.null_count < rows:
-                raise _Careful  # a number (the metric "value") or a list as data
+                raise _ReadLineByLine  # a number (the metric "value") or a list as data
             data = None
         kinds = table.column("type").combine_chunks()
         starts = _flags(pc.equal(kinds, _ATTEMPT_START))
@@ -396,7 +402,7 @@ class _FastMetrics:
             if len(same) > 1:  # data.loss and data.metrics.loss: their order is the line's
                 held = np.sum([leaf.present for leaf in same], axis=0)
                 if (held > 1).any():
-                    raise _Careful
+                    raise _ReadLineByLine
         rank = self.order.rank
         new = [name for name in by_name if name not in rank]
         if new:
@@ -419,7 +425,7 @@ class _FastMetrics:
         try:
             data = decode_line(chunk[start : chunk.index(b"\n", start)]).get("data")
         except MalformedLine:  # cannot happen: pyarrow read the line, and _parse refuses the rest
-            raise _Careful from None
+            raise _ReadLineByLine from None
         walker = _MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
         if type(data) is dict:
             walker._walk_data(data)
@@ -428,7 +434,7 @@ class _FastMetrics:
         walked = (walker.names[code] for code in walker.codes if code >= 0)
         ordered = list(dict.fromkeys(name for name in walked if name in names))
         if sorted(ordered) != sorted(names):  # cannot happen if both read the line alike
-            raise _Careful
+            raise _ReadLineByLine
         return ordered
 
 
@@ -440,7 +446,7 @@ def _parsed(chunk: bytes) -> tuple[pa.Table | None, int]:
     lines = int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))
     try:
         return _parse(chunk, lines), lines
-    except _Careful:
+    except _ReadLineByLine:
         return None, lines
 
 
@@ -483,10 +489,10 @@ def fast_metric_batches(
             table, lines = parsed.result()
             try:
                 if table is None:
-                    raise _Careful
+                    raise _ReadLineByLine
                 batch = fast.batch(table, seq, chunk)
                 taken["arrow"] = taken.get("arrow", 0) + 1
-            except _Careful:
+            except _ReadLineByLine:
                 taken["careful"] = taken.get("careful", 0) + 1
                 split = split_lines(chunk)[0]
                 with _gc_paused():

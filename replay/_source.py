@@ -11,7 +11,8 @@ Two pieces shared by :mod:`replay.tables`, :mod:`replay.export` and
   without its ``\\n`` (a crash mid-write) is never returned; it is only
   counted as torn. A line that grows past the line limit before its newline
   is not buffered: it comes back as ``None`` (still taking its ``seq``), so
-  memory stays bounded whatever the file holds.
+  memory stays bounded whatever the file holds. Where lines end is
+  :class:`recorder.format.LineBuffer`'s rule, the one the tailer uses too.
 """
 
 from __future__ import annotations
@@ -22,13 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from recorder.format import (
-    MAX_LINE_BYTES,
-    experiment_id_of,
-    is_blank_line,
-    split_lines,
-    split_rank,
-)
+from recorder.format import MAX_LINE_BYTES, LineBuffer, experiment_id_of, split_lines, split_rank
 
 __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 
@@ -180,28 +175,13 @@ class LineBlocks:
         kept here, as for iteration.
         """
         read = self.file.read
-        rest = b""
-        skipping = False  # inside a line already known to be over the limit
-        blank = False  # and all of it read so far was whitespace (a blank line)
+        lines = LineBuffer(self.max_line_bytes)
         while True:
             block = read(self.block_bytes)
             if not block:
                 break
             self.bytes_read += len(block)
-            oversized = False
-            if skipping:
-                newline = block.find(b"\n")
-                if newline < 0:
-                    blank = blank and is_blank_line(block)
-                    continue
-                oversized = not (blank and is_blank_line(block[:newline]))
-                block = block[newline + 1 :]
-                skipping = False
-            buffer = rest + block if rest else block
-            end = buffer.rfind(b"\n") + 1
-            chunk, rest = buffer[:end], buffer[end:]
-            if len(rest) > self.max_line_bytes:
-                rest, skipping, blank = b"", True, is_blank_line(rest)
+            _, oversized, chunk = lines.feed(block)
             if chunk or oversized:
                 yield oversized, chunk
-        self.torn = not is_blank_line(rest) or (skipping and not blank)
+        self.torn = lines.torn

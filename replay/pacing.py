@@ -2,7 +2,7 @@
 
 :func:`paced_frames` is what the tailer's ``/experiments/{id}/replay?speed=S``
 endpoint and ``tailer replay FILE`` send: each valid message of the file as
-its wire frame (:func:`recorder.format.wire_frame`, with the message's
+its wire frame (:func:`recorder.format.wire_payload`, with the message's
 original ``seq``), spaced by the recorded gaps divided by ``speed``, then one
 ``replay_end`` frame. :func:`iter_frames` is the same without the waiting, as
 a plain iterator.
@@ -31,7 +31,7 @@ from recorder.format import (
     encode_message,
     parse_timestamp,
     validate_experiment_id,
-    wire_frame,
+    wire_payload,
 )
 from replay._source import LineBlocks
 
@@ -137,7 +137,7 @@ def _frames(path: Path, experiment_id: str, replay_end: bool) -> Iterator[bytes]
     count = 0
     for seq, line, _ in _messages(path, REPLAY_BLOCK_BYTES):  # type: ignore[misc]
         count += 1
-        yield wire_frame(line, experiment_id, seq)
+        yield wire_payload(line, experiment_id, seq)
     if replay_end:
         yield replay_end_frame(experiment_id, count)
 
@@ -223,7 +223,7 @@ async def _paced(
             if unpaused >= _YIELD_EVERY:  # let other tasks run during a long burst
                 unpaused = 0
                 await asyncio.sleep(0)
-            yield wire_frame(line, experiment_id, seq)
+            yield wire_payload(line, experiment_id, seq)
     finally:
         messages.close()  # closes the file at once when the consumer stops early
     yield replay_end_frame(experiment_id, count)

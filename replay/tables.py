@@ -61,6 +61,7 @@ import orjson
 import pyarrow as pa
 
 from recorder.format import (
+    INDEX_KEYS,
     NON_FINITE,
     MalformedLine,
     decode_line,
@@ -85,22 +86,6 @@ __all__ = [
     "read_messages",
     "read_metrics",
 ]
-
-#: Keys of ``data`` (and of ``data.metrics``) that index a value rather than being one.
-INDEX_KEYS = frozenset(
-    {
-        "epoch",
-        "step",
-        "round",
-        "round_num",
-        "total_epochs",
-        "total_rounds",
-        "batch_idx",
-        "local_epoch",
-        "client_id",
-        "rank",
-    }
-)
 
 #: Columns of :func:`read_metrics`, in order.
 METRIC_COLUMNS = (

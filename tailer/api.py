@@ -1,4 +1,4 @@
-"""The dashboard's data endpoints beyond the WebSockets: ``/api/metrics`` and ``/api/hparams``.
+"""The dashboard's data endpoints beyond the WebSockets: ``/api/metrics``, ``/api/hparams``, ``/api/schema``.
 
 ``GET /api/metrics?runs=ID,…[&metric=NAME][&format=csv|json|parquet]`` returns
 exactly the rows :func:`replay.read_metrics` gives for those runs (every run
@@ -11,6 +11,11 @@ them), so the runs list can filter on ``key=value`` without reading whole runs.
 The page turns them into hyperparameters with the same code as a live run's.
 
 Both read files, so the server runs them in a thread (:func:`asyncio.to_thread`).
+
+``GET /api/schema`` tells the page what it must know of the log format, from
+its one owner :mod:`recorder.format`: ``{"index_keys": [...]}``, the keys that
+index a value rather than being one. ``model.js`` imports it as a JSON module,
+so the page charts exactly the values replay's tables make rows of.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import orjson
 
-from recorder.format import MalformedLine, decode_line, is_valid_experiment_id
+from recorder.format import INDEX_KEYS, MalformedLine, decode_line, is_valid_experiment_id
 from tailer.routes import RequestError
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "hparams_body",
     "metrics_body",
     "parse_metrics_query",
+    "schema_body",
 ]
 
 FORMATS = {
@@ -41,6 +47,11 @@ FORMATS = {
 }
 HPARAMS_TYPES = frozenset({"hparams", "training_start"})
 HPARAMS_BYTES = 1 << 20  # hyperparameters are written first: read at most this much per file
+
+
+def schema_body() -> bytes:
+    """The ``/api/schema`` body: ``{"index_keys": [...]}`` (:data:`recorder.format.INDEX_KEYS`)."""
+    return orjson.dumps({"index_keys": sorted(INDEX_KEYS)})
 
 
 @dataclass(frozen=True)

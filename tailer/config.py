@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_HOST",
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_QUEUE_BYTES",
     "DEFAULT_SCAN_INTERVAL",
+    "NetworkOptions",
     "env_float",
     "env_int",
     "env_list",
@@ -45,6 +47,30 @@ DEFAULT_MAX_HANDSHAKES = 1024
 DEFAULT_QUEUE_BYTES = 4 << 20
 DEFAULT_MAX_QUEUED_BYTES = 256 << 20
 DEFAULT_SCAN_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Where a tailer listens and whom it lets in (``serve`` and ``replay`` alike).
+
+    Its fields are the network keywords of :func:`tailer.server.serve_directory`
+    and :func:`tailer.server.serve_replay` (the CLI passes ``**vars(options)``).
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: Every request must carry it (``None``: no token; never empty).
+    token: str | None = None
+    #: Extra ``Origin`` values accepted (``*``: any).
+    allow_origins: tuple[str, ...] = ()
+    #: Extra ``Host`` names accepted (``*``: any).
+    allow_hosts: tuple[str, ...] = ()
+    #: WebSocket connections at once.
+    max_clients: int = DEFAULT_MAX_CLIENTS
+
+    def __post_init__(self) -> None:
+        if self.token == "":
+            raise ValueError("an empty token would turn authentication off; pass None for none")
 
 
 def env_str(name: str, default: str | None, environ: Mapping[str, str] | None = None) -> str | None:

@@ -1,7 +1,7 @@
 """WebSocket text frames built once per message and shared by every client.
 
 Server-to-client frames are never masked and the tailer turns compression
-off, so the bytes of a frame do not depend on the connection: the hub frames
+off, so the bytes of a frame do not depend on the connection: the fan-out frames
 each message once and writes the same bytes to every subscriber's transport.
 Pure functions, no I/O.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from recorder.format import wire_frames
+from recorder.format import wire_payloads
 
 __all__ = ["PONG_FRAME", "frame_lines", "text_frame"]
 
@@ -35,7 +35,7 @@ _HEADERS: list[bytes | None] = [bytes((0x81, n)) for n in range(126)] + [None] *
 def frame_lines(lines: list[tuple[int, bytes]], experiment_id: str) -> bytes:
     """The frames of ``(seq, line)`` pairs of one experiment, joined into one buffer.
 
-    Each line becomes its wire message (:func:`recorder.format.wire_frames`) in
+    Each line becomes its wire message (:func:`recorder.format.wire_payloads`) in
     its own text frame; the frames are concatenated so a batch costs one
     ``transport.write`` per client. This is the hot path of history catch-up,
     hence the cached headers and local names.
@@ -43,7 +43,7 @@ def frame_lines(lines: list[tuple[int, bytes]], experiment_id: str) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     headers = _HEADERS
-    for payload in wire_frames(lines, experiment_id):
+    for payload in wire_payloads(lines, experiment_id):
         n = len(payload)
         if n < 65536:
             header = headers[n]

@@ -1,7 +1,7 @@
 """Routing of new lines to subscribers: one reader per file, one encoding per batch.
 
-The :class:`Hub` owns a :class:`~tailer.reader.FileReader` per experiment and
-the subscriber sets. When a reader yields new lines, the hub frames them once
+The :class:`DirectoryFanout` owns a :class:`~tailer.reader.FileReader` per experiment and
+the subscriber sets. When a reader yields new lines, the fan-out frames them once
 (:func:`tailer.frames.frame_lines`) and writes the same bytes to every
 subscriber of that experiment and every unfiltered firehose client, without
 awaiting anyone: a slow client never slows the others.
@@ -31,12 +31,12 @@ from recorder.format import experiment_id_of
 from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
-from tailer.reader import FileReader, Notes, PollResult, StaleHistory
+from tailer.reader import FileReader, Notes, PollKind, PollResult, StaleHistory
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Client", "Hub", "log_reset_frame"]
+__all__ = ["Client", "DirectoryFanout", "log_reset_frame"]
 
 log = logging.getLogger("tailer")
 
@@ -49,6 +49,10 @@ STARTUP_BUDGET = 0.3
 
 #: A refresh of many files yields to the event loop after this long.
 STEP_BUDGET = 0.02
+
+
+#: Poll outcomes that send nothing to clients.
+_NOTHING_TO_SEND = frozenset((PollKind.NONE, PollKind.WAIT, PollKind.VERIFY))
 
 
 def log_reset_frame(experiment_id: str) -> bytes:
@@ -84,10 +88,10 @@ class Client:
         transport = self.transport
         transport.write(frames)
         queued = transport.get_write_buffer_size()
+        if self.budget is not None and queued != self.charged:  # unchanged: nothing to count
+            self.budget.charge(self, queued)
         if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
-        elif self.budget is not None and queued != self.charged:  # nothing to count: no call
-            self.budget.charge(self, queued)
 
     def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
         """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).
@@ -97,7 +101,7 @@ class Client:
         self.write(frames)
 
     def send_history(self, frames: bytes, experiment_id: str, seq: int) -> None:
-        """Queue frames of a catch-up from disk (:meth:`Hub.attach`)."""
+        """Queue frames of a catch-up from disk (:meth:`DirectoryFanout.attach`)."""
         self.write(frames)
 
     def release(self, experiment_id: str) -> None:
@@ -107,9 +111,8 @@ class Client:
         """Start a closing handshake without waiting for it (``why``: what to log instead)."""
         if self.closing:
             return
+        # What it holds still counts against the budget until its socket is gone.
         self.closing = True
-        if self.budget is not None:
-            self.budget.release(self)
         if why is not None:
             log.warning("closing client %s (%d): %s", self.label, code, why)
         elif code == 1013:
@@ -143,8 +146,13 @@ class QueueBudget:
     clients could still hold a thousand full queues. The budget keeps a
     running total, updated from each client's own buffer size as it is
     written to; the total only overestimates (buffers drain unseen), so when
-    it passes the limit the real sizes are summed, and if they are over too,
-    the clients with the most queued are closed with 1013 until the rest fit.
+    it passes the limit the real sizes are summed. A client closed with 1013
+    keeps its queue, close frame last, until its closing handshake ends (up to
+    websockets' close timeout), so it still counts. Over the limit, clients
+    already closing are dropped at once (they were told and are not reading),
+    largest first; if the open ones alone hold more than half the limit, the
+    fullest are closed with 1013 until they fit in that half, which leaves
+    the closing ones room to read their close frame before they are dropped.
     """
 
     def __init__(self, limit: int, clients: Iterable[Client]) -> None:
@@ -159,25 +167,40 @@ class QueueBudget:
             self._shed()
 
     def release(self, client: Client) -> None:
+        """``client`` is gone: nothing of it is held any more."""
         self.total -= client.charged
         client.charged = 0
 
     def _shed(self) -> None:
-        sizes = []
+        open_sizes: list[tuple[int, Client]] = []
+        closing_sizes: list[tuple[int, Client]] = []
         total = 0
         for client in self.clients:
-            if client.closing:
-                continue
             queued = client.transport.get_write_buffer_size()
             client.charged = queued
             total += queued
-            sizes.append((queued, client))
+            if queued:
+                (closing_sizes if client.closing else open_sizes).append((queued, client))
+        if total > self.limit:
+            closing_sizes.sort(key=lambda pair: pair[0], reverse=True)
+            for queued, client in closing_sizes:
+                if total <= self.limit:
+                    break
+                log.warning(
+                    "dropping client %s: closed, %d bytes still queued, over --max-queued-bytes",
+                    client.label,
+                    queued,
+                )
+                client.transport.abort()
+                client.charged = 0
+                total -= queued
         self.total = total
-        if total <= self.limit:
+        held_open = sum(queued for queued, _ in open_sizes)
+        if total <= self.limit or held_open <= self.limit // 2:
             return
-        sizes.sort(key=lambda pair: pair[0], reverse=True)
-        for queued, client in sizes:
-            if self.total <= self.limit or queued == 0:
+        open_sizes.sort(key=lambda pair: pair[0], reverse=True)
+        for queued, client in open_sizes:
+            if held_open <= self.limit // 2:
                 break
             client.close(
                 1013,
@@ -185,9 +208,10 @@ class QueueBudget:
                 why=f"{total} bytes queued for all clients, over --max-queued-bytes "
                 f"{self.limit}; it had the most ({queued})",
             )
+            held_open -= queued
 
 
-class Hub:
+class DirectoryFanout:
     """Readers for every ``*.jsonl`` in ``directory`` and who receives their lines."""
 
     def __init__(
@@ -271,7 +295,7 @@ class Hub:
             else:
                 while True:
                     result = reader.poll()
-                    if is_new and result.kind == "data" and result.more:
+                    if is_new and result.kind is PollKind.DATA and result.more:
                         reader.backlog_end = reader.size
                     self.dispatch(reader, result)
                     if not _wants_more(result) or reader.deleted:
@@ -329,16 +353,16 @@ class Hub:
         self._catch_ups[reader] = task
 
     async def _read_on(self, reader: FileReader) -> None:
-        result = PollResult("none", more=True)
+        result = PollResult(PollKind.NONE, more=True)
         try:
             while True:
                 if reader.deleted or self.readers.get(reader.experiment_id) is not reader:
                     return
-                if result.kind == "verify":
+                if result.kind is PollKind.VERIFY:
                     result = await reader.verify()  # on a worker thread
                     self.dispatch(reader, result)
                 else:
-                    if result.kind == "wait":
+                    if result.kind is PollKind.WAIT:
                         await asyncio.sleep(result.retry_after)
                     # One background step per turn of the event loop, whatever the number
                     # of files being read: the turn is held until the loop came round.
@@ -352,7 +376,7 @@ class Hub:
                     continue
                 if reader in self._again:
                     self._again.discard(reader)
-                    result = PollResult("none", more=True)
+                    result = PollResult(PollKind.NONE, more=True)
                     continue
                 if reader.exists and not reader.deleted and reader.backlog_end:
                     log.info("experiment %s: %d messages", reader.experiment_id, reader.messages)
@@ -378,12 +402,12 @@ class Hub:
     def dispatch(self, reader: FileReader, result: PollResult) -> None:
         """Send one poll's outcome to the experiment's subscribers and the firehose."""
         kind = result.kind
-        if kind in ("none", "wait", "verify"):
+        if kind in _NOTHING_TO_SEND:
             return
         experiment_id = reader.experiment_id
         subscribers = self.subscribers.get(experiment_id)
         seq = -1  # a reset or deletion: nothing of the experiment's (new) file yet
-        if kind == "data":
+        if kind is PollKind.DATA:
             if not result.lines or not (subscribers or self.firehose):
                 return
             frames = frame_lines(result.lines, experiment_id)
@@ -392,9 +416,9 @@ class Hub:
                 for client in subscribers or ():
                     client.deliver(frames, experiment_id, seq)
                 return
-        elif kind == "reset":
+        elif kind is PollKind.RESET:
             frames = log_reset_frame(experiment_id)
-        else:  # deleted
+        else:  # PollKind.DELETED
             if self.readers.get(experiment_id) is reader:
                 del self.readers[experiment_id]
             for client in list(subscribers or ()):
@@ -417,6 +441,8 @@ class Hub:
         self.firehose.add(client)
 
     def unsubscribe(self, client: Client) -> None:
+        if client.budget is not None:
+            client.budget.release(client)
         self.firehose.discard(client)
         for experiment_id, clients in list(self.subscribers.items()):
             clients.discard(client)
@@ -544,4 +570,4 @@ class Hub:
 
 
 def _wants_more(result: PollResult) -> bool:
-    return result.more or result.kind in ("verify", "wait")
+    return result.more or result.kind in (PollKind.VERIFY, PollKind.WAIT)

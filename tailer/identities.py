@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
-    from tailer.hub import Hub
+    from tailer.hub import DirectoryFanout
 
 __all__ = ["FILE", "keep", "load", "save"]
 
@@ -59,21 +59,23 @@ def save(state_dir: str | os.PathLike[str], identities: dict[str, Identity]) -> 
     os.replace(tmp, directory / FILE)
 
 
-async def keep(hub: Hub, state_dir: str | os.PathLike[str], every: float = 2.0) -> None:
-    """Save ``hub``'s identities whenever they changed, every ``every`` seconds, and at the end."""
+async def keep(
+    fanout: DirectoryFanout, state_dir: str | os.PathLike[str], every: float = 2.0
+) -> None:
+    """Save ``fanout``'s identities whenever they changed, every ``every`` seconds, and at the end."""
     saved: dict[str, Identity] | None = None
     try:
         while True:
             await asyncio.sleep(every)
-            current = hub.identities()
+            current = fanout.identities()
             if current != saved:
                 try:
                     await asyncio.to_thread(save, state_dir, current)
                     saved = current
                 except OSError as exc:
-                    hub.notes.warn(("state", None), "cannot save %s: %s", state_dir, exc)
+                    fanout.notes.warn(("state", None), "cannot save %s: %s", state_dir, exc)
     finally:
-        current = hub.identities()
+        current = fanout.identities()
         if current != saved:
             with contextlib.suppress(OSError):
                 save(state_dir, current)

@@ -16,9 +16,9 @@ The partial-line race, step by step (why holding the rest is enough):
 1. A writer appends ``{"type": ...}\\n`` with one ``os.write``; the kernel may
    make the first bytes visible to a reader before the last ones.
 2. The reader's ``pread`` can therefore end inside that line.
-3. :func:`recorder.format.split_lines` returns the bytes after the last
-   ``\\n`` as the rest; the reader keeps them and advances ``read_pos`` past
-   them, but ``consumed`` (the offset clients resume from) stops at the newline.
+3. :class:`recorder.format.LineBuffer` holds the bytes after the last
+   ``\\n``; the reader advances ``read_pos`` past them, but ``consumed``
+   (the offset clients resume from) stops at the newline.
 4. The next notification reads from ``read_pos``; the held rest plus the new
    bytes form the complete line, which only now gets its ``seq``.
 5. If the writer crashed, the rest stays held forever and is never sent; a
@@ -38,10 +38,12 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from recorder.format import (
     MAX_LINE_BYTES,
+    LineBuffer,
     MalformedLine,
     decode_line,
     is_blank_line,
@@ -56,6 +58,7 @@ __all__ = [
     "FileReader",
     "LineSplitter",
     "Notes",
+    "PollKind",
     "PollResult",
     "StaleHistory",
     "at_most_lines",
@@ -132,24 +135,17 @@ def at_most_lines(data: bytes, max_lines: int) -> bytes:
 
 
 class LineSplitter:
-    """Turn appended bytes into complete lines, numbered from 0; pure, no I/O.
+    """Turn appended bytes into complete lines, numbered from 0, with their offsets; pure, no I/O.
 
-    A complete line longer than ``max_line_bytes`` is returned as is (the
-    decoder refuses it); a line that grows past the limit before its newline
-    arrives is not buffered: its bytes are dropped and, once the newline comes,
-    it is returned as ``None`` so it still takes its ``seq``.
+    :class:`recorder.format.LineBuffer` decides where lines end (held partial
+    lines, over-long ones); this numbers them, tracks offsets and fills the
+    sparse index. A complete line longer than ``max_line_bytes`` is returned
+    as is (the decoder refuses it); a line that grows past the limit before
+    its newline arrives is not buffered and is returned as ``None`` once the
+    newline comes, so it still takes its ``seq``.
     """
 
-    __slots__ = (
-        "_rest",
-        "_skip",
-        "_skip_blank",
-        "consumed",
-        "index",
-        "max_line_bytes",
-        "next_seq",
-        "read_pos",
-    )
+    __slots__ = ("_lines", "consumed", "index", "next_seq", "read_pos")
 
     def __init__(
         self,
@@ -163,10 +159,7 @@ class LineSplitter:
         self.consumed = start_offset  # offset just past the last complete line
         self.read_pos = start_offset  # offset of the next byte to read
         self.index = index
-        self.max_line_bytes = max_line_bytes
-        self._rest = b""
-        self._skip = -1  # bytes of an over-long line dropped so far, -1 when none
-        self._skip_blank = False  # whether those bytes were all whitespace (a blank line)
+        self._lines = LineBuffer(max_line_bytes)
 
     @property
     def pending(self) -> int:
@@ -176,58 +169,38 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[bytes | None]:
         """Append ``data``; return the lines it completed (``None`` for over-long ones)."""
         self.read_pos += len(data)
-        head: list[bytes | None] = []
-        skipped = -1
-        if self._skip >= 0:
-            newline = data.find(b"\n")
-            if newline < 0:
-                self._skip += len(data)
-                self._skip_blank = self._skip_blank and is_blank_line(data)
-                return head
-            skipped = self._skip + newline  # length of the over-long line, newline excluded
-            if not (self._skip_blank and is_blank_line(data[:newline])):
-                head.append(None)
-            data = data[newline + 1 :]
-            self._skip = -1
-        if self._rest:
-            data = self._rest + data
-        lines, rest = split_lines(data)
-        complete = len(data) - len(rest)  # bytes of the complete lines, blank ones included
-        if len(rest) > self.max_line_bytes:
-            self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
-        self._rest = rest
-        out: list[bytes | None] = head + lines if head else lines  # type: ignore[assignment, operator]
+        dropped, over_long, chunk = self._lines.feed(data)
+        lines = split_lines(chunk)[0]
+        out: list[bytes | None] = [None, *lines] if over_long else lines  # type: ignore[assignment]
         pos = self.consumed
-        end = pos + skipped + 1 + complete  # skipped is -1 when no over-long line ended
+        end = pos + dropped + len(chunk)
         if not out:
             self.consumed = end  # nothing, or only blank lines
             return out
         first = self.next_seq
-        n = len(out)
         index = self.index
         if index is not None:
-            if head and first % index.every == 0:
+            if over_long and first % index.every == 0:
                 index.record(first, pos)
-            pos += skipped + 1
-            every, seq0 = index.every, first + len(head)
-            if (-seq0) % every < len(lines):  # a multiple of every among them
-                for seq, offset in _line_starts(data, lines, complete, pos, seq0, every):
+            seq0, every = first + over_long, index.every
+            if (-seq0) % every < len(lines):  # one of them starts an index entry
+                for seq, offset in _line_starts(chunk, lines, pos + dropped, seq0, every):
                     index.record(seq, offset)
         self.consumed = end
-        self.next_seq = first + n
+        self.next_seq = first + len(out)
         return out
 
 
 def _line_starts(
-    data: bytes, lines: list[bytes], complete: int, base: int, first: int, every: int
+    chunk: bytes, lines: list[bytes], base: int, first: int, every: int
 ) -> Iterator[tuple[int, int]]:
-    """``(seq, offset)`` of the lines of ``data`` whose seq is a multiple of ``every``.
+    """``(seq, offset)`` of the lines of ``chunk`` whose seq is a multiple of ``every``.
 
-    ``lines`` are the non-blank complete lines :func:`split_lines` found in
-    the first ``complete`` bytes of ``data``, which starts at file offset
-    ``base``; the first of them has seq ``first``.
+    ``chunk`` is complete lines, each ending in ``\\n``, starting at file offset
+    ``base``; ``lines`` are its non-blank lines (:func:`split_lines`), the
+    first of which has seq ``first``.
     """
-    if sum(map(len, lines)) + len(lines) == complete:  # no blank line: lengths give offsets
+    if sum(map(len, lines)) + len(lines) == len(chunk):  # no blank line: lengths give offsets
         j = (-first) % every
         pos, a = base, 0
         while j < len(lines):
@@ -236,7 +209,7 @@ def _line_starts(
             a, j = j, j + every
         return
     seq, pos = first, base
-    for raw in data[: complete - 1].split(b"\n"):
+    for raw in chunk[:-1].split(b"\n"):
         if not is_blank_line(raw):
             if seq % every == 0:
                 yield seq, pos
@@ -244,19 +217,35 @@ def _line_starts(
         pos += len(raw) + 1
 
 
+class PollKind(StrEnum):
+    """What kind of thing one :meth:`FileReader.poll` (or :meth:`~FileReader.verify`) found."""
+
+    #: New lines (possibly none that are valid), in :attr:`PollResult.lines`.
+    DATA = "data"
+    #: Nothing new (or nothing to read yet: poll again when told, or when ``more``).
+    NONE = "none"
+    #: Truncated, rewritten or replaced: clients must forget the run (``log_reset``).
+    RESET = "reset"
+    #: The file is gone.
+    DELETED = "deleted"
+    #: Another inode, or a shorter file: :meth:`FileReader.verify` decides (on a thread).
+    VERIFY = "verify"
+    #: A file shrank: poll again after :attr:`PollResult.retry_after` seconds.
+    WAIT = "wait"
+
+
 @dataclass
 class PollResult:
     """What one :meth:`FileReader.poll` found."""
 
-    #: ``"data"``, ``"none"``, ``"reset"`` (truncated, rewritten or replaced) or ``"deleted"``.
-    kind: str
+    kind: PollKind
     #: ``(seq, line)`` of the new valid lines (malformed ones are counted, not listed).
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     #: Whether more bytes are waiting (the read stopped at ``READ_CHUNK``).
     more: bool = False
     #: Lines that were in the file when the tailer started (not sent to the firehose).
     backlog: bool = False
-    #: ``"wait"``: poll again after this many seconds.
+    #: :attr:`PollKind.WAIT`: poll again after this many seconds.
     retry_after: float = 0.0
 
 
@@ -459,19 +448,19 @@ class FileReader:
         hold = appended or self._held_fd >= 0
         self.release()
         if self.deleted:
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         keep = False  # whether the descriptor is kept for the next appended poll
         try:
             fd = self._open()
         except FileNotFoundError:
             if self._identity is None:
-                return PollResult("none")  # listed, then gone before the first read
+                return PollResult(PollKind.NONE)  # listed, then gone before the first read
             return self._mark_deleted()
         except NotAnExperiment:
             return self._not_an_experiment()
         except OSError as exc:
             self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -487,11 +476,11 @@ class FileReader:
             elif size < read_pos:
                 return self._shrunk(identity, size)
             elif identity != self._identity or self._shrunk_since is not None:
-                return PollResult("verify")
+                return PollResult(PollKind.VERIFY)
             self.size = size
             if size == read_pos:
                 keep = hold and self.checkpoint is None
-                return PollResult("none")
+                return PollResult(PollKind.NONE)
             consumed = self.splitter.consumed
             # Same inode, same or larger size, but the byte before our offset is no longer
             # the newline we read there: the file was rewritten in place.
@@ -511,7 +500,7 @@ class FileReader:
         except OSError as exc:  # EIO and the like: nothing consumed, the next poll retries
             keep = False
             self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         finally:
             if keep:
                 self._hold(fd)
@@ -534,8 +523,8 @@ class FileReader:
             if self.crc != checkpoint[1]:
                 self._replaced_while_down(checkpoint, "holds other bytes")
         return PollResult(
-            "data",
-            self._classify(first, lines),
+            PollKind.DATA,
+            self._validate_and_tally(first, lines),
             more=read_pos + len(data) < size,
             backlog=backlog,
         )
@@ -567,7 +556,7 @@ class FileReader:
                 return None
             data = data[1:]
         if not data:
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         end = read_pos + len(data)
         self.size = max(self.size, end)
         # A full read may have stopped short of the end: say there may be more.
@@ -613,13 +602,13 @@ class FileReader:
             self._shrunk_since = now
         waited = now - self._shrunk_since
         if waited < self.settle:
-            return PollResult("wait", retry_after=self.settle - waited)
+            return PollResult(PollKind.WAIT, retry_after=self.settle - waited)
         read_pos = self.splitter.read_pos
         return self._mark_reset(identity, f"shrank from {read_pos} to {size} bytes")
 
     def _not_an_experiment(self) -> PollResult:
         if self._identity is None:
-            return PollResult("none")
+            return PollResult(PollKind.NONE)
         return self._mark_deleted()
 
     async def verify(self) -> PollResult:
@@ -634,7 +623,7 @@ class FileReader:
         read_pos, crc, generation = self.splitter.read_pos, self.crc, self.generation
         found = await asyncio.to_thread(self._checksum_of_prefix, read_pos)
         if self.generation != generation or self.splitter.read_pos != read_pos or found is None:
-            return PollResult("none", more=True)  # changed meanwhile: poll again
+            return PollResult(PollKind.NONE, more=True)  # changed meanwhile: poll again
         identity, got = found
         self._shrunk_since = None
         if got != crc:
@@ -645,7 +634,7 @@ class FileReader:
                 self.experiment_id,
             )
         self._identity = identity
-        return PollResult("none", more=True)
+        return PollResult(PollKind.NONE, more=True)
 
     def _checksum_of_prefix(self, length: int) -> tuple[tuple[int, int], int] | None:
         """``(identity, CRC-32 of the first length bytes)``; None if shorter, gone or unreadable."""
@@ -671,8 +660,13 @@ class FileReader:
         finally:
             os.close(fd)
 
-    def _classify(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
-        """Validate each line; count and skip malformed ones; update the statistics."""
+    def _validate_and_tally(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
+        """The valid ``lines`` numbered from ``seq``; the run's statistics updated on the way.
+
+        A malformed line (``None``: over-long or not one line) is counted and
+        skipped; each valid one adds to ``messages`` and may set the first and
+        last timestamps, the status and the error of :meth:`summary`.
+        """
         out: list[tuple[int, bytes]] = []
         append = out.append
         malformed = self.malformed_seqs
@@ -723,14 +717,14 @@ class FileReader:
         self.checkpoint = None
         self.generation += 1
         self._reset_state()
-        return PollResult("reset", more=True)
+        return PollResult(PollKind.RESET, more=True)
 
     def _mark_deleted(self) -> PollResult:
         self.release()
         log.info("experiment %s: file deleted", self.experiment_id)
         self.deleted = True
         self.generation += 1
-        return PollResult("deleted")
+        return PollResult(PollKind.DELETED)
 
     def read_all(self) -> None:
         """Read the file to its current end (used at start-up and by ``tailer ls``)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tailer.paths import run_to_replay
 from tailer.reader import FileReader
-from tailer.serve import add_network_arguments, configure_logging, network_options, run_server
+from tailer.serve_cmd import add_network_arguments, configure_logging, network_options, run_server
 from tailer.server import TailerServer, serve_replay
 
 __all__ = ["add_arguments", "run"]
@@ -64,13 +64,11 @@ def run(args: argparse.Namespace) -> int:
         on_listen: Callable[[TailerServer], None],
     ) -> AbstractAsyncContextManager[TailerServer]:
         return serve_replay(
-            path, speed=args.speed, max_gap=args.max_gap, on_listen=on_listen, **options
+            path, speed=args.speed, max_gap=args.max_gap, on_listen=on_listen, **vars(options)
         )
 
     speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
-    return run_server(
-        start, lambda app: f"replaying {path} {speed}", options["host"], options["port"], args.loop
-    )
+    return run_server(start, lambda app: f"replaying {path} {speed}", options, args.loop)
 
 
 def _holds_a_message(path: Path) -> bool:

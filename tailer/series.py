@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -41,7 +41,7 @@ from recorder.format import (
     MalformedLine,
     decode_line,
     parse_timestamp,
-    wire_frame,
+    wire_payload,
 )
 from tailer.reader import LineSplitter
 
@@ -87,6 +87,9 @@ class SeriesQuery:
     upto: int | None = None
     #: Answer only for a run whose file is bigger than this many bytes (else 204, no body).
     if_over: int | None = None
+    #: With the catalogue, the series of every metric of a bulk type (``metrics``), as
+    #: ``metric=`` answers them with this query's ``x``, range, width and ``max_raw``.
+    bulk: bool = False
 
 
 class _Column:
@@ -353,7 +356,7 @@ class SeriesStore:
             self.messages += 1
             if message["type"] in BULK_TYPES:
                 continue
-            frame = wire_frame(line, self.experiment_id, seq)
+            frame = wire_payload(line, self.experiment_id, seq)
             self.events.append(frame)
             self.event_bytes += len(frame)
         if self.event_bytes > MAX_EVENT_BYTES:
@@ -413,14 +416,22 @@ class SeriesStore:
             xs, ys = xs[order], ys[order]
         return xs, ys
 
-    def catalogue(self, query: SeriesQuery) -> dict[str, Any]:
-        """What a page needs to open a run: its series, and its events unless left out."""
+    def catalogue(self, query: SeriesQuery, *, t0: float | None = None) -> dict[str, Any]:
+        """What a page needs to open a run: its series, its events unless left out, and
+        with ``bulk`` the series of its bulk metrics."""
         answer: dict[str, Any] = {
             "run": self.experiment_id,
             "seq": self.last_seq,
             "messages": self.messages,
             "series": [s.describe() for s in self.series.values()],
         }
+        if query.bulk:
+            # One snapshot: every bulk metric up to the catalogue's seq (the lock is held).
+            names = dict.fromkeys(s.metric for s in self.series.values() if s.type in BULK_TYPES)
+            answer["metrics"] = [
+                self.answer(replace(query, metric=name, upto=None, bulk=False), t0=t0)
+                for name in names
+            ]
         if query.events:
             answer["events_dropped"] = self.events_dropped
             answer["events"] = self.events
@@ -429,7 +440,7 @@ class SeriesStore:
     def answer(self, query: SeriesQuery, *, t0: float | None = None) -> dict[str, Any]:
         """The reduced series of ``query.metric`` (every series of that name), or the catalogue."""
         if query.metric is None:
-            return self.catalogue(query)
+            return self.catalogue(query, t0=t0)
         x_all = self.x_values(query.x, t0)
         last_seq = self.last_seq
         messages = len(x_all)

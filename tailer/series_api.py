@@ -138,6 +138,7 @@ def parse_series_query(query: Mapping[str, list[str]]) -> SeriesQuery:
         events=_one(query, "events") != "0",
         upto=_upto(query),
         if_over=_size(query, "if_over"),
+        bulk=_one(query, "bulk") == "1",
     )
 
 

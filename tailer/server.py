@@ -35,9 +35,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from recorder.format import validate_experiment_id
-from tailer import identities, wsio
-from tailer.api import hparams_body, metrics_body, parse_metrics_query
+from tailer import wsio
+from tailer.api import hparams_body, metrics_body, parse_metrics_query, schema_body
 from tailer.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
@@ -46,11 +45,11 @@ from tailer.config import (
     DEFAULT_PORT,
     DEFAULT_QUEUE_BYTES,
     DEFAULT_SCAN_INTERVAL,
+    NetworkOptions,
 )
 from tailer.frames import PONG_FRAME
-from tailer.hub import Client, Hub, QueueBudget
+from tailer.hub import Client, QueueBudget
 from tailer.listening import AcceptErrors, Admission, listen_socket, other_urls
-from tailer.reader import FileReader
 from tailer.routes import (
     TOKEN_COOKIE,
     RequestError,
@@ -59,7 +58,6 @@ from tailer.routes import (
     host_allowed,
     is_loopback_host,
     origin_allowed,
-    parse_speed,
     parse_ws_route,
     single_header,
     split_target,
@@ -68,7 +66,7 @@ from tailer.routes import (
 )
 from tailer.series_api import SeriesBuilding, SeriesService, parse_series_query
 from tailer.sessions import DEFAULT_SESSION_TTL, Session, SessionClient, SessionStore
-from tailer.watcher import watch_directory
+from tailer.sources import LiveDirectory, PacedReplay, RunSource
 
 __all__ = ["MAX_CLIENT_FRAME", "ListenError", "TailerServer", "serve_directory", "serve_replay"]
 
@@ -125,55 +123,39 @@ def _error(status: int, reason: str, extra: Iterable[tuple[str, str]] = ()) -> R
 
 
 class TailerServer:
-    """A running tailer: the hub, the listening socket and the connected clients."""
+    """A running tailer: its source of runs, the listening socket and the connected clients."""
 
     def __init__(
         self,
+        source: RunSource,
+        network: NetworkOptions,
         *,
-        hub: Hub | None,
-        host: str,
-        token: str | None,
-        allow_origins: Iterable[str],
-        allow_hosts: Iterable[str],
-        max_clients: int,
-        queue_bytes: int,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        replay_path: Path | None = None,
-        replay_speed: float = 1.0,
-        replay_max_gap: float | None = None,
         static_dir: Path = STATIC_DIR,
-        sessions: SessionStore | None = None,
     ) -> None:
-        if token == "":
-            raise ValueError("an empty token would turn authentication off; pass None for none")
-        self.hub = hub
-        self.sessions = sessions
-        self.host = host
-        self.token = token
-        self.allow_origins = tuple(allow_origins)
-        self.allow_hosts = tuple(allow_hosts)
-        self.max_clients = max_clients
+        self.source = source
+        self.sessions = source.sessions
+        self.network = network
+        self.host = network.host
+        self.token = network.token
         self.queue_bytes = queue_bytes
-        self.replay_path = replay_path
-        self.replay_speed = replay_speed
-        self.replay_max_gap = replay_max_gap
         self.static_dir = static_dir
         self.clients: set[Client] = set()
         self.budget = QueueBudget(max_queued_bytes, self.clients)
-        self.admission = Admission(max_clients=max_clients, max_handshakes=max_handshakes)
+        self.admission = Admission(max_clients=network.max_clients, max_handshakes=max_handshakes)
         self.dual_stack = False  # one IPv6 socket that IPv4 clients reach too
         self.port = 0
         self.server: Server | None = None
         self._routes: weakref.WeakKeyDictionary[ServerConnection, Route] = (
             weakref.WeakKeyDictionary()
         )
-        self._replay_reader: FileReader | None = None
         # `/` handshakes accepted with a cookie session: the session and the cookie to set.
         self._session_of: weakref.WeakKeyDictionary[ServerConnection, tuple[Session, str]] = (
             weakref.WeakKeyDictionary()
         )
-        self.series = SeriesService(self._reader_for)
+        self.series = SeriesService(source.reader)
 
     # ------------------------------------------------------------------ addresses
 
@@ -243,9 +225,9 @@ class TailerServer:
         origin = single_header(headers, "Origin")
         authorization = single_header(headers, "Authorization")
         path, query = split_target(request.path)
-        if not host_allowed(host, self.host, self.allow_hosts):
+        if not host_allowed(host, self.host, self.network.allow_hosts):
             raise RequestError(403, "Host not allowed (add it with --allow-host)")
-        if not origin_allowed(origin, self.allow_origins):
+        if not origin_allowed(origin, self.network.allow_origins):
             raise RequestError(403, "Origin not allowed (add it with --allow-origin)")
         upgrade = "websocket" in ",".join(headers.get_all("Upgrade")).lower()
         if path == "/healthz" and not upgrade:
@@ -259,10 +241,11 @@ class TailerServer:
                 extra=[("WWW-Authenticate", 'Bearer realm="tailer"')],
             )
         if upgrade:
-            route = self._ws_route(path, query)
+            route = self.source.resolve(parse_ws_route(path, query), query)
             # Handshakes accepted but whose handler has not started yet count too.
-            if len(self.clients) + len(self._routes) >= self.max_clients:
-                raise RequestError(503, f"too many clients (--max-clients {self.max_clients})")
+            max_clients = self.network.max_clients
+            if len(self.clients) + len(self._routes) >= max_clients:
+                raise RequestError(503, f"too many clients (--max-clients {max_clients})")
             self._routes[connection] = route
             if self.sessions is not None and route.kind == "firehose":
                 self._session_of[connection] = self.sessions.session_for(
@@ -286,56 +269,6 @@ class TailerServer:
         extra = [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []
         return _response(200, body, "application/json", cache="no-store", extra=extra)
 
-    def _reader_for(self, experiment_id: str) -> FileReader | None:
-        """The reader of a run being served (``/api/series``), or ``None``."""
-        if self.hub is not None:
-            return self.hub.readers.get(experiment_id)
-        if self._replay_reader is not None and experiment_id == self._replay_id():
-            return self._replay_reader
-        return None
-
-    def _ws_route(self, path: str, query: dict[str, list[str]]) -> Route:
-        route = parse_ws_route(path, query)
-        if self.replay_path is not None:
-            # `tailer replay FILE`: `/` (and `?experiment=<its id>`) replays the file at the
-            # command's pace, as does `/experiments/<its id>` so the dashboard's run view works;
-            # `/experiments/<its id>/replay?speed=S` picks its own pace. Each connection
-            # starts from the beginning (`since` does not apply to a replay).
-            replay_id = self._replay_id()
-            if route.experiment_id in (None, replay_id) and route.kind in (
-                "firehose",
-                "experiment",
-            ):
-                speed = query.get("speed")
-                return Route(
-                    "replay",
-                    replay_id,
-                    speed=parse_speed(speed[-1]) if speed else self.replay_speed,
-                    max_gap=self.replay_max_gap,
-                    # `/` stays open after the run: the unmodified React client reconnects
-                    # on every close and would replay the run again and again (§11).
-                    stay_open=route.kind == "firehose",
-                )
-            if route.kind == "replay" and route.experiment_id == replay_id:
-                return route
-            raise RequestError(404, "no such experiment")
-        assert self.hub is not None
-        if route.kind == "replay":
-            reader = self.hub.readers.get(route.experiment_id or "")
-            if reader is None or not reader.exists:  # never a link out of DIR, a FIFO...
-                raise RequestError(404, "no such experiment")
-        return route
-
-    def _replay_id(self) -> str:
-        assert self.replay_path is not None
-        return self.replay_path.name.removesuffix(".jsonl")
-
-    def _experiment_path(self, experiment_id: str | None) -> Path:
-        if self.replay_path is not None:
-            return self.replay_path
-        assert self.hub is not None and experiment_id is not None
-        return self.hub.directory / f"{experiment_id}.jsonl"
-
     def _http(
         self, path: str, query: dict[str, list[str]], if_none_match: str | None = None
     ) -> Response | Awaitable[Response]:
@@ -358,6 +291,8 @@ class TailerServer:
             return _response(200, body, "application/json", cache="no-store")
         if path in ("/api/metrics", "/api/hparams"):
             return self._data(path, query)  # a coroutine: websockets awaits it
+        if path == "/api/schema":
+            return _response(200, schema_body(), "application/json")
         if path == "/static/vendor/plotly.min.js":
             plotly = _plotly_js()
             if plotly is None:
@@ -372,12 +307,7 @@ class TailerServer:
     async def _data(self, path: str, query: dict[str, list[str]]) -> Response:
         """``/api/metrics`` and ``/api/hparams`` (:mod:`tailer.api`), read in a thread."""
         try:
-            if self.hub is not None:  # the runs /api/experiments lists, and no other file
-                directory = self.hub.directory
-                files = [directory / f"{s['experiment_id']}.jsonl" for s in self.hub.summaries()]
-            else:  # `tailer replay FILE`: its one run
-                assert self.replay_path is not None
-                files = [self.replay_path]
+            files = self.source.run_files()
             if path == "/api/hparams":
                 body = await asyncio.to_thread(hparams_body, files)
                 return _response(200, body, "application/json", cache="no-store")
@@ -401,11 +331,7 @@ class TailerServer:
 
     def summaries(self) -> list[dict[str, object]]:
         """The ``/api/experiments`` list."""
-        if self.hub is not None:
-            return self.hub.summaries()
-        if self._replay_reader is None:
-            return []
-        return [self._replay_reader.summary()]
+        return self.source.summaries()
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -435,28 +361,12 @@ class TailerServer:
         log.info("client %s connected (%d connected)", label, len(self.clients))
         receiver = asyncio.create_task(self._receive(client))
         try:
-            if route.kind == "replay":
-                await self._replay(connection, route)
-            else:
-                hub = self.hub
-                assert hub is not None
-                if isinstance(client, SessionClient):
-                    assert self.sessions is not None
-                    await self.sessions.attach(hub, client, route)
-                elif route.kind == "firehose" and route.experiment_id is None:
-                    hub.subscribe_firehose(client)
-                else:
-                    assert route.experiment_id is not None
-                    await hub.attach(client, route.experiment_id, route.since)
-                await connection.wait_closed()
+            await self.source.stream(client, route)
         except ConnectionClosed:
             pass
         finally:
             receiver.cancel()
-            if self.hub is not None:
-                self.hub.unsubscribe(client)
-            if isinstance(client, SessionClient) and self.sessions is not None:
-                self.sessions.detach(client)
+            self.source.detach(client)
             self.clients.discard(client)
             reason = connection.close_reason
             log.info(
@@ -481,35 +391,6 @@ class TailerServer:
         except ConnectionClosed:
             pass
 
-    async def _replay(self, connection: ServerConnection, route: Route) -> None:
-        try:
-            from replay.pacing import paced_frames
-        except ImportError:
-            await connection.close(1011, "replay is not available in this installation")
-            return
-        assert route.experiment_id is not None
-        frames = paced_frames(
-            self._experiment_path(route.experiment_id),
-            experiment_id=route.experiment_id,
-            speed=route.speed,
-            max_gap=route.max_gap,
-        )
-        try:
-            async for frame in frames:
-                await connection.send(frame, text=True)
-        except OSError as exc:  # gone, or no longer a regular file (a FIFO swapped in)
-            log.warning("cannot replay %s: %s", route.experiment_id, exc)
-            await connection.close(1011, "cannot read the run file")
-            return
-        finally:
-            aclose = getattr(frames, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if route.stay_open:
-            await connection.wait_closed()  # pings are still answered by _receive
-        else:
-            await connection.close(1000, "replay finished")
-
 
 async def _refusals_answered(pending: Awaitable[Response]) -> Response:
     """An endpoint's awaited answer, its :class:`RequestError` turned into the error response."""
@@ -529,8 +410,9 @@ class ListenError(OSError):
     """The server could not bind its address (port in use, address not available...)."""
 
 
-def _warn_exposed(host: str, token: str | None) -> None:
-    if not is_loopback_host(host) and not token:
+def _warn_exposed(network: NetworkOptions) -> None:
+    host = network.host
+    if not is_loopback_host(host) and not network.token:
         log.warning(
             "binding %s without a token: anyone who can reach this port can read every run "
             "(set --token or TAILER_TOKEN)",
@@ -539,9 +421,9 @@ def _warn_exposed(host: str, token: str | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Server]:
+async def _listen(app: TailerServer) -> AsyncIterator[Server]:
     try:
-        server = await _start(app, host, port)
+        server = await _start(app, app.network.host, app.network.port)
     except OSError as exc:
         raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
     app.server = server
@@ -561,7 +443,7 @@ async def _listen(app: TailerServer, host: str, port: int) -> AsyncIterator[Serv
 async def _start(app: TailerServer, host: str, port: int) -> Server:
     # websockets answers every ping with a pong and closes with a close frame, writing them
     # without a look at the send buffer. A peer that sends while never reading (a ping
-    # flood) would grow that buffer, and the server's memory, without bound; the hub's
+    # flood) would grow that buffer, and the server's memory, without bound; the fan-out's
     # 1013 check only runs when a line is sent to it. Past twice the queue limit, drop it.
     limit = 2 * app.queue_bytes
 
@@ -671,71 +553,36 @@ async def serve_directory(
     memory, lost at exit; ``tailer serve`` defaults to
     :func:`tailer.sessions.default_state_dir`).
     """
+    network = NetworkOptions(
+        host, port, token, tuple(allow_origins), tuple(allow_hosts), max_clients
+    )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hub = Hub(
+    source = await LiveDirectory.open(
         directory,
         queue_bytes=queue_bytes,
         index_every=index_every,
         follow_symlinks=follow_symlinks,
+        state_dir=state_dir,
+        sessions=SessionStore(state_dir, ttl=session_ttl),
     )
-    if state_dir is not None:
-        hub.checkpoints = identities.load(state_dir)
-    await hub.refresh(startup=True)
-    hub.checkpoints.clear()  # files deleted while no tailer ran: nothing to compare
-    log.info("found %d experiment(s) in %s", len(hub.readers), directory)
     app = TailerServer(
-        hub=hub,
-        host=host,
-        token=token,
-        allow_origins=allow_origins,
-        allow_hosts=allow_hosts,
-        max_clients=max_clients,
+        source,
+        network,
         queue_bytes=queue_bytes,
         max_queued_bytes=max_queued_bytes,
         static_dir=static_dir,
-        sessions=SessionStore(state_dir, ttl=session_ttl),
     )
-    assert app.sessions is not None
-    _warn_exposed(host, token)
-
-    async def changed(ids: set[str] | None) -> None:
-        await hub.refresh(ids)
-
+    _warn_exposed(network)
     # Sessions outlive the listener: its exit closes every client, whose records are final.
-    async with app.sessions.running(), _listen(app, host, port):
+    async with source.sessions.running(), _listen(app):
         if on_listen is not None:
             on_listen(app)
-        watcher = asyncio.create_task(
-            watch_directory(
-                directory,
-                changed,
-                poll=poll,
-                scan_interval=scan_interval,
-                poll_interval=poll_interval,
-                at_once=hub.refresh_now,
-            )
-        )
-        # The watcher's first step registers the inotify watch; then one more read picks up
-        # whatever was appended between the initial read and that moment.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        await hub.refresh()
-        app.series.warm(hub.readers.values())  # long runs' series, built in the background
-        keeper = (
-            asyncio.create_task(identities.keep(hub, state_dir)) if state_dir is not None else None
-        )
-        try:
+        async with source.watching(
+            poll=poll, scan_interval=scan_interval, poll_interval=poll_interval
+        ):
+            app.series.warm(source.fanout.readers.values())  # long runs' series, in the background
             yield app
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await hub.close()
-            if keeper is not None:  # saves where every file was read to, one last time
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
 
 
 @contextlib.asynccontextmanager
@@ -754,27 +601,17 @@ async def serve_replay(
     on_listen: Callable[[TailerServer], None] | None = None,
 ) -> AsyncIterator[TailerServer]:
     """Serve one recorded run on ``/``: every client gets its own paced replay from the start."""
+    network = NetworkOptions(
+        host, port, token, tuple(allow_origins), tuple(allow_hosts), max_clients
+    )
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     app = TailerServer(
-        hub=None,
-        host=host,
-        token=token,
-        allow_origins=allow_origins,
-        allow_hosts=allow_hosts,
-        max_clients=max_clients,
-        queue_bytes=DEFAULT_QUEUE_BYTES,
-        replay_path=path,
-        replay_speed=speed,
-        replay_max_gap=max_gap,
-        static_dir=static_dir,
+        PacedReplay(path, speed=speed, max_gap=max_gap), network, static_dir=static_dir
     )
-    reader = FileReader(path, validate_experiment_id(app._replay_id()))
-    reader.read_all()
-    app._replay_reader = reader
-    _warn_exposed(host, token)
-    async with _listen(app, host, port):
+    _warn_exposed(network)
+    async with _listen(app):
         if on_listen is not None:
             on_listen(app)
         yield app

@@ -60,7 +60,7 @@ from tailer.hub import Client, log_reset_frame
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from tailer.hub import Hub
+    from tailer.hub import DirectoryFanout
     from tailer.routes import Route
 
 __all__ = [
@@ -471,7 +471,7 @@ class SessionStore:
 
     # ------------------------------------------------------------------ connections
 
-    async def attach(self, hub: Hub, client: SessionClient, route: Route) -> None:
+    async def attach(self, fanout: DirectoryFanout, client: SessionClient, route: Route) -> None:
         """Send what the session missed (unless the handshake has ``since``), then live.
 
         1. Settle the session's open connections, then pick the resume record.
@@ -479,7 +479,7 @@ class SessionStore:
            none: created while away); others, and all of them without a
            record, start live.
         3. The client joins the firehose at once, holding back the experiments
-           it still has to catch up; each catch-up (:meth:`Hub.attach`) sends
+           it still has to catch up; each catch-up (:meth:`DirectoryFanout.attach`) sends
            the history from disk and releases its experiment in the same
            synchronous step that sees no newer line, as a subscription would.
         """
@@ -495,13 +495,13 @@ class SessionStore:
             since = route.since
             if since is None and resume is not None:
                 since = resume.cursors.get(experiment, -1)
-            reader = hub.readers.get(experiment)
+            reader = fanout.readers.get(experiment)
             lines = reader.next_seq if reader is not None and reader.exists else 0
             cursors[experiment] = since if since is not None else lines - 1
-            await hub.attach(client, experiment, since)
+            await fanout.attach(client, experiment, since)
             return
         catch_up: dict[str, int] = {}
-        for experiment_id, reader in hub.readers.items():
+        for experiment_id, reader in fanout.readers.items():
             if not reader.exists:
                 continue
             if resume is None:
@@ -513,14 +513,14 @@ class SessionStore:
                 catch_up[experiment_id] = seq
         if resume is not None:
             for experiment_id, seq in resume.cursors.items():
-                reader = hub.readers.get(experiment_id)
+                reader = fanout.readers.get(experiment_id)
                 if seq >= 0 and (reader is None or not reader.exists):
                     # Deleted while away: say so, as the firehose does when it happens live.
                     client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
         client.held.update(catch_up)
-        hub.subscribe_firehose(client)
+        fanout.subscribe_firehose(client)
         for experiment_id, seq in catch_up.items():
-            if not await hub.attach(client, experiment_id, seq, firehose=True):
+            if not await fanout.attach(client, experiment_id, seq, firehose=True):
                 return
 
     def detach(self, client: SessionClient) -> None:

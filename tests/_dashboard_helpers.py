@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.format import encode_message
+from recorder.format import INDEX_KEYS, encode_message
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_runs"
@@ -241,18 +241,6 @@ def chart_points(page) -> dict[str, dict[str, tuple[int, int]]]:
 
 PHASES = ["train", "training", "val", "valid", "validation", "test", "predict"]
 ALIASES = {"training": "train", "valid": "val", "validation": "val"}
-INDEX_KEYS = {
-    "epoch",
-    "step",
-    "round",
-    "round_num",
-    "total_epochs",
-    "total_rounds",
-    "batch_idx",
-    "local_epoch",
-    "client_id",
-    "num_examples",
-}
 
 
 def read_messages(path: Path) -> list[dict]:

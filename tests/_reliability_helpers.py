@@ -1,7 +1,7 @@
 """Helpers for the reliability tests: writer processes, what a file holds, resuming clients.
 
 The server fixtures themselves are the tailer's (:mod:`tests._tailer_helpers`
-for in-process servers, ``tailer()`` in :mod:`tests.test_serve_cli` for the
+for in-process servers, ``tailer_cli()`` in :mod:`tests._tailer_helpers` for the
 real ``python -m tailer`` subprocess); this module adds what fault tests need
 on top: writer subprocesses at a fixed rate, the ground truth of a run file
 (which ``seq`` holds which valid message), a client that reconnects with

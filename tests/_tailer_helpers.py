@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import re
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -142,3 +145,39 @@ async def ws_status(url: str, **kwargs: Any) -> int:
             return 101
     except InvalidStatus as exc:
         return exc.response.status_code
+
+
+#: The line ``tailer serve``/``replay`` prints once it listens (both ports must agree).
+URL = re.compile(r"on http://127\.0\.0\.1:(\d+)/\S* \(ws://127\.0\.0\.1:(\d+)/\)")
+
+
+@contextlib.asynccontextmanager
+async def tailer_cli(*args: str, log: Path, env: dict[str, str] | None = None, preexec_fn=None):
+    """Start ``python -m tailer ARGS``; yield (process, port, line) once it printed its URL.
+
+    stderr goes to ``log``; the process is killed at the end if it still runs.
+    """
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
+    environment.update(PYTHONUNBUFFERED="1", **(env or {}))
+    with open(log, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tailer",
+            *args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env=environment,
+            preexec_fn=preexec_fn,
+        )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = URL.search(line)
+        assert match, f"no startup line: {line!r}; stderr: {log.read_text()[-2000:]}"
+        assert match.group(1) == match.group(2) != "0"
+        yield proc, int(match.group(1)), line
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,4 +1,4 @@
-"""GET /api/metrics and /api/hparams against a real `tailer serve`: exactly replay.read_metrics' rows."""
+"""GET /api/metrics, /api/hparams and /api/schema against a real `tailer serve`: exactly replay.read_metrics' rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import replay
-from recorder.format import encode_message
+from recorder.format import INDEX_KEYS, encode_message
 from tests._dashboard_helpers import serving, write_centralized, write_failed, write_federated
 
 
@@ -114,6 +114,14 @@ def test_hparams_lists_the_messages_hyperparameters_come_from(served):
         {"type": "training_start", "data": {"hparams": {"lr": 0.01}, "max_epochs": 2}},
         {"type": "hparams", "data": {"batch_size": 32}},
     ]
+
+
+def test_schema_serves_the_index_keys_of_the_log_format(served):
+    """/api/schema gives recorder.format.INDEX_KEYS as JSON (model.js imports it as a JSON module)."""
+    _, server = served
+    status, ctype, body = get(server, "/api/schema")
+    assert status == 200 and ctype == "application/json"
+    assert json.loads(body) == {"index_keys": sorted(INDEX_KEYS)}
 
 
 def test_token_is_required(tmp_path):

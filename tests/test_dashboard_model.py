@@ -300,3 +300,37 @@ def test_client_tagged_values_get_a_line_per_client(page):
             "client 7 train (batch)": 3,
         },
     }
+
+
+INDEX_KEY_MESSAGES = [
+    {"type": "batch_metrics", "data": {"step": 1, "loss": 0.5, "rank": 1, "num_examples": 32}},
+    {
+        "type": "epoch_end",
+        "data": {
+            "epoch": 0,
+            "phase": "val",
+            "metrics": {"acc": 0.9, "rank": 1, "num_examples": 64},
+        },
+    },
+]
+
+
+def test_a_value_is_charted_exactly_when_read_metrics_gives_it_a_row(page, tmp_path):
+    """The page's index keys are replay's: `rank` indexes a value, `num_examples` is one."""
+    import orjson
+
+    import replay
+
+    run = tmp_path / "keys.jsonl"
+    run.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in INDEX_KEY_MESSAGES))
+    rows = replay.read_metrics(run)
+    assert set(rows["metric"]) == {"loss", "acc", "num_examples"}  # not rank
+    charts = page.evaluate(
+        """(messages) => {
+            const model = new M.RunModel('x');
+            messages.forEach((m, seq) => model.apply({...m, seq}));
+            return [...model.charts.keys()].sort();
+        }""",
+        INDEX_KEY_MESSAGES,
+    )
+    assert charts == ["metrics:acc", "metrics:loss", "metrics:num_examples"]

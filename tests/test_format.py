@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from recorder import format as fmt
 from recorder.format import (
     MAX_LINE_BYTES,
+    LineBuffer,
     MalformedLine,
     decode_line,
     encode_line,
@@ -29,7 +31,7 @@ from recorder.format import (
     to_python,
     utc_timestamp,
     validate_experiment_id,
-    wire_frame,
+    wire_payload,
 )
 
 
@@ -282,6 +284,43 @@ def test_split_lines_keeps_the_partial_tail() -> None:
     assert split_lines(b"a\n\nb\n") == ([b"a", b"b"], b"")
 
 
+_LINE_PARTS = st.lists(
+    st.sampled_from([b"{}", b" ", b"\t", b"x" * 7, b"y" * 13, b"\n", b"\n", b"\n"]), max_size=40
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=_LINE_PARTS, cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_line_buffer_gives_the_same_lines_however_the_bytes_arrive(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    """LineBuffer: complete lines, over-long ones and the torn tail do not depend on the reads.
+
+    An over-long line that arrives whole comes back whole (the decoder refuses
+    it); one that grows past the limit comes back as ``None``: both take a seq.
+    """
+    data = b"".join(parts)
+
+    def fed(pieces: list[bytes]) -> tuple[list[bytes | None], int, bool]:
+        buffer = LineBuffer(max_line_bytes=10)
+        lines: list[bytes | None] = []
+        offset = 0
+        for piece in pieces:
+            dropped, over_long, chunk = buffer.feed(piece)
+            lines += [None] * over_long + split_lines(chunk)[0]
+            offset += dropped + len(chunk)
+        return [None if line and len(line) > 10 else line for line in lines], offset, buffer.torn
+
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    whole = data.rfind(b"\n") + 1
+    tail = data[whole:]
+    want = [
+        None if len(line) > 10 else line for line in data[:whole].split(b"\n")[:-1] if line.strip()
+    ]
+    assert fed(pieces) == fed([data]) == (want, whole, bool(tail.strip()))
+
+
 def test_blank_lines_are_no_lines() -> None:
     """split_lines and iter_messages leave out empty and whitespace-only lines, unnumbered."""
     assert split_lines(b"\n a\n\n \t\r\nb\n\n") == ([b" a", b"b"], b"")
@@ -292,15 +331,15 @@ def test_blank_lines_are_no_lines() -> None:
     assert numbered == [(0, "a"), (1, None), (2, "b")]
 
 
-def test_wire_frame_appends_id_and_seq() -> None:
+def test_wire_payload_appends_id_and_seq() -> None:
     """The frame is the recorded object plus experiment_id and seq, which win over recorded keys."""
     line = encode_message("x", {"a": 1}, timestamp="t", extra={"seq": 99})
-    frame = wire_frame(line, "exp-1", 7)
+    frame = wire_payload(line, "exp-1", 7)
     parsed = json.loads(frame)
     assert parsed["experiment_id"] == "exp-1"
     assert parsed["seq"] == 7
     assert parsed["data"] == {"a": 1}
-    assert json.loads(wire_frame(b"{}\n", "e", 0)) == {"experiment_id": "e", "seq": 0}
+    assert json.loads(wire_payload(b"{}\n", "e", 0)) == {"experiment_id": "e", "seq": 0}
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from recorder.format import (
     MalformedLine,
     decode_line,
     is_blank_line,
-    wire_frame,
-    wire_frames,
+    wire_payload,
+    wire_payloads,
 )
 from tailer.frames import frame_lines
 from tailer.reader import FileReader
@@ -107,13 +107,13 @@ def _check_decoded(line: bytes) -> dict | None:
 @example(line=b"{ }", experiment_id="x")
 @example(line=b'{"type":"\\u00e9","data":{}}', experiment_id="x")
 @example(line=b'{"type":"a","data":123456789012345678901234567890}', experiment_id="x")
-def test_accepted_lines_give_valid_wire_frames(line, experiment_id):
+def test_accepted_lines_give_valid_wire_payloads(line, experiment_id):
     """Every line decode_line accepts becomes a frame that is valid JSON with our id and seq winning."""
     message = _check_decoded(line)
     if message is None:
         return
     for seq in (0, 7, 2**53 + 1):
-        frame = wire_frame(line, experiment_id, seq)
+        frame = wire_payload(line, experiment_id, seq)
         parsed = orjson.loads(frame)
         assert parsed == {**message, "experiment_id": experiment_id, "seq": seq}
         # The stdlib (what a Python client would use) parses it too (big integers exactly,
@@ -122,7 +122,7 @@ def test_accepted_lines_give_valid_wire_frames(line, experiment_id):
         assert (strict["experiment_id"], strict["seq"]) == (experiment_id, seq)
         assert strict.keys() == parsed.keys()
         # The batch splice of history gives the very same bytes.
-        assert wire_frames([(seq, line)], experiment_id) == [frame]
+        assert wire_payloads([(seq, line)], experiment_id) == [frame]
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ def test_pathological_lines_never_raise_anything_but_malformed(line):
     """Deep nesting, huge numbers, 10 MB lines, invalid UTF-8, wrong types: MalformedLine or a message."""
     message = _check_decoded(line)
     if message is not None:
-        orjson.loads(wire_frame(line, "x", 1))
+        orjson.loads(wire_payload(line, "x", 1))
 
 
 def _truth(data: bytes, limit: int) -> tuple[list[tuple[int, bytes]], int]:

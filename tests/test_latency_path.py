@@ -16,7 +16,7 @@ import pytest
 
 from tailer import eventloop
 from tailer import reader as reader_module
-from tailer.hub import Hub
+from tailer.hub import DirectoryFanout
 from tailer.reader import FileReader
 from tailer.server import serve_directory
 from tailer.sessions import SessionClient
@@ -53,7 +53,7 @@ async def test_refresh_now_reads_frames_and_delivers_before_returning(tmp_path):
     """Known files are read and sent synchronously; ids it does not know are handed back."""
     w = Writer(tmp_path, "a")
     w.message("m", {"i": 0})
-    hub = Hub(tmp_path)
+    hub = DirectoryFanout(tmp_path)
     await hub.refresh(startup=True)
     client = _Recorder()
     hub.firehose.add(client)  # type: ignore[arg-type]
@@ -71,7 +71,7 @@ async def test_refresh_now_hands_a_burst_beyond_one_step_to_a_background_task(tm
     """One bounded step in the callback; the rest of a big append is read by a task of its own."""
     w = Writer(tmp_path, "big")
     w.message("m")
-    hub = Hub(tmp_path)
+    hub = DirectoryFanout(tmp_path)
     await hub.refresh(startup=True)
     client = _Recorder()
     hub.firehose.add(client)  # type: ignore[arg-type]
@@ -306,7 +306,7 @@ async def test_a_file_replaced_while_its_descriptor_is_kept_is_noticed(tmp_path)
     async with _serving(tmp_path, "swap") as (app, ws, w):
         w.message("m", {"i": 1})
         assert (await recv_json(ws))["data"] == {"i": 1}
-        assert app.hub.readers["swap"]._held_fd >= 0
+        assert app.source.fanout.readers["swap"]._held_fd >= 0
         (tmp_path / "new.tmp").write_bytes(b'{"type":"m","data":{"i":"new"}}\n')
         os.replace(tmp_path / "new.tmp", tmp_path / "swap.jsonl")
         assert (await recv_json(ws))["type"] == "log_reset"

@@ -15,8 +15,7 @@ from recorder import MetricsRecorder
 from recorder.format import rank_file_id, split_rank, validate_experiment_id, validate_run_id
 from replay import read_messages, read_metrics
 from replay.export import export
-from tests._tailer_helpers import aio, http_get, recv_n, ws_connect
-from tests.test_serve_cli import ROOT, tailer
+from tests._tailer_helpers import ROOT, aio, http_get, recv_n, tailer_cli, ws_connect
 
 
 @pytest.mark.parametrize(
@@ -151,7 +150,7 @@ def test_tailer_ls_json_carries_run_and_rank(tmp_path: Path) -> None:
 async def test_api_experiments_and_the_wire_keep_each_files_id(tmp_path: Path) -> None:
     """/api/experiments has run and rank; on the wire each rank file has its own id and seq."""
     _per_rank_runs(tmp_path)
-    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (
+    async with tailer_cli("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (
         _,
         port,
         _,

@@ -673,7 +673,7 @@ json_values = st.recursive(
 def test_the_recorders_fast_path_writes_what_encode_message_writes(
     tmp_path: Path, data: Any, kind: str
 ) -> None:
-    """record() (with its inlined encoder) writes the same line as encode_message, bar the timestamp."""
+    """record() writes the same line as encode_message, bar the timestamp."""
     path = tmp_path / "same.jsonl"
     path.unlink(missing_ok=True)
     with MetricsRecorder(tmp_path, "same") as rec:

@@ -22,8 +22,7 @@ import orjson
 import pytest
 
 from tests._reliability_helpers import env_without_tailer, never_reading_client
-from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, ws_connect
-from tests.test_serve_cli import tailer
+from tests._tailer_helpers import ROOT, Writer, aio, http_get, recv_json, tailer_cli, ws_connect
 
 
 async def _raw_status(port: int, request: bytes) -> int | None:
@@ -103,7 +102,7 @@ def test_an_empty_token_is_refused(tmp_path):
 
 @aio(60)
 async def test_an_empty_tailer_token_in_the_environment_counts_as_unset(tmp_path):
-    async with tailer(
+    async with tailer_cli(
         "serve", str(tmp_path), "--port", "0", log=tmp_path / "serve.log", env={"TAILER_TOKEN": ""}
     ) as (_, port, line):
         assert "token=" not in line
@@ -132,7 +131,7 @@ async def test_duplicated_headers_and_bad_targets_get_400_never_500(tmp_path):
     log = tmp_path / "serve.log"
     for token in (None, "t"):
         args = ["serve", str(tmp_path), "--port", "0"] + (["--token", token] if token else [])
-        async with tailer(*args, log=log) as (proc, port, _):
+        async with tailer_cli(*args, log=log) as (proc, port, _):
             statuses = [await _raw_status(port, request) for request in cases]
             assert statuses == [400] * len(cases), statuses
             assert await _healthz_seconds(port) < 10
@@ -150,7 +149,7 @@ async def test_a_fifo_swapped_in_under_a_replay_never_freezes_the_server(tmp_pat
     run = tmp_path / "x.jsonl"
     Writer(tmp_path, "x").message("m", {"i": 0})
     log = tmp_path / "replay.log"
-    async with tailer("replay", str(run), "--port", "0", "--speed", "0", log=log) as (
+    async with tailer_cli("replay", str(run), "--port", "0", "--speed", "0", log=log) as (
         proc,
         port,
         _,
@@ -180,7 +179,7 @@ async def test_a_file_of_newlines_or_binary_data_does_not_hold_up_other_runs(tmp
     runs = tmp_path / "runs"
     runs.mkdir()
     Writer(runs, "good").message("m", {"probe": -1})
-    async with tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+    async with tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
         proc,
         port,
         _,
@@ -216,7 +215,7 @@ async def test_a_huge_sparse_file_delays_neither_start_up_nor_other_runs(tmp_pat
     # Bigger than anything that can be read in the time allowed: only the start-up order counts.
     _sparse(runs / "bigger.jsonl", 200 << 30)
     started = time.monotonic()
-    async with tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+    async with tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
         proc,
         port,
         _,
@@ -431,10 +430,40 @@ async def test_inotify_is_re_armed_when_the_runs_directory_comes_back(tmp_path):
         w.close()
 
 
+async def _flood_past_never_readers(app, directory, queued) -> tuple[int, int]:
+    """8 firehose clients that never read and an honest one; 12 MB written in 60 bursts.
+
+    The bursts come faster than any closing handshake times out and go far past
+    every kernel socket buffer. Returns the lines the honest client received
+    and the peak of ``queued()`` (bytes waiting) after each burst.
+    """
+    from recorder.format import encode_message
+
+    stuck = [await never_reading_client(app.port) for _ in range(8)]
+    async with ws_connect(app.ws_url) as honest:
+        w = Writer(directory, "flood")
+        received = 0
+        peak = 0
+        pad = "x" * 1000
+        for burst in range(60):
+            w.raw(
+                b"".join(
+                    encode_message("m", {"i": burst * 200 + k, "pad": pad}) for k in range(200)
+                )
+            )
+            for _ in range(200):
+                await recv_json(honest)
+                received += 1
+            peak = max(peak, queued())
+        w.close()
+    for writer in stuck:
+        writer.transport.abort()
+    return received, peak
+
+
 @aio(120)
 async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp_path, caplog):
     """8 firehose clients that never read: what waits for all of them stays under --max-queued-bytes."""
-    from recorder.format import encode_message
     from tailer.server import serve_directory
 
     caplog.set_level(logging.WARNING, logger="tailer")
@@ -442,33 +471,40 @@ async def test_a_global_queued_bytes_budget_closes_the_fullest_clients_first(tmp
     async with serve_directory(
         tmp_path, port=0, queue_bytes=2 << 20, max_queued_bytes=budget
     ) as app:
-        stuck = [await never_reading_client(app.port) for _ in range(8)]
-        async with ws_connect(app.ws_url) as honest:
-            w = Writer(tmp_path, "flood")
-            received = 0
-            peak = 0
-            pad = "x" * 1000
-            for burst in range(60):  # 12 MB in all: far past every kernel socket buffer
-                w.raw(
-                    b"".join(
-                        encode_message("m", {"i": burst * 200 + k, "pad": pad}) for k in range(200)
-                    )
-                )
-                for _ in range(200):
-                    await recv_json(honest)
-                    received += 1
-                queued = sum(
-                    c.transport.get_write_buffer_size() for c in app.clients if not c.closing
-                )
-                peak = max(peak, queued)
-            assert received == 60 * 200
-            w.close()
-        for writer in stuck:
-            writer.transport.abort()
+        received, peak = await _flood_past_never_readers(
+            app,
+            tmp_path,
+            lambda: sum(c.transport.get_write_buffer_size() for c in app.clients if not c.closing),
+        )
+        assert received == 60 * 200
     print(f"8 never-reading clients: peak queued for all {peak / 2**20:.1f} MiB (budget 3 MiB)")
     assert peak <= budget + (256 << 10), peak
     closed = [r.getMessage() for r in caplog.records if "--max-queued-bytes" in r.getMessage()]
     assert closed, "nobody was closed for the global budget"
+
+
+@aio(120)
+async def test_clients_being_closed_still_count_against_the_queued_bytes_budget(tmp_path):
+    """Never-readers closed with 1013 hold their queue until the socket goes: the budget counts it.
+
+    A closed client's send buffer stays in memory until its closing handshake
+    times out; a crowd of never-readers closed one after another would
+    otherwise hold many times --max-queued-bytes (seen: 1.5 GB for 1,000).
+    """
+    from tailer.server import serve_directory
+
+    budget = 3 << 20
+    async with serve_directory(
+        tmp_path, port=0, queue_bytes=1 << 20, max_queued_bytes=budget
+    ) as app:
+        # Every byte still waiting in a socket buffer, closing clients included.
+        _, peak = await _flood_past_never_readers(
+            app,
+            tmp_path,
+            lambda: sum(c.transport.get_write_buffer_size() for c in list(app.clients)),
+        )
+    print(f"8 never-reading clients: peak held for all {peak / 2**20:.1f} MiB (budget 3 MiB)")
+    assert peak <= budget + (256 << 10), peak
 
 
 # --------------------------------------------------------------------------- item 8
@@ -490,7 +526,7 @@ async def test_host_any_binds_both_stacks_and_prints_urls_that_answer(tmp_path):
         writer.close()
         return int(line.split()[1])
 
-    async with tailer(
+    async with tailer_cli(
         "serve", str(tmp_path), "--host", "::", "--port", "0", log=tmp_path / "a"
     ) as (
         _,
@@ -500,7 +536,7 @@ async def test_host_any_binds_both_stacks_and_prints_urls_that_answer(tmp_path):
         assert await healthz("127.0.0.1", port) == 200
         assert await healthz("::1", port) == 200
     mine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
-    async with tailer(
+    async with tailer_cli(
         "serve", str(tmp_path), "--host", "0.0.0.0", "--port", "0", log=tmp_path / "b"
     ) as (proc, port, line):
         more = b""
@@ -545,7 +581,7 @@ async def test_running_out_of_descriptors_never_stops_delivery(tmp_path):
                 break
 
     try:
-        async with tailer(
+        async with tailer_cli(
             "serve", str(runs), "--port", "0", "--token", "t", log=log, preexec_fn=low_limit
         ) as (proc, port, _):
             rss_before = rss_of(proc.pid)
@@ -614,11 +650,13 @@ async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_fir
     hub_module.STARTUP_BUDGET = 0  # everything past the first step goes to the background
     try:
         async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as fire:
-            assert app.hub is not None and app.hub._catch_ups, "read before listening"
+            assert app.source.fanout is not None and app.source.fanout._catch_ups, (
+                "read before listening"
+            )
             async with ws_connect(f"{app.ws_url}experiments/big?since={n - 6}") as ws:
                 got = [(await recv_json(ws, timeout=60))["seq"] for _ in range(5)]
                 assert got == list(range(n - 5, n))
-                await wait_for(lambda: not app.hub._catch_ups, 60, "the background read")
+                await wait_for(lambda: not app.source.fanout._catch_ups, 60, "the background read")
                 Writer(tmp_path, "big").message("m", {"i": "new"})
                 assert (await recv_json(ws))["seq"] == n
             first = await recv_json(fire)

@@ -16,8 +16,7 @@ from tests._reliability_helpers import (
     wait_for,
     write_script,
 )
-from tests._tailer_helpers import aio, free_port, http_get
-from tests.test_serve_cli import tailer
+from tests._tailer_helpers import aio, free_port, http_get, tailer_cli
 
 # Four writer processes at ~1 kHz each; two of them share a file (O_APPEND interleaving).
 WRITERS = [("exp-a", "w0"), ("exp-a", "w1"), ("exp-b", "w2"), ("exp-c", "w3")]
@@ -37,7 +36,7 @@ async def test_kill_9_of_the_tailer_mid_stream_loses_and_repeats_nothing(tmp_pat
     writers = []
     clients: list[ResumingClient] = []
     try:
-        async with tailer(
+        async with tailer_cli(
             "serve", str(runs), "--port", str(port), "-q", log=tmp_path / "first.log"
         ) as (proc, _, _):
             writers = [
@@ -60,7 +59,7 @@ async def test_kill_9_of_the_tailer_mid_stream_loses_and_repeats_nothing(tmp_pat
             killed_at = [c.last_seq for c in clients]
         await asyncio.sleep(1.0)  # the writers go on while no tailer runs
         started = time.monotonic()
-        async with tailer(
+        async with tailer_cli(
             "serve", str(runs), "--port", str(port), "-q", log=tmp_path / "second.log"
         ) as (proc2, _, _):
             print(f"restart took {time.monotonic() - started:.2f} s")

@@ -15,8 +15,7 @@ import pytest
 from recorder.format import encode_message
 from tailer.server import serve_directory
 from tests._reliability_helpers import mib, rss_of
-from tests._tailer_helpers import Writer, aio, http_get, recv_json, ws_connect
-from tests.test_serve_cli import tailer
+from tests._tailer_helpers import Writer, aio, http_get, recv_json, tailer_cli, ws_connect
 
 N = 10_000
 
@@ -34,7 +33,7 @@ async def test_ten_thousand_experiments_start_list_and_stream(tmp_path):
             + encode_message("status", {"status": "completed" if i % 2 else "running"})
         )
     started = time.monotonic()
-    async with tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+    async with tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
         proc,
         port,
         _,

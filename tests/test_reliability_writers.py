@@ -73,7 +73,7 @@ async def test_a_writer_killed_mid_line_tears_at_most_the_last_line(tmp_path):
         await client.stop()
         assert [m["seq"] for m in client.received] == sorted(truth)
         assert all(strip_wire(m) == truth[m["seq"]] for m in client.received)
-        assert app.hub is not None and app.hub.readers["big"].malformed == 1
+        assert app.source.fanout is not None and app.source.fanout.readers["big"].malformed == 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = replay.read_metrics(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from recorder.format import wire_frame
+from recorder.format import wire_payload
 from replay.pacing import iter_frames, paced_frames, replay_end_frame
 from tests._replay_helpers import line, write_run
 
@@ -41,7 +41,7 @@ def test_frames_keep_order_seq_and_end_with_replay_end(tmp_path: Path) -> None:
     path = spanning_run(tmp_path / "run-7.jsonl")
     frames, _ = collect(path, speed=0)
     raw = path.read_bytes().split(b"\n")[:-1]
-    expected = [wire_frame(raw[seq], "run-7", seq) for seq in range(len(raw)) if seq != 4]
+    expected = [wire_payload(raw[seq], "run-7", seq) for seq in range(len(raw)) if seq != 4]
     assert frames[:-1] == expected
     seqs = [orjson.loads(f)["seq"] for f in frames[:-1]]
     assert seqs == [0, 1, 2, 3, *range(5, 22)]

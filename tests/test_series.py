@@ -242,6 +242,27 @@ async def test_series_endpoint_reduces_zooms_and_continues_live(tmp_path):
 
 
 @aio(120)
+async def test_series_catalogue_with_bulk_answers_every_bulk_metric_in_one_snapshot(tmp_path):
+    """`bulk=1`: the catalogue plus each bulk metric, as `metric=` answers it up to its seq."""
+    writer = _write_run(tmp_path, "big", 5_000)
+    writer.raw(encode_message("batch_metrics", {"step": 5_000, "loss": 0.5, "accuracy": 0.75}))
+    async with serve_directory(tmp_path, port=0) as app:
+        query = "width=100&max_raw=400"
+        _, _, both = await _get(app.port, f"/api/series?run=big&bulk=1&{query}")
+        _, _, catalogue = await _get(app.port, "/api/series?run=big")
+        assert {k: v for k, v in both.items() if k != "metrics"} == catalogue
+        assert [m["metric"] for m in both["metrics"]] == ["loss", "accuracy"]  # bulk only
+        for answer in both["metrics"]:
+            _, _, alone = await _get(
+                app.port, f"/api/series?run=big&metric={answer['metric']}&{query}"
+            )
+            assert answer == alone and answer["seq"] == catalogue["seq"]
+        assert both["metrics"][0]["series"][0]["reduced"]
+        assert all(not s["bulk"] for s in catalogue["series"] if s["type"] == "epoch_end")
+    writer.close()
+
+
+@aio(120)
 async def test_series_x_kinds(tmp_path):
     """x=epoch, seq, time and wall draw the same values against other axes."""
     writer = Writer(tmp_path, "r")
@@ -400,7 +421,7 @@ async def test_a_run_the_tailer_still_reads_in_is_answered_503(tmp_path):
     """While the tailer numbers a file's start-up backlog, /api/series says 503, retry."""
     _write_run(tmp_path, "r", 100).close()
     async with serve_directory(tmp_path, port=0) as app:
-        reader = app.hub.readers["r"]
+        reader = app.source.fanout.readers["r"]
         reader.backlog_end = reader.consumed + 1000  # as if the start-up read were not done
         status, head, _ = await _get(app.port, "/api/series?run=r")
         assert status == 503 and head["retry-after"] == "1"

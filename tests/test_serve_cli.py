@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
@@ -24,39 +21,9 @@ from tests._tailer_helpers import (
     assert_silent,
     http_get,
     recv_json,
+    tailer_cli,
     ws_connect,
 )
-
-URL = re.compile(r"on http://127\.0\.0\.1:(\d+)/\S* \(ws://127\.0\.0\.1:(\d+)/\)")
-
-
-@contextlib.asynccontextmanager
-async def tailer(*args: str, log: Path, env: dict[str, str] | None = None, preexec_fn=None):
-    """Start ``python -m tailer ARGS``; yield (process, port) once it printed its URL."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
-    environment.update(PYTHONUNBUFFERED="1", **(env or {}))
-    with open(log, "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tailer",
-            *args,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            env=environment,
-            preexec_fn=preexec_fn,
-        )
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        match = URL.search(line)
-        assert match, f"no startup line: {line!r}; stderr: {log.read_text()[-2000:]}"
-        assert match.group(1) == match.group(2) != "0"
-        yield proc, int(match.group(1)), line
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @aio(90)
@@ -64,7 +31,7 @@ async def test_serve_prints_real_port_streams_and_exits_0_on_sigterm(tmp_path):
     """--port 0 prints the real URL; SIGTERM closes clients with 1001 and exits 0."""
     runs = tmp_path / "runs"  # created by the command
     log = tmp_path / "err.log"
-    async with tailer("serve", str(runs), "--port", "0", log=log) as (proc, port, line):
+    async with tailer_cli("serve", str(runs), "--port", "0", log=log) as (proc, port, line):
         assert f"serving {runs}" in line
         async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
             Writer(runs, "cli").message("epoch_end", {"epoch": 1})
@@ -83,7 +50,7 @@ async def test_serve_prints_real_port_streams_and_exits_0_on_sigterm(tmp_path):
 @aio(90)
 async def test_sigint_exits_0(tmp_path):
     """Ctrl-C (SIGINT) is a clean shutdown too."""
-    async with tailer("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (
+    async with tailer_cli("serve", str(tmp_path), "--port", "0", log=tmp_path / "err.log") as (
         proc,
         port,
         _,
@@ -130,7 +97,7 @@ def test_bad_options_exit_2_without_traceback(tmp_path):
 @aio(90)
 async def test_token_from_environment(tmp_path):
     """TAILER_TOKEN protects the server like --token; the printed URL carries it."""
-    async with tailer(
+    async with tailer_cli(
         "serve",
         str(tmp_path),
         "--port",
@@ -197,7 +164,7 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
         b'{"type":"training_end","timestamp":"2025-01-01T00:00:00.400Z","data":{"run_id":"done"}}\n',
     ]
     run.write_bytes(b"".join(lines))
-    async with tailer(
+    async with tailer_cli(
         "replay", str(run), "--port", "0", "--speed", "4", log=tmp_path / "e.log"
     ) as (proc, port, line):
         assert "replaying" in line
@@ -266,7 +233,7 @@ async def test_replay_serves_the_dashboards_run_endpoint_at_the_replay_pace(tmp_
         + b"torn"  # an incomplete last line is not part of the run
     )
     speed = 4  # 4 s recorded -> 1 s replayed
-    async with tailer(
+    async with tailer_cli(
         "replay", str(run), "--port", "0", "--speed", str(speed), log=tmp_path / "e.log"
     ) as (proc, port, _):
         base = f"ws://127.0.0.1:{port}"

@@ -528,7 +528,7 @@ async def test_events_for_vanished_files_do_not_create_experiments(tmp_path):
         await asyncio.sleep(0.3)
         _, _, body = await http_get(app.port, "/api/experiments")
         assert orjson.loads(body) == []
-        assert app.hub is not None and app.hub.readers == {}
+        assert app.source.fanout is not None and app.source.fanout.readers == {}
 
 
 @aio()

@@ -21,8 +21,7 @@ from tests._reliability_helpers import (
     wait_for,
     write_script,
 )
-from tests._tailer_helpers import aio, http_get
-from tests.test_serve_cli import tailer
+from tests._tailer_helpers import aio, http_get, tailer_cli
 
 RATE = 500.0
 N = 3000  # six seconds of writing
@@ -40,12 +39,12 @@ async def test_a_client_resumes_on_the_other_tailer_when_its_tailer_dies(tmp_pat
     clients: list[ResumingClient] = []
     try:
         async with (
-            tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "a.log") as (
+            tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "a.log") as (
                 a,
                 port_a,
                 _,
             ),
-            tailer("serve", str(runs), "--port", "0", "-q", log=tmp_path / "b.log") as (
+            tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "b.log") as (
                 b,
                 port_b,
                 _,

@@ -3,14 +3,16 @@
 // Pure data, no DOM and no Plotly, so it can be reasoned about (and tested) on
 // its own. A frame is the recorded message plus `experiment_id` and `seq`.
 
+import schema from "/api/schema" with { type: "json" };
+
 /** Values the recorder writes for non-finite floats. */
 const NON_FINITE = { NaN: NaN, Infinity: Infinity, "-Infinity": -Infinity };
 
-/** Keys that index a value rather than measure something (DESIGN §4). */
-const INDEX_KEYS = new Set([
-  "epoch", "step", "round", "round_num", "total_epochs", "total_rounds",
-  "batch_idx", "local_epoch", "client_id", "num_examples",
-]);
+/**
+ * Keys that index a value rather than measure something: recorder.format.INDEX_KEYS,
+ * served by the tailer, so the page charts exactly the values replay makes rows of.
+ */
+const INDEX_KEYS = new Set(schema.index_keys);
 
 const PHASES = ["train", "training", "val", "valid", "validation", "test", "predict"];
 const PHASE_ALIASES = { training: "train", valid: "val", validation: "val" };

@@ -11,10 +11,10 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TypedDict
 from urllib.parse import quote
 
 from tailer import config, eventloop
+from tailer.config import NetworkOptions
 from tailer.listening import RESERVED_FDS
 from tailer.paths import PathError, directory_to_serve
 from tailer.server import ListenError, TailerServer, serve_directory
@@ -140,17 +140,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class NetworkOptions(TypedDict):
-    """What :func:`network_options` gives: keyword arguments of ``serve_directory``/``serve_replay``."""
-
-    host: str
-    port: int
-    token: str | None
-    allow_origins: list[str]
-    allow_hosts: list[str]
-    max_clients: int
-
-
 def network_options(args: argparse.Namespace) -> NetworkOptions:
     """Keyword arguments for the server from the CLI, falling back on ``TAILER_*`` variables."""
     max_clients = (
@@ -165,15 +154,15 @@ def network_options(args: argparse.Namespace) -> NetworkOptions:
     port = args.port if args.port is not None else config.env_int("PORT", config.DEFAULT_PORT)
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, not {port}")
-    return {
-        "host": args.host or config.env_str("HOST", None) or config.DEFAULT_HOST,
-        "port": port,
+    return NetworkOptions(
+        host=args.host or config.env_str("HOST", None) or config.DEFAULT_HOST,
+        port=port,
         # An empty TAILER_TOKEN counts as unset (env_str), never as a token nobody can give.
-        "token": args.token if args.token is not None else config.env_str("TOKEN", None),
-        "allow_origins": [*config.env_list("ALLOW_ORIGINS"), *args.allow_origin],
-        "allow_hosts": [*config.env_list("ALLOW_HOSTS"), *args.allow_host],
-        "max_clients": max_clients,
-    }
+        token=args.token if args.token is not None else config.env_str("TOKEN", None),
+        allow_origins=(*config.env_list("ALLOW_ORIGINS"), *args.allow_origin),
+        allow_hosts=(*config.env_list("ALLOW_HOSTS"), *args.allow_host),
+        max_clients=max_clients,
+    )
 
 
 def configure_logging(quiet: bool) -> None:
@@ -190,8 +179,7 @@ def configure_logging(quiet: bool) -> None:
 def run_server(
     start: Callable[[Callable[[TailerServer], None]], AbstractAsyncContextManager[TailerServer]],
     describe: Callable[[TailerServer], str],
-    host: str,
-    port: int,
+    options: NetworkOptions,
     loop: str = "auto",
 ) -> int:
     """Run a server until SIGINT/SIGTERM (exit 0); a bind failure prints one line and gives 2.
@@ -228,7 +216,7 @@ def run_server(
             reason = "address already in use (is another tailer running? try --port)"
         else:
             reason = exc.strerror or str(exc)
-        print(f"tailer: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        print(f"tailer: cannot listen on {options.host}:{options.port}: {reason}", file=sys.stderr)
         return 2
     return 0
 
@@ -296,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tailer: {exc}", file=sys.stderr)
         return 2
-    _raise_open_file_limit(options["max_clients"])
+    _raise_open_file_limit(options.max_clients)
     directory = args.directory
     try:
         created = directory_to_serve(directory)
@@ -320,9 +308,7 @@ def run(args: argparse.Namespace) -> int:
             state_dir=args.state_dir or default_state_dir(directory),
             session_ttl=args.session_ttl,
             on_listen=on_listen,
-            **options,
+            **vars(options),
         )
 
-    return run_server(
-        start, lambda app: f"serving {directory}", options["host"], options["port"], args.loop
-    )
+    return run_server(start, lambda app: f"serving {directory}", options, args.loop)
