@@ -49,6 +49,8 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         console = ConsoleWatch(page)
         frames: list[str] = []
         page.on("websocket", lambda ws: frames.append(ws.url))
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/api/series" in r.url else None)
         page.goto(server.page_url("#/runs/big"))
 
         def drawn():
@@ -67,7 +69,22 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         assert max(y) == 50.0 and x[y.index(50.0)] == SPIKE_STEP  # the spike survives
         assert x[0] == 0 and x[-1] == STEPS - 1
         assert any("since=" in url for url in frames)  # live from the snapshot's seq
+        # One request for the whole history (catalogue and every bulk metric), sent by
+        # index.html before the modules loaded, and taken over by reduced.js.
+        assert len(asked) == 1 and "bulk=1" in asked[0], asked
 
+        # Every redraw of the loss chart from here on: the zoom must cost one, with the
+        # server's raw points (not first the held points, then the raw ones).
+        page.evaluate(
+            f"""() => {{
+                const react = Plotly.react;
+                window.lossDraws = [];
+                Plotly.react = function (el, data, ...rest) {{
+                    if (el === {PLOT}) window.lossDraws.push(data.map((t) => t.x.length));
+                    return react.call(this, el, data, ...rest);
+                }};
+            }}"""
+        )
         page.evaluate(
             f"() => Plotly.relayout({PLOT}, {{'xaxis.range[0]': 20000, 'xaxis.range[1]': 20299}})"
         )
@@ -79,6 +96,8 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         x, y = page.evaluate(f"() => [{BATCH}.x, {BATCH}.y]")
         assert x == list(range(19_999, 20_301))
         assert y == [_loss(step) for step in x]
+        draws = page.evaluate("() => window.lossDraws")
+        assert len(draws) == 1 and 302 in draws[0], draws
 
         with open(tmp_path / "big.jsonl", "ab") as f:
             f.write(encode_message("batch_metrics", {"step": STEPS, "loss": 0.125}))

@@ -10,6 +10,7 @@ import { PHASE_ORDER, SECTIONS } from "./model.js";
 import { seriesPoints } from "./series-data.js";
 
 const RAW_LIMIT = 4000;
+const MARKERS_UP_TO = 200;
 const HEAVY_INTERVAL_MS = 400;
 const FRAME_BUDGET_MS = 24;
 const UNIT_AXES = new Set(["epoch"]);
@@ -125,6 +126,8 @@ class ChartState {
     this.lastDraw = -Infinity;
     this.cost = 0;
     this.lines = []; // [{member, series}] in Plotly's order (raw traces)
+    this.pending = false; // a zoomed line waits for the server's points (reduced.js)
+    this.redrawQueued = false;
   }
 }
 
@@ -315,6 +318,17 @@ export class ChartBoard {
       for (const series of chart.traces.values()) longest = Math.max(longest, series.view(axis).xs.length);
     }
     state.thinned = longest > RAW_LIMIT;
+    state.pending = false;
+    // A zoomed line of a big run waits for the server's points: when they arrive the
+    // chart is drawn once with them (one redraw even when several lines asked).
+    const redraw = () => {
+      if (state.redrawQueued) return;
+      state.redrawQueued = true;
+      queueMicrotask(() => {
+        state.redrawQueued = false;
+        if (this.states.get(state.id) === state) this.draw(state);
+      });
+    };
     let index = 0;
     for (const { member, chart } of charts) {
       for (const series of chart.traces.values()) {
@@ -322,10 +336,12 @@ export class ChartBoard {
         const colour = this.colourOf(member, series, index++);
         const meta = { experiment_id: member.model.id, run: member.run ?? member.model.id,
           rank: member.rank ?? null, phase: series.phase, line: series.name, smoothed: false };
-        const redraw = () => { if (this.states.get(state.id) === state) this.draw(state); };
         const opts = { axis, range: state.range, width, thinned: state.thinned, redraw };
         const shown = seriesPoints(series, opts);
-        const markers = series.granularity === "epoch" || shown.x.length <= 30;
+        if (shown.pending) state.pending = true;
+        // Markers while they can be told apart: an SVG marker is an element of its own, so
+        // a thousand of them cost more to draw than the rest of the chart.
+        const markers = shown.x.length <= (series.granularity === "epoch" ? MARKERS_UP_TO : 30);
         // Per-step values against epochs share each epoch's x: joined, they would zigzag
         // down and back at every epoch, so they are drawn as points only.
         const pointsOnly = axis === "epoch" && series.granularity !== "epoch";
@@ -442,6 +458,9 @@ export class ChartBoard {
 
   draw(state, charts = this.chartsFor(state.id)) {
     const data = this.traces(state, charts);
+    // Plotly already shows the new range (with the points it has); the server's points
+    // for it are on their way and draw the chart when they come: one redraw, not two.
+    if (state.plotted && state.pending) return;
     const layout = this.layoutFor(state, data);
     state.plotEl.setAttribute("aria-label",
       `${state.title} over ${X_TITLES[this.options.x] || this.options.x}`);

@@ -17,19 +17,22 @@
 
 import { serverUrl } from "./stream.js";
 
-/** Runs with more lines than this load their history reduced. */
-export const REDUCED_FROM_LINES = 20000;
+/** Runs with more lines than this load their history reduced (a test may lower it by
+ * setting `window.RUNTAIL_REDUCED_FROM_LINES` before the page's modules load). */
+export const REDUCED_FROM_LINES = Number.isFinite(globalThis.RUNTAIL_REDUCED_FROM_LINES)
+  ? globalThis.RUNTAIL_REDUCED_FROM_LINES : 20000;
 /** ... or a file this big (while the tailer still reads a big file in, `lines` lags). */
 const REDUCED_FROM_BYTES = REDUCED_FROM_LINES * 128;
 /** Pixel columns asked for: the server keeps at most 4 points per column, so a history
  * stays under charts.js' RAW_LIMIT (4000) and live points are drawn as they come. */
 const HISTORY_WIDTH = 900;
 
-async function getJson(params) {
+async function getJson(params, first = null) {
   // 503 with Retry-After: the tailer is still reading the run (a cold file of millions of
   // lines takes seconds); ask again, for up to ten minutes.
   for (let attempt = 0; ; attempt++) {
-    const response = await fetch(serverUrl("/api/series", params), { cache: "no-store" });
+    const response = await ((attempt === 0 && first)
+      || fetch(serverUrl("/api/series", params), { cache: "no-store" }));
     if (response.status === 503 && response.headers.has("Retry-After") && attempt < 600) {
       await new Promise((resolve) => setTimeout(resolve, 1000));
       continue;
@@ -38,6 +41,27 @@ async function getJson(params) {
     if (response.status === 204) return null; // `if_over`: the run is not that big
     return response.json();
   }
+}
+
+/**
+ * What a page asks first of a run it opens: the catalogue with the history of every bulk
+ * metric (`bulk=1`, one snapshot), answered only if the run is big (`if_over`, else 204).
+ * index.html sends this very request for the runs in the address before any module
+ * loads; `takeEarly` hands its response over.
+ */
+export function firstRequest(run) {
+  return { run, if_over: REDUCED_FROM_BYTES, bulk: 1, x: "step", width: HISTORY_WIDTH,
+    max_raw: 4 * HISTORY_WIDTH };
+}
+
+/** The response index.html already asked for with `params` (once), or null. */
+function takeEarly(params) {
+  const early = globalThis.__runtailEarly;
+  const url = serverUrl("/api/series", params);
+  const response = early && early[url];
+  if (!response) return null;
+  delete early[url];
+  return response;
 }
 
 /** Whether the list entry of a run says it is long enough for the reduced path. */
@@ -104,19 +128,15 @@ class RemoteMetric {
 
 /**
  * Load a big run's history into `model`: events whole, bulk series reduced
- * (`asked`: the catalogue's request, when already sent).
+ * (`first`: the answer to `firstRequest(run)`, when already in).
  * Resolves once the model holds everything up to the catalogue's `seq`
  * (then `model.lastSeq`), so the WebSocket continues with `since=seq`.
  */
-export async function loadReduced(model, run, asked = null) {
-  const catalogue = (asked && await asked.catch(() => null)) || await getJson({ run });
+export async function loadReduced(model, run, first = null) {
+  const catalogue = first || await getJson({ ...firstRequest(run), if_over: undefined });
   const upto = catalogue.seq;
-  const metrics = [...new Set(catalogue.series.filter((s) => s.bulk).map((s) => s.metric))];
-  const answers = await Promise.all(metrics.map((metric) => getJson(
-    { run, metric, x: "step", width: HISTORY_WIDTH, max_raw: 4 * HISTORY_WIDTH, events: 0, upto },
-  )));
   for (const event of catalogue.events) model.apply(event);
-  for (const answer of answers) {
+  for (const answer of catalogue.metrics) {
     const remote = new RemoteMetric(run, answer.metric);
     for (const series of answer.series) {
       if (series.bulk) applySeries(model, run, remote, series);
@@ -130,14 +150,17 @@ export async function loadReduced(model, run, asked = null) {
 
 /**
  * The points a remote series shows for a zoomed `range`: the server's answer
- * for that range, plus live points that arrived after it; null while it is
- * being fetched (`redraw` is called when it arrives) or when not remote.
+ * for that range, plus live points that arrived after it. `{pending: true}`
+ * while that answer is on its way (`redraw` is called when it arrives: the
+ * chart is drawn once, with it); null when not remote, not zoomed, or when the
+ * fetch failed (the chart then draws what the model holds).
  */
 export function remotePoints(series, range, width, redraw) {
   const remote = series.remote;
   if (!remote || !range) return null;
   const zoom = remote.zoom;
   if (zoom && zoom.range[0] === range[0] && zoom.range[1] === range[1]) {
+    if (zoom.failed) return null;
     const x = zoom.x.slice();
     const y = zoom.y.slice();
     const last = x.length ? x[x.length - 1] : -Infinity;
@@ -154,11 +177,11 @@ export function remotePoints(series, range, width, redraw) {
   remote.fetcher.fetch(range, columns).then((answer) => {
     const match = answer.series.find((s) => s.type === remote.type && s.phase === remote.phase
       && s.client_id === remote.client_id);
-    if (!match) return;
-    remote.zoom = { range, x: match.x, y: match.y };
-    redraw();
-  }).catch(() => {}); // the reduced history stays drawn
-  return null;
+    remote.zoom = match ? { range, x: match.x, y: match.y } : { range, failed: true };
+  }, () => {
+    remote.zoom = { range, failed: true }; // the reduced history stays drawn
+  }).then(redraw);
+  return { pending: true };
 }
 
 /** A stand-in for a feed's stream while the history loads (the same small API). */
@@ -184,21 +207,21 @@ export function openFeed(feed) {
   const { store, id } = feed;
   const pending = new PendingStream();
   (async () => {
-    let asked = null;
-    if (!store.list.loaded) {
-      // The page was opened on this run: ask for its catalogue while the list (which
-      // says whether the run is big) is read, not after; unused for a small run.
-      if (feed.live.lastSeq < 0) {
-        // `if_over`: a small or missing run is answered 204 (no store built, no 404 logged).
-        asked = getJson({ run: id, if_over: REDUCED_FROM_BYTES });
-        asked.catch(() => {}); // the list decides, not this
-      }
+    let first = null;
+    if (!store.list.loaded && feed.live.lastSeq < 0) {
+      // The page was opened on this run: ask for its history while the list (which says
+      // whether the run is big) is read, not after. A big run answers (a small or missing
+      // one is 204: no store built, no 404 logged), and needs not wait for the list.
+      const params = firstRequest(id);
+      first = await getJson(params, takeEarly(params)).catch(() => null);
+    }
+    if (!first && !store.list.loaded) {
       try { await (store.list.loading || store.list.load()); } catch { /* list retried later */ }
     }
     if (pending.stopped) return;
-    if (wantsReduced(store.list.runs.get(id)) && feed.live.lastSeq < 0) {
+    if ((first || wantsReduced(store.list.runs.get(id))) && feed.live.lastSeq < 0) {
       try {
-        await loadReduced(feed.live, id, asked);
+        await loadReduced(feed.live, id, first);
       } catch {
         feed.live.reset(); // fall back to streaming every line
       }

@@ -64,12 +64,15 @@ function smoothedView(view, w) {
  * `width` the plot's width in pixels; `thinned` whether the chart draws a
  * reduced copy; `smooth` the EMA weight (0: the raw values). A line of a big
  * run (reduced.js) shows the server's points for a zoomed range once they
- * arrive (`redraw` is called then); until then, what the model holds.
+ * arrive (`redraw` is called then); until then, what the model holds, marked
+ * `pending` (the chart waits for the answer rather than drawing twice).
  */
 export function seriesPoints(series, { axis = "step", range = null, width = 600, thinned = false, smooth = 0, redraw } = {}) {
+  let pending = false;
   if (redraw && axis === "step" && !smooth) {
     const remote = remotePoints(series, range, width, redraw);
-    if (remote) return remote;
+    if (remote && !remote.pending) return remote;
+    pending = Boolean(remote);
   }
   let view = series.view(axis);
   if (smooth > 0) view = smoothedView(view, smooth);
@@ -79,5 +82,7 @@ export function seriesPoints(series, { axis = "step", range = null, width = 600,
     i0 = Math.max(0, lowerBound(view.xs, range[0]) - 1);
     i1 = Math.min(view.xs.length, lowerBound(view.xs, range[1]) + 1);
   }
-  return decimate(view, i0, i1, thinned ? width : Infinity);
+  const points = decimate(view, i0, i1, thinned ? width : Infinity);
+  if (pending) points.pending = true; // the server's points for `range` are on their way
+  return points;
 }
