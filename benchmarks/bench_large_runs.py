@@ -6,8 +6,9 @@ Run from the repository root (prints figures, asserts nothing)::
     .venv/bin/python benchmarks/bench_large_runs.py --sizes 10000 100000 --old-1m
 
 For each size a run is written to a temporary directory (``batch_metrics``
-every step, ``epoch_end`` every 1,000 steps, ~125 bytes a line) and measured,
-in one Debian chromium (headless), in one run of this script:
+every step, ``epoch_end`` every 1,000 steps, ~125 bytes a line, its last line
+stamped now: a run being trained) and measured, in one Debian chromium
+(headless), in one run of this script:
 
 * baseline: the same browser fetches the ``.jsonl`` from a static server and
   ``JSON.parse``-s every line (the least any page drawing every point does);
@@ -15,19 +16,27 @@ in one Debian chromium (headless), in one run of this script:
 * ``old``: the dashboard streaming every line over the WebSocket (the page's
   reduced path switched off in a copy of its files).
 
-Each path is opened three times in one browser context: ``first`` right
-after the tailer started (plotly not in the browser's cache; the reduced path
-waits for the tailer to read the run's series, which it starts at start), a
-second visit that primes the browser's code cache, and ``repeat`` (a user
-opening the run again), on which zoom and live are measured.
+Each path gets its own tailer; once the tailer is idle (its start-up read and,
+for a run being trained, its series store built) the run is opened three
+times in one fresh browser context: ``first`` (nothing cached: plotly is
+fetched and compiled), a second visit that primes the browser's code cache,
+and ``repeat`` (a user opening the run again), on which zoom and live are
+measured.
 
 Figures: time from navigation to the batch loss chart drawn over the whole run
-(the run's every line accounted for and every chart drawn), the JS heap then
-(CDP ``Runtime.getHeapUsage``), the tailer's peak RSS, a zoom to 1 % of the
-x-range (time until the chart shows that range; ``raw`` when it shows every
-point there), and the latency of a live line (written to the file, until the
-point is on the chart; median of 3). The old path at 1M lines takes minutes
-and is skipped unless ``--old-1m``.
+(``loss``: its batch line drawn up to the run's last step) and to every chart
+drawn (``all``: every line accounted for, nothing left to draw), the JS heap
+then (CDP ``Runtime.getHeapUsage``), the tailer's peak RSS, a zoom to 1 % of
+the x-range (time until the chart shows that range; ``raw`` when it shows
+every point there), and the latency of a live line (written to the file,
+until the point is on the chart; median of 3). The old path at 1M lines takes
+minutes and is skipped unless ``--old-1m``.
+
+At the largest size two more: ``policy`` — the same run as a finished run
+(the tailer builds no store at start, DESIGN §9): the tailer's idle RSS and
+the first open, which then waits for the store to be built; and ``compare``
+— ``#/compare`` of ``--compare`` copies of the run (default 5): time to the
+loss chart and to every chart drawn, heap, tailer RSS, zoom.
 """
 
 from __future__ import annotations
@@ -62,9 +71,13 @@ LINE = "train (batch)"
 TARGETS = {"ratio": 0.30, "heap_mb": 150, "rss_mb": 300, "zoom_ms": 200}
 
 SERVE = """
-import asyncio, sys
+import asyncio, os, sys
 from pathlib import Path
+import tailer.series_api
 from tailer.server import serve_directory
+
+if os.environ.get("BENCH_FINISHED_RUNS"):  # every run taken as finished: no store built at start
+    tailer.series_api.WARM_RUNS = 0
 
 async def main():
     async with serve_directory(sys.argv[1], port=0, static_dir=Path(sys.argv[2])) as app:
@@ -98,15 +111,15 @@ def write_run(path: Path, lines: int) -> tuple[int, int]:
     out = []
     step = 0
     n = 0
+    start = int(time.time()) - lines // 100  # a line every 10 ms, the last one now
+    second, prefix = -1, b""
     with open(path, "wb") as f:
         while n < lines:
             t = n * 10  # ms
-            stamp = b"2025-10-22T%02d:%02d:%02d.%03dZ" % (
-                11 + t // 3_600_000,
-                t // 60_000 % 60,
-                t // 1000 % 60,
-                t % 1000,
-            )
+            if t // 1000 != second:
+                second = t // 1000
+                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start + second)).encode()
+            stamp = b"%s.%03dZ" % (prefix, t % 1000)
             if step and step % 1000 == 0 and out and out[-1] == "b":
                 line = (
                     b'{"type":"epoch_end","timestamp":"%s","data":{"epoch":%d,"phase":"val",'
@@ -141,7 +154,7 @@ def static_copy(tmp: Path, name: str, threshold: str) -> Path:
     shutil.copytree(ROOT / "tailer" / "static", target)
     reduced = target / "reduced.js"
     text, count = re.subn(
-        r"export const REDUCED_FROM_LINES = [^;]+;",
+        r"export const REDUCED_FROM_LINES = [^;]+;",  # the test override too
         f"export const REDUCED_FROM_LINES = {threshold};",
         reduced.read_text(),
     )
@@ -151,8 +164,10 @@ def static_copy(tmp: Path, name: str, threshold: str) -> Path:
 
 
 @contextlib.contextmanager
-def tailer(directory: Path, static: Path):
+def tailer(directory: Path, static: Path, finished_runs: bool = False):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILER_")}
+    if finished_runs:
+        env["BENCH_FINISHED_RUNS"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, str(directory), str(static)],
         cwd=ROOT,
@@ -236,27 +251,49 @@ def baseline(browser, port: int, lines: int) -> dict[str, float]:
     return result
 
 
-def open_run(page, lines: int, port: int, timeout_s: float) -> dict[str, object]:
-    """Navigate to the run view; figures at the moment the loss chart is drawn over the whole run."""
-    page.goto(f"http://127.0.0.1:{port}/#/runs/run")
-    drawn = f"""() => {{
-        const v = window.__runtail && window.__runtail.view();
-        const loss = v && v.charts["metrics:loss"];
-        const line = loss && loss.traces["{LINE}"];
-        return v && v.live.lastSeq === {lines - 1} && v.settled && line && line.drawn > 0
+def wait_idle(pid: int, limit_s: float = 180) -> None:
+    """Until the tailer has used under 5 % of a core for a second (its start-up work done)."""
+    process = psutil.Process(pid)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and process.cpu_percent(interval=1.0) > 5:
+        pass
+
+
+def batch_lines(plot: str = CHART) -> str:
+    return f"{plot}.data.filter((t) => t.meta.line === '{LINE}' && !t.meta.smoothed)"
+
+
+def open_run(
+    page, fragment: str, port: int, runs: int, lines: int, last_step: int, timeout_s: float
+) -> dict[str, object]:
+    """Navigate to ``fragment``; times to the loss chart over the whole run, and to every chart."""
+    page.goto(f"http://127.0.0.1:{port}/{fragment}")
+    loss = f"""() => {{
+        const plot = {CHART};
+        const lines = plot && plot.data ? {batch_lines()} : [];
+        return lines.length === {runs} && lines.every((t) => t.x[t.x.length - 1] === {last_step})
             && performance.now();
     }}"""
-    handle = page.wait_for_function(drawn, timeout=timeout_s * 1000, polling="raf")
+    every = f"""() => {{
+        const v = window.__runtail && window.__runtail.view();
+        return v && v.live.messages === {runs * lines} && v.settled && performance.now();
+    }}"""
+    loss_ms = page.wait_for_function(loss, timeout=timeout_s * 1000, polling="raf").json_value()
+    all_ms = page.wait_for_function(every, timeout=timeout_s * 1000, polling="raf").json_value()
     return {
-        "chart_ms": handle.json_value(),
+        "loss_ms": loss_ms,
+        "all_ms": all_ms,
         "heap_mb": heap_mb(page),
         "drawn_points": page.evaluate(f"() => {PLOT}.x.length"),
-        "spike": page.evaluate(f"() => Math.max(...{PLOT}.y)") == 9.0,
+        # The run spikes at step 25,000 and every 50,000 after.
+        "spike": page.evaluate(f"() => Math.max(...{PLOT}.y)") == 9.0
+        if last_step > 25_000
+        else None,
     }
 
 
-def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, object]:
-    """Zoom to 1 % of the x-range (until the chart shows it; raw or not), then live lines."""
+def zoom(page, last_step: int) -> dict[str, object]:
+    """Zoom the loss chart to 1 % of the x-range: time until it shows that range (raw or not)."""
     result: dict[str, object] = {}
     a = (last_step // 2) - (last_step // 200)
     b = a + last_step // 100
@@ -264,14 +301,12 @@ def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, obj
         f"() => {{ const t = performance.now(); "
         f"Plotly.relayout({CHART}, {{'xaxis.range[0]': {a}, 'xaxis.range[1]': {b}}}); return t; }}"
     )
-    inside = f"{PLOT}.x.filter((v) => v >= {a} && v <= {b}).length"
-    zoomed = f"""() => {{
-        const x = {PLOT}.x;
-        return x.length && x[0] >= {a - 1} && x[x.length - 1] <= {b + 1} && performance.now();
-    }}"""
+    zoomed = f"""() => {batch_lines()}.every((t) => t.x.length && t.x[0] >= {a - 1}
+        && t.x[t.x.length - 1] <= {b + 1}) && performance.now()"""
     handle = page.wait_for_function(zoomed, timeout=60_000, polling="raf")
-    settle = f"() => {inside} === {b - a + 1} && performance.now()"
-    try:  # the reduced path first draws what it holds, then the server's raw points
+    inside = f"(t) => t.x.filter((v) => v >= {a} && v <= {b}).length === {b - a + 1}"
+    settle = f"() => {batch_lines()}.every({inside}) && performance.now()"
+    try:  # raw points: every step of the range on every line
         handle = page.wait_for_function(settle, timeout=10_000, polling="raf")
         result["zoom_raw"] = True
     except Exception:
@@ -279,7 +314,11 @@ def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, obj
     result["zoom_ms"] = handle.json_value() - started
     page.evaluate(f"() => Plotly.relayout({CHART}, {{'xaxis.autorange': true}})")
     time.sleep(0.5)
+    return result
 
+
+def live(page, path: Path, lines: int, last_step: int) -> dict[str, object]:
+    """Latency of a line written to the run until its point is on the chart (median of 3)."""
     latencies = []
     for k in range(3):
         step = last_step + 1 + k
@@ -296,34 +335,48 @@ def zoom_and_live(page, path: Path, lines: int, last_step: int) -> dict[str, obj
         handle = page.wait_for_function(seen, timeout=30_000, polling="raf")
         latencies.append(handle.json_value() - sent)
         time.sleep(0.3)
-    result["live_ms"] = statistics.median(latencies)
-    return result
+    return {"live_ms": statistics.median(latencies)}
 
 
 def dashboard(
-    browser, name: str, static: Path, runs: Path, lines: int, last_step: int, timeout_s: float
+    browser,
+    name: str,
+    static: Path,
+    runs: Path,
+    lines: int,
+    last_step: int,
+    timeout_s: float,
+    *,
+    ids: tuple[str, ...] = ("run",),
+    finished: bool = False,
+    visits: tuple[str, ...] = ("first", "second", "repeat"),
 ) -> dict[str, dict]:
-    """One tailer serving the run, opened three times in one browser context.
+    """One tailer serving the runs ``ids``, opened in one fresh browser context once it is idle.
 
-    ``first``: right after the tailer started, in a fresh context (plotly not cached; the
-    reduced path waits for the run's series to be read). The second visit primes the
-    browser's code cache; ``repeat``, the third, is a user opening the run again, and the
-    zoom and live figures are taken on it.
+    ``first``: nothing in the browser's caches; the second visit primes its code cache;
+    ``repeat``, the third, is a user opening the run again: zoom and live are measured
+    on it (live for a single run only).
     """
-    path = runs / "run.jsonl"
+    fragment = f"#/runs/{ids[0]}" if len(ids) == 1 else f"#/compare?runs={','.join(ids)}"
     out: dict[str, dict] = {}
-    with tailer(runs, static) as (proc, port):
+    with tailer(runs, static, finished_runs=finished) as (proc, port):
+        wait_idle(proc.pid)
+        idle_rss = psutil.Process(proc.pid).memory_info().rss / 2**20
         rss = PeakRss(proc.pid)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         try:
-            for visit in ("first", "second", "repeat"):
-                result: dict[str, object] = {}
+            for visit in visits:
+                result: dict[str, object] = {"load": os.getloadavg()[0], "idle_rss_mb": idle_rss}
                 try:
                     page.goto("about:blank")
-                    result.update(open_run(page, lines, port, timeout_s))
+                    result.update(
+                        open_run(page, fragment, port, len(ids), lines, last_step, timeout_s)
+                    )
                     if visit == "repeat":
-                        result.update(zoom_and_live(page, path, lines, last_step))
+                        result.update(zoom(page, last_step))
+                        if len(ids) == 1:
+                            result.update(live(page, runs / f"{ids[0]}.jsonl", lines, last_step))
                 except Exception as exc:  # a path that cannot finish is reported, not fatal
                     result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
                 if visit != "second":
@@ -333,9 +386,10 @@ def dashboard(
         peak = rss.close() / 2**20
         for result in out.values():
             result["rss_mb"] = peak
-    # Lines appended by the live check go: the next path starts from the same file.
-    with open(path, "r+b") as f:
-        f.truncate(_size_of_lines(path, lines))
+    if len(ids) == 1:  # lines appended by the live check go: the next path starts alike
+        path = runs / f"{ids[0]}.jsonl"
+        with open(path, "r+b") as f:
+            f.truncate(_size_of_lines(path, lines))
     return out
 
 
@@ -360,43 +414,46 @@ def fmt(value, unit: str = "", digits: int = 0) -> str:
     return f"{value:,.{digits}f}{unit}"
 
 
-def report(size: int, megabytes: float, base: dict, paths: dict[str, dict]) -> None:
+def report(size: int, megabytes: float, base: dict, paths: dict[str, dict | None]) -> None:
     print(f"\n== {size:,} lines ({megabytes:.0f} MB) ==")
     print(
         f"  baseline (fetch + JSON.parse every line): {fmt(base['chart_ms'], ' ms')}, "
-        f"heap {fmt(base['heap_mb'], ' MB', 1)}"
+        f"heap {fmt(base['heap_mb'], ' MB', 1)}, load {base['load']:.1f}"
     )
-    header = (
-        f"  {'path':<8} {'chart':>10} {'× base':>7} {'heap':>9} {'tailer RSS':>11} "
-        f"{'points':>7} {'spike':>6} {'zoom 1%':>9} {'raw':>4} {'live':>8}"
+    print(
+        f"  {'path':<25} {'loss chart':>10} {'× base':>7} {'all charts':>10} {'heap':>9} "
+        f"{'RSS peak':>9} {'RSS idle':>9} {'points':>7} {'spike':>6} {'zoom 1%':>9} "
+        f"{'raw':>4} {'live':>8} {'load':>5}"
     )
-    print(header)
     for name, r in paths.items():
         if r is None:
-            print(f"  {name:<13} not run (--old-1m)")
+            print(f"  {name:<25} not run (--old-1m)")
             continue
-        ratio = r["chart_ms"] / base["chart_ms"] if r.get("chart_ms") else None
+        ratio = r["loss_ms"] / base["chart_ms"] if r.get("loss_ms") else None
         print(
-            f"  {name:<13} {fmt(r.get('chart_ms'), ' ms'):>10} {fmt(ratio, '', 2):>7} "
-            f"{fmt(r.get('heap_mb'), ' MB', 1):>9} {fmt(r.get('rss_mb'), ' MB'):>11} "
+            f"  {name:<25} {fmt(r.get('loss_ms'), ' ms'):>10} {fmt(ratio, '', 2):>7} "
+            f"{fmt(r.get('all_ms'), ' ms'):>10} "
+            f"{fmt(r.get('heap_mb'), ' MB', 1):>9} {fmt(r.get('rss_mb'), ' MB'):>9} "
+            f"{fmt(r.get('idle_rss_mb'), ' MB'):>9} "
             f"{fmt(r.get('drawn_points')):>7} {fmt(r.get('spike')):>6} "
             f"{fmt(r.get('zoom_ms'), ' ms'):>9} {fmt(r.get('zoom_raw')):>4} "
-            f"{fmt(r.get('live_ms'), ' ms'):>8}" + (f"  ({r['error']})" if "error" in r else "")
+            f"{fmt(r.get('live_ms'), ' ms'):>8} {fmt(r.get('load'), '', 1):>5}"
+            + (f"  ({r['error']})" if "error" in r else "")
         )
 
 
 def verdict(size: int, base: dict, r: dict) -> None:
-    if not r or "chart_ms" not in r:
+    if not r or "loss_ms" not in r:
         print(f"  targets at {size:,} lines: not measured")
         return
     checks = [
-        ("chart ≤ 0.30× baseline", r["chart_ms"] / base["chart_ms"] <= TARGETS["ratio"]),
+        ("loss chart ≤ 0.30× baseline", r["loss_ms"] / base["chart_ms"] <= TARGETS["ratio"]),
         ("heap ≤ 150 MB", r["heap_mb"] <= TARGETS["heap_mb"]),
         ("tailer RSS ≤ 300 MB", r["rss_mb"] <= TARGETS["rss_mb"]),
         ("zoom 1 % raw ≤ 200 ms", bool(r.get("zoom_raw")) and r["zoom_ms"] <= TARGETS["zoom_ms"]),
     ]
     print(
-        f"  targets at {size:,} lines (reduced path): "
+        f"  targets at {size:,} lines (reduced path, repeat visit): "
         + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks)
     )
 
@@ -406,6 +463,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--old-1m", action="store_true", help="also stream 1M lines the old way")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a path may take")
+    parser.add_argument(
+        "--compare", type=int, default=5, help="runs compared at the largest size (0: none)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-large-"))
     try:
@@ -429,6 +489,7 @@ def main() -> None:
                 (runs / "baseline.html").write_bytes(BASELINE_PAGE)
                 with static_server(runs) as port:
                     base = baseline(browser, port, lines)
+                base["load"] = os.getloadavg()[0]
                 # The baseline page is no run; the tailer ignores non-.jsonl files anyway.
                 results: dict[str, dict | None] = {}
                 for name in ("reduced", "old"):
@@ -440,8 +501,40 @@ def main() -> None:
                             browser, name, statics[name], runs, lines, last_step, args.timeout
                         )
                     )
+                if size == max(args.sizes):
+                    results.update(
+                        dashboard(
+                            browser,
+                            "policy: finished run",
+                            statics["reduced"],
+                            runs,
+                            lines,
+                            last_step,
+                            args.timeout,
+                            finished=True,
+                            visits=("first",),
+                        )
+                    )
                 report(size, path.stat().st_size / 1e6, base, results)
                 verdict(size, base, results.get("reduced repeat") or {})
+                if size == max(args.sizes) and args.compare > 1:
+                    many = tmp / "compare"
+                    many.mkdir()
+                    ids = tuple(f"run{k}" for k in range(1, args.compare + 1))
+                    for run in ids:
+                        os.link(path, many / f"{run}.jsonl")
+                    compared = dashboard(
+                        browser,
+                        f"compare {len(ids)}",
+                        statics["reduced"],
+                        many,
+                        lines,
+                        last_step,
+                        args.timeout,
+                        ids=ids,
+                    )
+                    report(size, path.stat().st_size / 1e6 * len(ids), base, compared)
+                    shutil.rmtree(many)
                 shutil.rmtree(runs)
             browser.close()
     finally:

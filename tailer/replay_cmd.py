@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
-    return run_server(start, lambda app: f"replaying {path} {speed}", options)
+    return run_server(start, lambda app: f"replaying {path} {speed}", options, args.loop)
 
 
 def _holds_a_message(path: Path) -> bool:

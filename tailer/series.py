@@ -92,26 +92,58 @@ class SeriesQuery:
     bulk: bool = False
 
 
+#: Whole numbers up to this magnitude are exact in float32.
+_FLOAT32_EXACT = float(2**24)
+
+
+def _fits_float32(values: np.ndarray) -> bool:
+    """Whether every value is NaN or a whole number float32 holds exactly."""
+    with np.errstate(invalid="ignore"):
+        whole = (np.abs(values) <= _FLOAT32_EXACT) & (values == np.floor(values))
+    return bool((whole | np.isnan(values)).all())
+
+
 class _Column:
-    """A growable numpy array (amortised appends; views of it stay valid)."""
+    """A growable numpy array (amortised appends; views of it stay valid).
 
-    __slots__ = ("data", "size")
+    A ``narrow`` float64 column (seq, step, epoch, round: whole numbers in
+    practice) is kept as float32 while every value is NaN or a whole number
+    of magnitude up to 2**24, which float32 holds exactly; the first value
+    that is not turns it into float64 for good. Half the memory, no value
+    ever rounded.
+    """
 
-    def __init__(self, dtype: Any, capacity: int = 256) -> None:
-        self.data = np.empty(capacity, dtype)
+    __slots__ = ("data", "narrow", "size")
+
+    def __init__(self, dtype: Any, capacity: int = 256, *, narrow: bool = False) -> None:
+        self.narrow = narrow
+        self.data = np.empty(capacity, np.float32 if narrow else dtype)
         self.size = 0
 
     def extend(self, values: np.ndarray) -> None:
+        if self.narrow and not _fits_float32(values):
+            self.narrow = False
+            self.data = self.data.astype(np.float64)
         end = self.size + len(values)
         if end > len(self.data):
-            grown = np.empty(max(end, len(self.data) * 3 // 2), self.data.dtype)
-            grown[: self.size] = self.data[: self.size]
-            self.data = grown
+            self.reserve(max(end, len(self.data) * 3 // 2))
         self.data[self.size : end] = values
         self.size = end
 
+    def reserve(self, capacity: int) -> None:
+        """Room for ``capacity`` values (pages not written to cost no memory)."""
+        if capacity > len(self.data):
+            grown = np.empty(capacity, self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+
     def view(self) -> np.ndarray:
         return self.data[: self.size]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values held."""
+        return self.size * self.data.itemsize
 
 
 class _XCache:
@@ -126,7 +158,7 @@ class _XCache:
 
     def __init__(self, key: tuple[str, float | None]) -> None:
         self.key = key
-        self.xs = _Column(np.float64)
+        self.xs = _Column(np.float64, narrow=True)
         self.done = 0  # points of the series covered
         self.usable = True
 
@@ -139,7 +171,7 @@ class _XCache:
             or (self.xs.size and new[0] < self.xs.data[self.xs.size - 1])
         ):
             self.usable = False
-            self.xs = _Column(np.float64, 0)
+            self.xs = _Column(np.float64, 0, narrow=True)
             return
         self.xs.extend(new)
         self.done += len(new)
@@ -211,11 +243,11 @@ class SeriesStore:
         self.splitter = LineSplitter(max_line_bytes=max_line_bytes)
         self._rows = metric_block_reader(experiment_id)
         # Per message with values.
-        self.msg_seq = _Column(np.float64)
+        self.msg_seq = _Column(np.float64, narrow=True)
         self.msg_time = _Column(np.float64)  # microseconds since the Unix epoch (exact below 2**53)
-        self.msg_step = _Column(np.float64)
-        self.msg_epoch = _Column(np.float64)
-        self.msg_round = _Column(np.float64)
+        self.msg_step = _Column(np.float64, narrow=True)
+        self.msg_epoch = _Column(np.float64, narrow=True)
+        self.msg_round = _Column(np.float64, narrow=True)
         self.series: dict[tuple[int, int, int, int], _Series] = {}
         self.by_metric: dict[str, list[_Series]] = {}
         self._names: dict[str, dict[Any, int]] = {
@@ -239,16 +271,19 @@ class SeriesStore:
         """Bytes of the file this store covers."""
         return self.splitter.consumed
 
+    def _columns(self) -> list[_Column]:
+        columns = [self.msg_seq, self.msg_time, self.msg_step, self.msg_epoch, self.msg_round]
+        for s in self.series.values():
+            columns += [s.index, s.values]
+            if s.cache is not None:
+                columns.append(s.cache.xs)
+        return columns
+
     @property
     def nbytes(self) -> int:
-        """Memory held by the columns and events (allocated, not just used)."""
-        columns = [self.msg_seq, self.msg_time, self.msg_step, self.msg_epoch, self.msg_round]
-        total = sum(c.data.nbytes for c in columns) + self.event_bytes
-        for s in self.series.values():
-            total += s.index.data.nbytes + s.values.data.nbytes
-            if s.cache is not None:
-                total += s.cache.xs.data.nbytes
-        return total
+        """Memory held by the columns' values and the events (room reserved but not yet
+        written to is not counted: the system gives it pages only when written)."""
+        return sum(c.nbytes for c in self._columns()) + self.event_bytes
 
     # ------------------------------------------------------------------ building
 
@@ -264,6 +299,7 @@ class SeriesStore:
         fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             splitter = self.splitter
+            start, reserved = splitter.consumed, False
             while splitter.consumed < end_offset:
                 want = min(BLOCK_BYTES, end_offset - splitter.read_pos)
                 data = os.pread(fd, want, splitter.read_pos) if want > 0 else b""
@@ -271,10 +307,24 @@ class SeriesStore:
                     break  # the file shrank under us: the reader's generation will tell
                 first = splitter.next_seq
                 self.add_lines(first, splitter.feed(data))
+                if not reserved and end_offset - splitter.consumed > 4 * BLOCK_BYTES:
+                    self._reserve(splitter.consumed - start, end_offset - splitter.consumed)
+                reserved = True
                 if on_block is not None:
                     on_block()
         finally:
             os.close(fd)
+
+    def _reserve(self, read: int, left: int) -> None:
+        """Room for the ``left`` bytes still to read, at the rate of the ``read`` just read.
+
+        A long read then fills its columns in place instead of copying each into
+        one half as big again every so often (a copy that, for a moment, holds
+        both), and ends with no spare room beyond a few percent.
+        """
+        scale = 1.02 * (read + left) / max(read, 1)
+        for column in self._columns():
+            column.reserve(int(column.size * scale) + 256)
 
     def add_lines(self, first_seq: int, lines: list[bytes | None]) -> None:
         """Add consecutive lines starting at ``first_seq`` (``None``: an over-long line)."""

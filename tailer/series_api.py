@@ -28,6 +28,8 @@ import contextlib
 import gzip
 import logging
 import math
+import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from recorder.format import is_valid_experiment_id
+from recorder.format import MalformedLine, decode_line, is_valid_experiment_id, parse_timestamp
 from tailer.reader import FileReader
 from tailer.routes import RequestError
 from tailer.series import X_KINDS, SeriesQuery, SeriesStore, parse_first_timestamp
@@ -47,10 +49,14 @@ log = logging.getLogger("tailer")
 #: Memory the stores of all runs may hold together before the least recently used go.
 DEFAULT_STORE_BYTES = 512 << 20
 #: Runs whose file is at least this big get their store built in the background at start
-#: (see warm()); about the page's 20,000 lines.
+#: (see warm()); about the page's 20,000 lines ...
 WARM_FROM_BYTES = 2 << 20
+#: ... if their last line is at most this many seconds old (a run being trained now) ...
+WARM_ACTIVE_S = 3600.0
+#: ... the most recent this many of them. Any other run is read when first asked for.
+WARM_RUNS = 2
 #: Bytes of store per byte of file, as estimated for warming (batch lines with two values).
-_STORE_PER_FILE_BYTE = 0.6
+_STORE_PER_FILE_BYTE = 0.45
 #: Seconds between two steps of a warm build that follows the tailer's start-up read.
 _WARM_STEP_S = 0.5
 MAX_WIDTH = 10_000
@@ -252,21 +258,27 @@ class SeriesService:
                 raise RequestError(500, "could not read the run's series") from None
 
     def warm(self, readers: Iterable[FileReader], *, min_bytes: int = WARM_FROM_BYTES) -> None:
-        """Build the stores of long runs in the background, most recently active first.
+        """Build the stores of long runs being trained now, in the background.
 
-        A page opening a long run then gets its series at once instead of
+        A page opening such a run then gets its series at once instead of
         waiting for the file to be read (seconds for a million lines); later
-        requests only read what was appended since. Runs are taken while
-        their estimated size fits in :attr:`max_bytes`; each build follows the
-        tailer's own start-up read of the file up to its end.
+        requests only read what was appended since. Taken: runs of at least
+        ``min_bytes`` whose last line is at most :data:`WARM_ACTIVE_S` old (by its
+        timestamp, as the runs list's ``stale``; the file's mtime without one),
+        the :data:`WARM_RUNS` most recent, while their estimated size fits in
+        :attr:`max_bytes`. Finished runs cost no memory until a page asks for
+        them. Each build follows the tailer's own start-up read of the file.
         """
-        chosen = sorted(
-            (r for r in readers if r.exists and r.size >= min_bytes),
-            key=lambda r: r.last_timestamp or "",
-            reverse=True,
-        )
+        now = time.time()
+        recent = []
+        for reader in readers:
+            if reader.exists and reader.size >= min_bytes:
+                last = _last_line_time(reader.path)
+                if last is not None and now - last <= WARM_ACTIVE_S:
+                    recent.append((last, reader))
+        recent.sort(key=lambda pair: pair[0], reverse=True)
         budget: float = self.max_bytes
-        for reader in chosen:
+        for _, reader in recent[:WARM_RUNS]:
             estimate = reader.size * _STORE_PER_FILE_BYTE
             if estimate > budget or reader.experiment_id in self.stores:
                 continue
@@ -303,6 +315,26 @@ class SeriesService:
                 return
             if run != keep:
                 total -= self.stores.pop(run).nbytes
+
+
+def _last_line_time(path: str, tail: int = 1 << 16) -> float | None:
+    """When the file's last complete line was written: its timestamp, else the file's mtime."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - tail))
+            lines = f.read(tail).split(b"\n")[:-1]  # the part after the last newline is torn
+            mtime = os.fstat(f.fileno()).st_mtime
+    except OSError:
+        return None
+    for line in reversed(lines[1:] if size > tail else lines):
+        if line.strip():
+            try:
+                stamp = decode_line(line).get("timestamp")
+                return parse_timestamp(stamp).timestamp() if isinstance(stamp, str) else mtime
+            except (MalformedLine, ValueError, TypeError, OverflowError):
+                return mtime
+    return mtime
 
 
 def _build(store: SeriesStore, end_offset: int) -> None:

@@ -130,6 +130,7 @@ class LiveDirectory:
                 poll=poll,
                 scan_interval=scan_interval,
                 poll_interval=poll_interval,
+                at_once=fanout.refresh_now,
             )
         )
         # The watcher's first step registers the inotify watch; then one more read picks up

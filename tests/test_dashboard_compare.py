@@ -441,6 +441,68 @@ def test_live_lines_reach_the_compare_view(tmp_path, page_factory):
     console.check()
 
 
+def test_compare_view_of_big_runs_uses_the_reduced_path(tmp_path, page_factory):
+    """Runs over the page's threshold (lowered here) come reduced in the compare view too: one
+    request each for their history, every spike kept, a zoom redraws once with each run's raw
+    points, live lines arrive from `since=seq`."""
+    directory = tmp_path / "runs"
+    directory.mkdir()
+    steps = 5000  # more than the 3,600 points a history may hold raw
+    spikes = {"ra": 1234, "rb": 2345, "rc": 3456}
+    for run, spike in spikes.items():
+        lines = [encode_message("status", {"status": "running", "message": "go"})]
+        for step in range(steps):
+            loss = 40.0 if step == spike else 1.0 / (1 + step / 500)
+            lines.append(encode_message("batch_metrics", {"step": step, "loss": loss}))
+        (directory / f"{run}.jsonl").write_bytes(b"".join(lines))
+    page, console = page_factory()
+    page.add_init_script("window.RUNTAIL_REDUCED_FROM_LINES = 100;")
+    asked: list[str] = []
+    sockets: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/series" in r.url else None)
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    runs = list(spikes)
+    plot = "document.querySelector('.plot[data-metric=\"loss\"]')"
+    with serving(directory) as server:
+        open_compare(page, server, runs)
+        found = traces(page, "loss")
+        for run, spike in spikes.items():
+            line = of_run(found, run, "train (batch)")
+            assert len(line["x"]) < steps  # reduced, not every line
+            assert max(line["y"]) == 40.0 and line["x"][line["y"].index(40.0)] == spike
+            assert line["x"][0] == 0 and line["x"][-1] == steps - 1
+            history = [u for u in asked if f"run={run}&" in u and "metric=" not in u]
+            assert len(history) == 1 and "bulk=1" in history[0], asked
+            assert any(f"/experiments/{run}?since={steps}" in u for u in sockets), sockets
+        page.evaluate(
+            f"""() => {{
+                const react = Plotly.react;
+                window.draws = 0;
+                Plotly.react = function (el, ...rest) {{
+                    if (el === {plot}) window.draws += 1;
+                    return react.call(this, el, ...rest);
+                }};
+                Plotly.relayout({plot}, {{'xaxis.range[0]': 2000, 'xaxis.range[1]': 2099}});
+            }}"""
+        )
+
+        def zoomed():
+            lines = [of_run(traces(page, "loss"), run, "train (batch)") for run in runs]
+            return all(line["x"] == list(range(1999, 2101)) for line in lines)
+
+        wait_until(zoomed, timeout=20, message="raw points of every run in the zoomed range")
+        assert page.evaluate("() => window.draws") == 1
+        with open(directory / "rb.jsonl", "ab") as f:
+            f.write(encode_message("batch_metrics", {"step": steps, "loss": 0.125}))
+        page.evaluate(f"() => Plotly.relayout({plot}, {{'xaxis.autorange': true}})")
+        wait_until(
+            lambda: of_run(traces(page, "loss"), "rb", "train (batch)")["x"][-1] == steps,
+            timeout=20,
+            message="the live point of rb",
+        )
+    console.check()
+
+
 def test_resumed_run_never_draws_back_into_the_previous_attempt(tmp_path, page_factory):
     """A later training_start in the same file breaks the line (a gap), never joins the attempts."""
     directory = tmp_path / "runs"

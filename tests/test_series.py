@@ -141,6 +141,32 @@ def test_store_grows_block_by_block_like_one_read(tmp_path):
     assert [orjson.loads(e)["seq"] for e in pieces.events] == [20]
 
 
+def test_x_values_stay_exact_past_what_float32_holds(tmp_path):
+    """seq/step/epoch are kept as float32 while whole and small; larger values stay exact."""
+    path = tmp_path / "r.jsonl"
+    steps = [0, 1, 2**24, 2**24 + 1, 2**40 + 3]
+    path.write_bytes(
+        b"".join(
+            encode_message("batch_metrics", {"step": s, "epoch": i, "loss": 0.1 * i})
+            for i, s in enumerate(steps)
+        )
+    )
+    store = SeriesStore(path, "r")
+    offset = 0
+    for line in path.read_bytes().splitlines(keepends=True):  # one line at a time
+        offset += len(line)
+        store.catch_up(offset)
+    answer = store.answer(SeriesQuery("r", "loss"))["series"][0]
+    assert answer["x"].tolist() == steps
+    assert answer["y"].tolist() == [0.1 * i for i in range(5)]
+    zoom = store.answer(SeriesQuery("r", "loss", x0=2**24 + 1, x1=2**24 + 1))["series"][0]
+    assert zoom["count"] == 1 and zoom["x"].tolist() == [2**24, 2**24 + 1, 2**40 + 3]
+    by_epoch = store.answer(SeriesQuery("r", "loss", x="epoch"))["series"][0]
+    assert by_epoch["x"].tolist() == list(range(5))
+    assert store.msg_epoch.data.dtype == np.float32  # still narrow: 0..4
+    assert store.msg_step.data.dtype == np.float64
+
+
 def test_a_resumed_run_stepping_back_is_answered_in_x_order(tmp_path):
     """x that goes back (a run resumed from a checkpoint) comes back sorted, before and after growth."""
     path = tmp_path / "r.jsonl"
@@ -414,6 +440,41 @@ async def test_long_runs_are_built_in_the_background_at_start(tmp_path):
         assert "small" not in app.series.stores
         _, _, answer = await _get(app.port, "/api/series?run=big&metric=loss")
         assert answer["seq"] == 30_030 and app.series.stores["big"] is store
+
+
+@aio(120)
+async def test_only_the_few_runs_trained_now_are_built_at_start(tmp_path):
+    """Finished runs (last line over an hour old) and all but the 2 most recent active ones
+    wait for a request: a directory of old long runs costs no memory at start."""
+    import os
+
+    from tailer import series_api
+
+    old = tmp_path / "old.jsonl"
+    old.write_bytes(
+        b"".join(
+            encode_message(
+                "batch_metrics", {"step": i, "loss": 0.5}, timestamp="2020-01-01T00:00:00Z"
+            )
+            for i in range(30_000)
+        )
+    )
+    os.utime(old)  # a fresh copy: its mtime says nothing
+    for name in ("a", "b", "c"):
+        _write_run(tmp_path, name, 30_000).close()
+        await asyncio.sleep(0.02)  # c is the most recent
+    assert series_api.WARM_RUNS == 2
+    async with serve_directory(tmp_path, port=0) as app:
+        for _ in range(1200):
+            if all(app.series.stores.get(r) and app.series.stores[r].last_seq > 0 for r in "bc"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the active runs were not built in the background")
+        assert set(app.series.stores) == {"b", "c"}
+        status, _, answer = await _get(app.port, "/api/series?run=old&metric=loss")
+        assert status == 200 and answer["seq"] == 29_999  # built on the request
+        assert set(app.series.stores) == {"b", "c", "old"}
 
 
 @aio()

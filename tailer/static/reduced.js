@@ -17,8 +17,10 @@
 
 import { serverUrl } from "./stream.js";
 
-/** Runs with more lines than this load their history reduced. */
-export const REDUCED_FROM_LINES = 20000;
+/** Runs with more lines than this load their history reduced (a test may lower it by
+ * setting `window.RUNTAIL_REDUCED_FROM_LINES` before the page's modules load). */
+export const REDUCED_FROM_LINES = Number.isFinite(globalThis.RUNTAIL_REDUCED_FROM_LINES)
+  ? globalThis.RUNTAIL_REDUCED_FROM_LINES : 20000;
 /** ... or a file this big (while the tailer still reads a big file in, `lines` lags). */
 const REDUCED_FROM_BYTES = REDUCED_FROM_LINES * 128;
 /** Pixel columns asked for: the server keeps at most 4 points per column, so a history
