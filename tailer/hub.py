@@ -20,14 +20,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from recorder.format import experiment_id_of
+from recorder.format import experiment_id_of, run_file_name
 from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
@@ -88,7 +88,7 @@ class Client:
         transport = self.transport
         transport.write(frames)
         queued = transport.get_write_buffer_size()
-        if self.budget is not None:
+        if self.budget is not None and queued != self.charged:  # unchanged: nothing to count
             self.budget.charge(self, queued)
         if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
@@ -257,7 +257,7 @@ class DirectoryFanout:
         reader = self.readers.get(experiment_id)
         if reader is None:
             reader = FileReader(
-                self.directory / f"{experiment_id}.jsonl",
+                self.directory / run_file_name(experiment_id),
                 experiment_id,
                 index_every=self.index_every,
                 root=self.root,
@@ -288,19 +288,21 @@ class DirectoryFanout:
         for experiment_id in sorted(ids) if startup else ids:
             is_new = experiment_id not in self.readers
             reader = self.reader_for(experiment_id)
-            if reader in self._catch_ups:
+            if not startup:
+                self._step(reader)
+            elif reader in self._catch_ups:
                 self._again.add(reader)  # its task reads this change too
-                continue
-            while True:
-                result = reader.poll()
-                if startup and is_new and result.kind is PollKind.DATA and result.more:
-                    reader.backlog_end = reader.size
-                self.dispatch(reader, result)
-                if not _wants_more(result) or reader.deleted:
-                    break
-                if not startup or time.monotonic() - started > STARTUP_BUDGET:
-                    self._catch_up(reader)
-                    break
+            else:
+                while True:
+                    result = reader.poll()
+                    if is_new and result.kind is PollKind.DATA and result.more:
+                        reader.backlog_end = reader.size
+                    self.dispatch(reader, result)
+                    if not _wants_more(result) or reader.deleted:
+                        break
+                    if time.monotonic() - started > STARTUP_BUDGET:
+                        self._catch_up(reader)
+                        break
             if is_new:
                 if not reader.exists:
                     # Named by an event for a file already gone: no experiment.
@@ -311,6 +313,39 @@ class DirectoryFanout:
             if time.monotonic() - step_started > STEP_BUDGET:
                 await asyncio.sleep(0)
                 step_started = time.monotonic()
+
+    def refresh_now(self, experiment_ids: Iterable[str], named: Container[str] = ()) -> set[str]:
+        """:meth:`refresh` of known experiments, synchronously: the live path.
+
+        Called from the watcher's notification callback, so an appended line
+        is read, framed and written to every client in that one callback, with
+        no task in between (DESIGN §13, latency). Each file gets the same one
+        bounded step as in :meth:`refresh` (more goes on in its own task).
+        Files not in ``named`` only had their content changed (the watcher
+        saw no create, rename or delete): their kept descriptor is read
+        (``FileReader.poll(appended=True)``). Returns the ids left for
+        :meth:`refresh`: files not seen before, and what remains once
+        :data:`STEP_BUDGET` is spent.
+        """
+        left: set[str] = set()
+        started = time.monotonic()
+        for experiment_id in experiment_ids:
+            reader = self.readers.get(experiment_id)
+            if reader is None or time.monotonic() - started > STEP_BUDGET:
+                left.add(experiment_id)
+            else:
+                self._step(reader, appended=experiment_id not in named)
+        return left
+
+    def _step(self, reader: FileReader, *, appended: bool = False) -> None:
+        """One bounded read of ``reader``, sent on; a file with more goes on in its own task."""
+        if reader in self._catch_ups:
+            self._again.add(reader)  # its task reads this change too
+            return
+        result = reader.poll(appended=appended)
+        self.dispatch(reader, result)
+        if _wants_more(result) and not reader.deleted:
+            self._catch_up(reader)
 
     def _catch_up(self, reader: FileReader) -> None:
         """Read ``reader`` to its end in a task of its own, one bounded step per turn of the loop."""
@@ -361,6 +396,8 @@ class DirectoryFanout:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for reader in self.readers.values():
+            reader.release()
 
     def dispatch(self, reader: FileReader, result: PollResult) -> None:
         """Send one poll's outcome to the experiment's subscribers and the firehose."""

@@ -85,6 +85,13 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 #: whole message, traceback included, is in the stream).
 MAX_ERROR_CHARS = 2000
 
+#: Files that keep a descriptor open between live polls (the most recently read
+#: ones); far below the descriptors ``tailer serve`` reserves for files.
+MAX_HELD = 32
+
+#: Readers keeping a descriptor, least recently read first.
+_held: dict[FileReader, None] = {}
+
 #: Malformed lines whose seq is remembered (8 bytes each), so history can skip them
 #: without decoding again; past this, history decodes every line instead.
 MAX_TRACKED_MALFORMED = 1 << 20
@@ -175,9 +182,10 @@ class LineSplitter:
         if index is not None:
             if over_long and first % index.every == 0:
                 index.record(first, pos)
-            starts = _line_starts(chunk, lines, pos + dropped, first + over_long, index.every)
-            for seq, offset in starts:
-                index.record(seq, offset)
+            seq0, every = first + over_long, index.every
+            if (-seq0) % every < len(lines):  # one of them starts an index entry
+                for seq, offset in _line_starts(chunk, lines, pos + dropped, seq0, every):
+                    index.record(seq, offset)
         self.consumed = end
         self.next_seq = first + len(out)
         return out
@@ -285,6 +293,7 @@ class FileReader:
         self.replaced_lines = 0
         self._identity: tuple[int, int] | None = None
         self._shrunk_since: float | None = None  # when the file was first seen shorter
+        self._held_fd = -1  # kept open for the live path (poll(appended=True)), -1: none
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -397,8 +406,23 @@ class FileReader:
         )
         raise NotAnExperiment(errno.ELOOP, "symlink out of the runs directory", str(self.path))
 
-    def poll(self, max_bytes: int = READ_CHUNK, max_lines: int = MAX_LINES_PER_STEP) -> PollResult:
+    def poll(
+        self,
+        max_bytes: int = READ_CHUNK,
+        max_lines: int = MAX_LINES_PER_STEP,
+        *,
+        appended: bool = False,
+    ) -> PollResult:
         """Read what was appended since the last poll (at most ``max_bytes``, ``max_lines``).
+
+        ``appended=True``: the caller knows that nothing but the file's content
+        changed since the previous poll (inotify named it only in content
+        events: no create, rename, delete or attribute change). Then the
+        descriptor that poll kept open is read with one ``pread`` (the live
+        path, :meth:`_poll_held`); without one, this poll opens the file by
+        name as usual and keeps its descriptor for the next. Any other poll
+        closes a kept descriptor first, and keeps the new one only if the
+        name still leads to the same file.
 
         Truncation and replacement race with this read; how each case is caught:
 
@@ -417,8 +441,15 @@ class FileReader:
         5. The name is gone: ``deleted`` once; a file created again later under
            that name gets a new reader, numbered from 0.
         """
+        if appended and self._held_fd >= 0:
+            result = self._poll_held(max_bytes, max_lines)
+            if result is not None:
+                return result
+        hold = appended or self._held_fd >= 0
+        self.release()
         if self.deleted:
             return PollResult(PollKind.NONE)
+        keep = False  # whether the descriptor is kept for the next appended poll
         try:
             fd = self._open()
         except FileNotFoundError:
@@ -448,6 +479,7 @@ class FileReader:
                 return PollResult(PollKind.VERIFY)
             self.size = size
             if size == read_pos:
+                keep = hold and self.checkpoint is None
                 return PollResult(PollKind.NONE)
             consumed = self.splitter.consumed
             # Same inode, same or larger size, but the byte before our offset is no longer
@@ -464,12 +496,23 @@ class FileReader:
             if backlog:
                 want = min(want, self.backlog_end - read_pos)
             data = os.pread(fd, want, read_pos)
+            keep = hold and self.checkpoint is None and not backlog
         except OSError as exc:  # EIO and the like: nothing consumed, the next poll retries
+            keep = False
             self.notes.warn(("read", str(self.path)), "cannot read %s: %s", self.path, exc)
             return PollResult(PollKind.NONE)
         finally:
-            os.close(fd)
+            if keep:
+                self._hold(fd)
+            else:
+                os.close(fd)
         self.notes.clear(("read", str(self.path)))
+        return self._take(data, max_lines, read_pos, size, backlog)
+
+    def _take(
+        self, data: bytes, max_lines: int, read_pos: int, size: int, backlog: bool
+    ) -> PollResult:
+        """Number and check the bytes read at ``read_pos`` (``size``: where the file ends)."""
         data = at_most_lines(data, max_lines)
         self.crc = zlib.crc32(data, self.crc)
         first = self.splitter.next_seq
@@ -485,6 +528,56 @@ class FileReader:
             more=read_pos + len(data) < size,
             backlog=backlog,
         )
+
+    def _poll_held(self, max_bytes: int, max_lines: int) -> PollResult | None:
+        """:meth:`poll` with the kept descriptor: one ``pread``; ``None``: poll by name instead.
+
+        The read starts one byte early, at the newline that ended the last
+        line: a file shorter than that, or with another byte there (truncated,
+        rewritten in place), goes to the full poll, which tells which. So does
+        a held partial line, a checkpoint to reach or a backlog to read.
+        """
+        splitter = self.splitter
+        read_pos = splitter.read_pos
+        if (
+            read_pos != splitter.consumed
+            or self.checkpoint is not None
+            or self._shrunk_since is not None
+            or read_pos < self.backlog_end
+        ):
+            return None
+        start = read_pos - 1 if read_pos else 0
+        try:
+            data = os.pread(self._held_fd, max_bytes + read_pos - start, start)
+        except OSError:
+            return None
+        if read_pos:
+            if data[:1] != b"\n":
+                return None
+            data = data[1:]
+        if not data:
+            return PollResult(PollKind.NONE)
+        end = read_pos + len(data)
+        self.size = max(self.size, end)
+        # A full read may have stopped short of the end: say there may be more.
+        return self._take(data, max_lines, read_pos, end + (len(data) == max_bytes), False)
+
+    def _hold(self, fd: int) -> None:
+        """Keep ``fd`` for the next ``appended`` poll (at most :data:`MAX_HELD` files keep one)."""
+        self._held_fd = fd
+        _held.pop(self, None)
+        _held[self] = None
+        if len(_held) > MAX_HELD:
+            oldest = next(iter(_held))
+            oldest.release()
+
+    def release(self) -> None:
+        """Close the descriptor kept for the live path, if any."""
+        fd = self._held_fd
+        if fd >= 0:
+            self._held_fd = -1
+            _held.pop(self, None)
+            os.close(fd)
 
     def identity(self) -> tuple[int, int, int]:
         """``(bytes read, their CRC-32, lines)``, what :mod:`tailer.identities` keeps."""
@@ -616,6 +709,7 @@ class FileReader:
         return out
 
     def _mark_reset(self, identity: tuple[int, int], why: str) -> PollResult:
+        self.release()
         log.info("experiment %s: file %s; numbering restarts", self.experiment_id, why)
         self._identity = identity
         self._shrunk_since = None
@@ -626,6 +720,7 @@ class FileReader:
         return PollResult(PollKind.RESET, more=True)
 
     def _mark_deleted(self) -> PollResult:
+        self.release()
         log.info("experiment %s: file deleted", self.experiment_id)
         self.deleted = True
         self.generation += 1

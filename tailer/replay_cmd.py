@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from recorder.format import named_file_id
 from tailer.paths import run_to_replay
 from tailer.reader import FileReader
 from tailer.serve_cmd import add_network_arguments, configure_logging, network_options, run_server
@@ -68,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
         )
 
     speed = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x"
-    return run_server(start, lambda app: f"replaying {path} {speed}", options)
+    return run_server(start, lambda app: f"replaying {path} {speed}", options, args.loop)
 
 
 def _holds_a_message(path: Path) -> bool:
     """Whether some complete line of ``path`` is a message (reads only up to the first one)."""
-    reader = FileReader(path, path.name.removesuffix(".jsonl"))
+    reader = FileReader(path, named_file_id(path.name))
     while True:
         result = reader.poll()
         if result.lines:

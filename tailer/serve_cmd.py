@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote
 
-from tailer import config
+from tailer import config, eventloop
 from tailer.config import NetworkOptions
 from tailer.listening import RESERVED_FDS
 from tailer.paths import PathError, directory_to_serve
@@ -68,6 +68,12 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"WebSocket connections at once (default {config.DEFAULT_MAX_CLIENTS})",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--loop",
+        choices=eventloop.LOOPS,
+        default="auto",
+        help="event loop: uvloop (faster) when installed, else asyncio's (default auto)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,8 +180,12 @@ def run_server(
     start: Callable[[Callable[[TailerServer], None]], AbstractAsyncContextManager[TailerServer]],
     describe: Callable[[TailerServer], str],
     options: NetworkOptions,
+    loop: str = "auto",
 ) -> int:
-    """Run a server until SIGINT/SIGTERM (exit 0); a bind failure prints one line and gives 2."""
+    """Run a server until SIGINT/SIGTERM (exit 0); a bind failure prints one line and gives 2.
+
+    ``loop``: the event loop (:mod:`tailer.eventloop`).
+    """
 
     def announce(app: TailerServer) -> None:
         suffix = f"?token={quote(app.token, safe='')}" if app.token else ""
@@ -195,7 +205,12 @@ def run_server(
             log.info("shutting down: closing clients (1001)")
 
     try:
-        asyncio.run(main())
+        eventloop.check(loop)
+    except ValueError as exc:
+        print(f"tailer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        eventloop.run(main(), loop)
     except ListenError as exc:
         if exc.errno == errno.EADDRINUSE:
             reason = "address already in use (is another tailer running? try --port)"
@@ -296,4 +311,4 @@ def run(args: argparse.Namespace) -> int:
             **vars(options),
         )
 
-    return run_server(start, lambda app: f"serving {directory}", options)
+    return run_server(start, lambda app: f"serving {directory}", options, args.loop)

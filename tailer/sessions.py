@@ -128,7 +128,7 @@ def _acked_bytes(transport: Any) -> int | None:
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket, once closed
         return None
     if len(info) < _BYTES_ACKED_OFFSET + 8:
         return None

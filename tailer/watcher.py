@@ -41,6 +41,9 @@ __all__ = ["JsonlFilter", "NotificationsUnavailable", "watch_directory"]
 log = logging.getLogger("tailer")
 
 OnChange = Callable[[set[str] | None], Awaitable[None]]
+#: Handles changed ids synchronously, in the notification callback; returns those it
+#: left. Its second set holds the ids named by more than content events (see below).
+AtOnce = Callable[[set[str], set[str]], set[str]]
 
 #: While the watched directory is gone, how often to look for its return.
 REARM_INTERVAL = 0.1
@@ -70,14 +73,23 @@ async def watch_directory(
     poll_interval: float = 0.25,
     step_ms: int = 1,
     debounce_ms: int = 20,
+    at_once: AtOnce | None = None,
 ) -> None:
     """Call ``on_change`` with changed experiment ids until cancelled.
+
+    With ``at_once``, a notification naming files is first handed to it in
+    the notification's own callback (no task in between: the latency path);
+    only the ids it returns, and every sweep, go through ``on_change``. Its
+    second argument, ``named``, holds the ids for which something else than
+    content changed (created, renamed, deleted, attributes; with watchfiles
+    or after an overflow: all): for the others, the name still leads to the
+    file it led to before (``FileReader.poll(appended=True)``).
 
     If the directory itself goes away (``rm -rf DIR``), changes are swept
     every ``poll_interval`` while it is gone and its return is checked every
     :data:`REARM_INTERVAL`; once it is back, inotify watches it again.
     """
-    changes = _Coalescer(on_change)
+    changes = _Coalescer(on_change, at_once)
     sweeper = asyncio.create_task(_sweep(changes, poll_interval if poll else scan_interval))
     try:
         if not poll:
@@ -108,16 +120,26 @@ async def watch_directory(
 class _Coalescer:
     """Runs ``on_change`` for the ids reported so far; reports arriving meanwhile wait for the next run."""
 
-    def __init__(self, on_change: OnChange) -> None:
+    def __init__(self, on_change: OnChange, at_once: AtOnce | None = None) -> None:
         self.on_change = on_change
+        self.at_once = at_once
         self.pending: set[str] = set()
         self.everything = False
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, ids: set[str] | None) -> None:
+    def add(self, ids: set[str] | None, named: set[str] | None = None) -> None:
+        """Report changed ids (``None``: check everything); ``named``: see :func:`watch_directory`."""
         if ids is None:
             self.everything = True
         else:
+            if self.at_once is not None:
+                # Until a full check ran, a lost rename cannot be ruled out.
+                try:
+                    ids = self.at_once(ids, ids if named is None or self.everything else named)
+                except Exception:
+                    log.exception("reading changed files failed")  # the task tries again
+                if not ids:
+                    return
             self.pending |= ids
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
@@ -171,6 +193,11 @@ _MASK = (
     | _IN_ONLYDIR
 )
 _EVENT = struct.Struct("iIII")
+_UNSEEN = ""  # no experiment id is empty
+#: Events that change a file's content only, never which file its name leads to.
+_CONTENT = _IN_MODIFY | _IN_CLOSE_WRITE
+_READ_SIZE = 1 << 16
+_LONGEST_EVENT = _EVENT.size + 256  # NAME_MAX + 1
 
 
 def _libc() -> ctypes.CDLL:
@@ -208,13 +235,15 @@ async def _inotify(directory: Path, changes: _Coalescer) -> bool:
             raise NotificationsUnavailable(os.strerror(code))
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
+        ids_of: dict[bytes, str | None] = {}  # file name -> experiment id (None: not one)
 
         def readable() -> None:
             ids: set[str] = set()
+            named: set[str] = set()
             everything = False
             while True:
                 try:
-                    data = os.read(fd, 1 << 16)
+                    data = os.read(fd, _READ_SIZE)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -232,13 +261,21 @@ async def _inotify(directory: Path, changes: _Coalescer) -> bool:
                         if not ended.done():
                             ended.set_result(None)
                     elif name:
-                        experiment_id = experiment_id_of(os.fsdecode(name))
+                        experiment_id = ids_of.get(name, _UNSEEN)
+                        if experiment_id is _UNSEEN:
+                            if len(ids_of) >= 4096:
+                                ids_of.clear()
+                            experiment_id = ids_of[name] = experiment_id_of(os.fsdecode(name))
                         if experiment_id is not None:
                             ids.add(experiment_id)
+                            if mask & ~_CONTENT:
+                                named.add(experiment_id)
+                if len(data) <= _READ_SIZE - _LONGEST_EVENT:
+                    break  # everything queued fitted: no need for a read that fails
             if everything:
                 changes.add(None)
             elif ids:
-                changes.add(ids)
+                changes.add(ids, named)
 
         loop.add_reader(fd, readable)
         try:

@@ -17,17 +17,23 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from recorder.format import encode_message
+from tailer import eventloop
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: The event loop async tests run on (``tailer.eventloop``): ``auto``, as ``tailer serve``
+#: does (uvloop when installed); ``RUNTAIL_TEST_LOOP=asyncio`` runs them on asyncio's own.
+TEST_LOOP = os.environ.get("RUNTAIL_TEST_LOOP", "auto")
+
+
 def aio(timeout: float = 60.0) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., None]]:
-    """Run an ``async def`` test with ``asyncio.run``, bounded by ``timeout`` seconds."""
+    """Run an ``async def`` test on a new event loop, bounded by ``timeout`` seconds."""
 
     def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> None:
-            asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout))
+            eventloop.run(asyncio.wait_for(fn(*args, **kwargs), timeout), TEST_LOOP)
 
         return wrapper
 
