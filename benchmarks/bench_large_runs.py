@@ -148,18 +148,22 @@ def write_run(path: Path, lines: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- servers
 
 
-def static_copy(tmp: Path, name: str, threshold: str) -> Path:
-    """The dashboard's files with the reduced path's threshold set to ``threshold``."""
+def static_copy(tmp: Path, name: str, threshold: int) -> Path:
+    """The dashboard's files with the reduced path's threshold set to ``threshold`` lines.
+
+    Set as a page would (``window.RUNTAIL_REDUCED_FROM_LINES`` before anything loads), so
+    index.html's early history request follows it too: the old path asks for no history.
+    """
     target = tmp / f"static-{name}"
     shutil.copytree(ROOT / "tailer" / "static", target)
-    reduced = target / "reduced.js"
+    index = target / "index.html"
     text, count = re.subn(
-        r"export const REDUCED_FROM_LINES = [^;]+;",  # the test override too
-        f"export const REDUCED_FROM_LINES = {threshold};",
-        reduced.read_text(),
+        r"<head>",
+        f"<head>\n<script>window.RUNTAIL_REDUCED_FROM_LINES = {threshold};</script>",
+        index.read_text(),
     )
-    assert count == 1, "reduced.js no longer defines REDUCED_FROM_LINES"
-    reduced.write_text(text)
+    assert count == 1, "index.html has no <head>"
+    index.write_text(text)
     return target
 
 
@@ -470,8 +474,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-large-"))
     try:
         statics = {
-            "reduced": static_copy(tmp, "reduced", "0"),
-            "old": static_copy(tmp, "old", "Infinity"),
+            "reduced": static_copy(tmp, "reduced", 0),
+            "old": static_copy(tmp, "old", 10**15),  # if_over = 128e15 bytes: 204 for any run
         }
         print(
             f"cores: {os.cpu_count()}, load: {os.getloadavg()[0]:.1f} (figures from one run; "
