@@ -40,7 +40,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-from recorder.format import validate_experiment_id
+from recorder.format import run_file_name, validate_experiment_id
 
 try:
     import fcntl
@@ -99,10 +99,10 @@ def claim_run(log_dir: Path, experiment_id: str, *, suffix: str = "", resume: bo
         _claims[key] = claim.experiment_id
         _claims[_key(log_dir, claim.experiment_id, suffix)] = claim.experiment_id
     if claim.experiment_id != experiment_id:
-        taken = log_dir / f"{experiment_id}{suffix}.jsonl"
+        taken = log_dir / run_file_name(experiment_id + suffix)
         text = (
             f"runtail: {taken} already holds a run; this run is recorded as "
-            f"{claim.experiment_id!r} ({log_dir / f'{claim.experiment_id}{suffix}.jsonl'}). "
+            f"{claim.experiment_id!r} ({log_dir / run_file_name(claim.experiment_id + suffix)}). "
             "Pass resume=True to append to the existing run instead."
         )
         log.warning(text)
@@ -115,7 +115,7 @@ def _claim_free(log_dir: Path, experiment_id: str, suffix: str) -> Claim:
     while True:
         candidate = experiment_id if version == 1 else f"{experiment_id}-{version}"
         validate_experiment_id(candidate + suffix)
-        claim = _try_claim(log_dir / f"{candidate}{suffix}.jsonl", candidate)
+        claim = _try_claim(log_dir / run_file_name(candidate + suffix), candidate)
         if claim is not None:
             return claim
         version += 1

@@ -53,10 +53,12 @@ __all__ = [
     "format_timestamp",
     "is_blank_line",
     "is_valid_experiment_id",
+    "named_file_id",
     "parse_timestamp",
     "rank_file_id",
     "rank_suffix",
     "restore_non_finite",
+    "run_file_name",
     "split_lines",
     "split_rank",
     "status_of",
@@ -137,6 +139,21 @@ def experiment_id_of(name: str) -> str | None:
         if is_valid_experiment_id(stem):
             return stem
     return None
+
+
+def run_file_name(experiment_id: str) -> str:
+    """The name of the file that holds run (or per-rank file) ``experiment_id``: ``<id>.jsonl``."""
+    return experiment_id + RUN_FILE_SUFFIX
+
+
+def named_file_id(name: str) -> str:
+    """The experiment id of a file named explicitly (``tailer replay FILE``): ``name`` less ``.jsonl``.
+
+    Unlike :func:`experiment_id_of`, any name gives an id (``a.log`` stays
+    ``a.log``): a file the user names is read whatever it is called; the
+    caller validates the id.
+    """
+    return name.removesuffix(RUN_FILE_SUFFIX)
 
 
 def validate_experiment_id(experiment_id: object) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from recorder.format import to_python, validate_run_id
+from recorder.format import run_file_name, to_python, validate_run_id
 from recorder.recorder import MetricsRecorder, new_experiment_id
 
 __all__ = ["JsonlLogger", "RecorderCallback", "split_metrics"]
@@ -270,7 +270,7 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
         """The file this callback writes (on rank 0)."""
         if self._recorder is not None:
             return os.fspath(self._recorder.path)
-        return os.path.join(self.log_dir, f"{self.experiment_id}.jsonl")
+        return os.path.join(self.log_dir, run_file_name(self.experiment_id))
 
     # ------------------------------------------------------------------ writing
 
@@ -651,7 +651,7 @@ class JsonlLogger(*_LOGGERS):  # type: ignore[misc]
     @property
     def path(self) -> str:
         """The file written on rank 0."""
-        return os.path.join(self._log_dir, f"{self.experiment_id}.jsonl")
+        return os.path.join(self._log_dir, run_file_name(self.experiment_id))
 
     @property
     def experiment(self) -> _JsonlWriter:

@@ -40,6 +40,7 @@ from recorder.format import (
     MAX_LINE_BYTES,
     encode_message,
     rank_suffix,
+    run_file_name,
     validate_experiment_id,
     validate_run_id,
 )
@@ -161,7 +162,7 @@ class MetricsRecorder:
         self._suffix = rank_suffix(self.rank) if self.per_rank else ""
         validate_experiment_id(self.experiment_id + self._suffix)
         self.log_dir = Path(log_dir)
-        self.path: Path = self.log_dir / f"{self.experiment_id}{self._suffix}.jsonl"
+        self.path: Path = self.log_dir / run_file_name(self.experiment_id + self._suffix)
         self.enabled: bool = self.per_rank or self.rank == 0
         self.lost: int = 0
         self._fsync = bool(fsync)
@@ -189,7 +190,7 @@ class MetricsRecorder:
             )
             if claim.experiment_id != self.experiment_id:
                 self.experiment_id = claim.experiment_id
-                self.path = self.log_dir / f"{claim.experiment_id}{self._suffix}.jsonl"
+                self.path = self.log_dir / run_file_name(claim.experiment_id + self._suffix)
             fd = claim.fd if claim.fd is not None else _open_regular(self.path)
         except OSError as exc:
             self._warn_once(f"cannot open {self.path} ({exc})")

@@ -427,10 +427,7 @@ class _FastMetrics:
         except MalformedLine:  # cannot happen: pyarrow read the line, and _parse refuses the rest
             raise _ReadLineByLine from None
         walker = _MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
-        if type(data) is dict:
-            walker._walk_data(data)
-        else:
-            walker._walk_other(data)
+        walker.walk_data(data)
         walked = (walker.names[code] for code in walker.codes if code >= 0)
         ordered = list(dict.fromkeys(name for name in walked if name in names))
         if sorted(ordered) != sorted(names):  # cannot happen if both read the line alike

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_KEYS", "MAX_PLANS", "MISS", "PlanCompiler"]
+__all__ = ["EPOCH_KEYS", "MAX_KEYS", "MAX_PLANS", "MISS", "ROUND_KEYS", "STEP_KEYS", "PlanCompiler"]
 
 #: Returned by a plan whose type checks failed; nothing was appended.
 MISS = object()
@@ -31,7 +31,7 @@ MAX_PLANS = 512
 
 _NONE = type(None)
 
-# Index columns: the keys they come from, in order of preference.
+# Index columns: the keys they come from, in order of preference (replay.tables._message_row).
 EPOCH_KEYS = ("epoch", "local_epoch")
 STEP_KEYS = ("step",)
 ROUND_KEYS = ("round", "round_num")
@@ -46,8 +46,8 @@ class PlanCompiler:
         root: the root node (``data`` and ``data.metrics`` share it).
         env: names the generated code calls: ``ve``/``ce`` (extend values /
             codes), ``va``/``ca`` (append), ``nf`` (non-finite lookup),
-            ``walk`` (planned walk of a nested dict), ``walk_list``,
-            ``as_int``, ``client_text``, ``metrics_int``.
+            ``walk`` (planned walk of a nested dict), ``walk_list``, ``index``
+            and ``client_text`` (the row rules of :mod:`replay.tables`).
     """
 
     def __init__(
@@ -132,20 +132,25 @@ class PlanCompiler:
         exec(compile(source, f"<runtail plan {name}>", "exec"), namespace)
         return namespace[name]
 
-    def nested(self, mapping: dict[str, Any], node: Any) -> Callable[[dict[str, Any]], Any] | None:
-        """A plan ``f(d)`` for dicts of this shape below ``data``'s top level (None: walk in general)."""
+    def _plan(
+        self, mapping: dict[str, Any], node: Any, top: bool, params: str
+    ) -> Callable[..., Any] | None:
         if len(mapping) > MAX_KEYS:
             return None
-        body = self._body(mapping, node, top=False)
+        body = self._body(mapping, node, top)
         if body is None:
             return None
-        loads, guards, stmts, env, _ = body
+        loads, guards, stmts, env, seen = body
         lines = [*loads]
         if guards:
             lines.append(f"if not ({' and '.join(guards)}): return MISS")
-        lines += stmts or ["pass"]
-        lines.append("return None")
-        return self._compile("nested_plan", "d", lines, env)
+        lines += stmts
+        lines.append(f"return {_row(seen) if top else 'None'}")
+        return self._compile("top_plan" if top else "nested_plan", params, lines, env)
+
+    def nested(self, mapping: dict[str, Any], node: Any) -> Callable[[dict[str, Any]], Any] | None:
+        """A plan ``f(d)`` for dicts of this shape below ``data``'s top level (None: walk in general)."""
+        return self._plan(mapping, node, False, "d")
 
     def top(self, data: dict[str, Any]) -> Callable[..., Any] | None:
         """A plan ``f(d, seq, stamp, kind) -> row`` for ``data`` dicts of this shape (None: in general).
@@ -153,41 +158,30 @@ class PlanCompiler:
         The row is the message-level columns ``(seq, timestamp, type, phase,
         epoch, step, round, client_id)``, or :data:`MISS`.
         """
-        if len(data) > MAX_KEYS:
-            return None
-        body = self._body(data, self.root, top=True)
-        if body is None:
-            return None
-        loads, guards, stmts, env, seen = body
+        return self._plan(data, self.root, True, "d, seq, stamp, kind")
 
-        def int_column(candidates: tuple[str, ...]) -> str:
-            for key in candidates:
-                if key in seen:
-                    var, kind = seen[key]
-                    if kind is _NONE:
-                        continue  # guarded to be None: the next candidate decides
-                    return var if kind is int else f"as_int({var})"
-            metrics = seen.get("metrics")
-            if metrics is not None and metrics[1] is dict:
-                return f"metrics_int({metrics[0]}, {candidates!r})"
-            return "None"
 
-        phase = seen.get("phase")
-        phase_expr = phase[0] if phase is not None and phase[1] is str else "None"
-        client = seen.get("client_id")
-        if client is None or client[1] is _NONE:
-            client_expr = "None"
-        elif client[1] is str:
-            client_expr = client[0]
-        else:
-            client_expr = f"client_text({client[0]})"
-        row = (
-            f"return (seq, stamp, kind, {phase_expr}, {int_column(EPOCH_KEYS)}, "
-            f"{int_column(STEP_KEYS)}, {int_column(ROUND_KEYS)}, {client_expr})"
-        )
-        lines = [*loads]
-        if guards:
-            lines.append(f"if not ({' and '.join(guards)}): return MISS")
-        lines += stmts
-        lines.append(row)
-        return self._compile("top_plan", "d, seq, stamp, kind", lines, env)
+def _row(seen: dict[str, tuple[str, type]]) -> str:
+    """The row expression of a top-level plan: ``replay.tables._message_row``'s rule, decided
+    here where the shape and its guarded types decide it; elsewhere ``index``
+    (``replay.tables._index_value``) applies the rule at run time."""
+
+    def column(keys: tuple[str, ...]) -> str:
+        first = seen.get(keys[0])
+        if first is not None and first[1] is int:
+            return first[0]  # an int under the first key is the value
+        metrics = seen.get("metrics")
+        if not any(key in seen for key in keys) and (metrics is None or metrics[1] is not dict):
+            return "None"  # nothing the rule could read
+        return f"index(d, {keys!r})"
+
+    phase = seen.get("phase")
+    client = seen.get("client_id")
+    if client is None or client[1] is _NONE:
+        client_expr = "None"
+    else:
+        client_expr = client[0] if client[1] is str else f"client_text({client[0]})"
+    return (
+        f"(seq, stamp, kind, {phase[0] if phase is not None and phase[1] is str else 'None'}, "
+        f"{column(EPOCH_KEYS)}, {column(STEP_KEYS)}, {column(ROUND_KEYS)}, {client_expr})"
+    )

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from recorder.format import MAX_LINE_BYTES, LineBuffer, experiment_id_of, split_lines, split_rank
+from recorder.format import (
+    MAX_LINE_BYTES,
+    RUN_FILE_SUFFIX,
+    LineBuffer,
+    experiment_id_of,
+    split_lines,
+    split_rank,
+)
 
 __all__ = ["LineBlocks", "Run", "SkipCounts", "Source", "resolve_sources"]
 
@@ -89,7 +96,7 @@ class SkipCounts:
 
 def _runs_in_directory(directory: Path, skipped: list[str]) -> list[Run]:
     runs = []
-    for path in sorted(directory.glob("*.jsonl")):
+    for path in sorted(directory.glob(f"*{RUN_FILE_SUFFIX}")):
         if not path.is_file():
             continue
         if experiment_id_of(path.name) is None:

@@ -254,15 +254,6 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _first_int(mapping: dict[str, Any], keys: tuple[str, ...]) -> int | None:
-    """The first of ``keys`` in ``mapping`` that is not null, as an index value."""
-    for key in keys:
-        value = mapping.get(key)
-        if value is not None:
-            return value if type(value) is int else _as_int(value)
-    return None
-
-
 def _int_array(values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.int64())
@@ -293,6 +284,49 @@ def _client_text(value: Any) -> str | None:
     if type(value) is float and value.is_integer():
         return str(int(value))
     return orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
+
+
+#: The index columns of a message whose ``data`` is not an object.
+_NO_INDEX = (None, None, None, None, None)
+
+
+def _index_value(data: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    """An index column of a message: the first of ``keys`` in ``data`` that is not null
+    (as an int64, or None when it is not a whole number), else the first in ``data.metrics``."""
+    for mapping in (data, data.get("metrics")):
+        if type(mapping) is dict:
+            for key in keys:
+                value = mapping.get(key)
+                if value is not None:
+                    return value if type(value) is int else _as_int(value)
+    return None
+
+
+def _message_row(data: dict[str, Any], seq: int, stamp: Any, kind: str) -> tuple[Any, ...]:
+    """A message's own columns: ``(seq, timestamp, type, phase, epoch, step, round, client_id)``."""
+    get = data.get
+    # An int under an index column's first key is its value (the common case, no call).
+    epoch = get(EPOCH_KEYS[0])
+    if type(epoch) is not int:
+        epoch = _index_value(data, EPOCH_KEYS)
+    step = get(STEP_KEYS[0])
+    if type(step) is not int:
+        step = _index_value(data, STEP_KEYS)
+    round_ = get(ROUND_KEYS[0])
+    if type(round_) is not int:
+        round_ = _index_value(data, ROUND_KEYS)
+    phase = get("phase")
+    client = get("client_id")
+    return (
+        seq,
+        stamp,
+        kind,
+        phase if type(phase) is str else None,
+        epoch,
+        step,
+        round_,
+        client if type(client) is str else _client_text(client),
+    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -420,7 +454,7 @@ class _MetricsBuilder:
         self.root = _Node("")
         self.codes: list[int] = []
         self.values: list[Any] = []
-        self._walk, self._walk_list, self._walk_data = self._make_walkers()
+        self._walk, self._walk_list, self._walk_general = self._make_walkers()
         self.top_plans: dict[tuple[str, ...], Any] = {}
         self._compiler = PlanCompiler(
             self._register,
@@ -434,9 +468,8 @@ class _MetricsBuilder:
                 "nf": NON_FINITE.get,
                 "walk": self._walk,
                 "walk_list": self._walk_list,
-                "as_int": _as_int,
+                "index": _index_value,
                 "client_text": _client_text,
-                "metrics_int": _first_int,
             },
         )
 
@@ -475,7 +508,8 @@ class _MetricsBuilder:
                 return
             walk_general(mapping, node)
 
-        def walk_general(mapping: dict[str, Any], node: _Node) -> None:
+        def walk_general(mapping: dict[str, Any], node: _Node, top: bool = False) -> None:
+            """Every value of ``mapping``; at ``data``'s ``top`` level, ``metrics`` adds no path."""
             codes_get = node.codes.get
             for key, value in mapping.items():
                 kind = type(value)
@@ -487,7 +521,10 @@ class _MetricsBuilder:
                         codes_append(code)
                         values_append(value)
                 elif kind is dict:
-                    walk(value, node.children.get(key) or child(node, key))
+                    if top and key == "metrics":
+                        walk(value, node)
+                    else:
+                        walk(value, node.children.get(key) or child(node, key))
                 elif kind is str:
                     number = non_finite(value)
                     if number is not None:
@@ -503,43 +540,25 @@ class _MetricsBuilder:
         def walk_list(items: list[Any], node: _Node) -> None:
             walk(dict(enumerate(items)), node)  # type: ignore[arg-type]
 
-        root = self.root
+        return walk, walk_list, walk_general
 
-        def walk_data(data: dict[str, Any]) -> None:
-            """Walk a message's ``data``: like :func:`walk`, but ``metrics`` adds no path."""
-            codes_get = root.codes.get
-            for key, value in data.items():
-                kind = type(value)
-                if kind is float or kind is int:
-                    code = codes_get(key)
-                    if code is None:
-                        code = register(root, key)
-                    if code >= 0:
-                        codes_append(code)
-                        values_append(value)
-                elif kind is dict:
-                    if key == "metrics":
-                        walk(value, root)
-                    else:
-                        walk(value, root.children.get(key) or child(root, key))
-                elif kind is str:
-                    number = non_finite(value)
-                    if number is not None:
-                        code = codes_get(key)
-                        if code is None:
-                            code = register(root, key)
-                        if code >= 0:
-                            codes_append(code)
-                            values_append(number)
-                elif kind is list:
-                    walk_list(value, root.children.get(key) or child(root, key))
+    def walk_data(self, data: Any) -> None:
+        """Append the codes and values of a message's ``data`` without a plan.
 
-        return walk, walk_list, walk_data
+        A dict is walked from the root (``data.metrics`` shares it); a number
+        is the metric ``value``; a list is walked by position.
+        """
+        if type(data) is dict:
+            self._walk_general(data, self.root, True)
+        elif type(data) is list:
+            self._walk_list(data, self.root)
+        elif data is not None and type(data) is not bool:
+            self._walk({"value": data}, self.root)
 
     def add(self, first_seq: int, lines: list[bytes | None]) -> pa.RecordBatch | None:
         """The rows of one block of lines, or None when it has none."""
         codes, values = self.codes, self.values
-        walk_data = self._walk_data
+        walk_general, root = self._walk_general, self.root
         top_plans = self.top_plans
         decode = decode_line
         counts: list[int] = []
@@ -564,70 +583,27 @@ class _MetricsBuilder:
                 attempts.start(len(rows))
             data = message.get("data")
             before = len(values)
-            if type(data) is not dict:
-                self._walk_other(data)
+            if type(data) is dict:
+                shape = tuple(data)
+                plan = top_plans.get(shape)
+                if plan is None and len(top_plans) < MAX_PLANS:
+                    plan = top_plans[shape] = self._compiler.top(data) or False
+                if plan:
+                    row = plan(data, seq, message.get("timestamp"), message["type"])
+                    if row is not MISS:
+                        if len(values) > before:
+                            counts_append(len(values) - before)
+                            rows_append(row)
+                        continue
+                walk_general(data, root, True)
                 if len(values) > before:
                     counts_append(len(values) - before)
-                    rows_append(
-                        (
-                            seq,
-                            message.get("timestamp"),
-                            message["type"],
-                            None,
-                            None,
-                            None,
-                            None,
-                            None,
-                        )
-                    )
+                    rows_append(_message_row(data, seq, message.get("timestamp"), message["type"]))
                 continue
-            shape = tuple(data)
-            plan = top_plans.get(shape)
-            if plan is None and len(top_plans) < MAX_PLANS:
-                plan = top_plans[shape] = self._compiler.top(data) or False
-            if plan:
-                row = plan(data, seq, message.get("timestamp"), message["type"])
-                if row is not MISS:
-                    if len(values) > before:
-                        counts_append(len(values) - before)
-                        rows_append(row)
-                    continue
-            walk_data(data)
-            if len(values) == before:
-                continue
-            counts_append(len(values) - before)
-            get = data.get
-            epoch = get("epoch")
-            if epoch is None:
-                epoch = get("local_epoch")
-            step = get("step")
-            round_ = get("round")
-            if round_ is None:
-                round_ = get("round_num")
-            if epoch is None or step is None or round_ is None:
-                metrics = get("metrics")
-                if type(metrics) is dict:
-                    if epoch is None:
-                        epoch = _first_int(metrics, EPOCH_KEYS)
-                    if step is None:
-                        step = _first_int(metrics, STEP_KEYS)
-                    if round_ is None:
-                        round_ = _first_int(metrics, ROUND_KEYS)
-            phase = get("phase")
-            client = get("client_id")
-            if type(epoch) is not int and epoch is not None:
-                epoch = _as_int(epoch)
-            if type(step) is not int and step is not None:
-                step = _as_int(step)
-            if type(round_) is not int and round_ is not None:
-                round_ = _as_int(round_)
-            if type(phase) is not str:
-                phase = None
-            if type(client) is not str and client is not None:
-                client = _client_text(client)
-            rows_append(
-                (seq, message.get("timestamp"), message["type"], phase, epoch, step, round_, client)
-            )
+            self.walk_data(data)
+            if len(values) > before:
+                counts_append(len(values) - before)
+                rows_append((seq, message.get("timestamp"), message["type"], *_NO_INDEX))
         self.malformed += malformed
         if not values:
             attempts.marks.clear()
@@ -637,13 +613,6 @@ class _MetricsBuilder:
         finally:
             codes.clear()
             values.clear()
-
-    def _walk_other(self, data: Any) -> None:
-        """``data`` that is not an object: a number is the metric ``value``, a list is walked."""
-        if type(data) is list:
-            self._walk_list(data, self.root)
-        elif data is not None and type(data) is not bool:
-            self._walk({"value": data}, self.root)
 
     def _batch(
         self, counts: list[int], rows: list[tuple[Any, ...]], attempt: pa.Array

@@ -29,7 +29,13 @@ from pathlib import Path
 
 import orjson
 
-from recorder.format import INDEX_KEYS, MalformedLine, decode_line, is_valid_experiment_id
+from recorder.format import (
+    INDEX_KEYS,
+    MalformedLine,
+    decode_line,
+    is_valid_experiment_id,
+    named_file_id,
+)
 from tailer.routes import RequestError
 
 __all__ = [
@@ -89,8 +95,7 @@ def parse_metrics_query(query: Mapping[str, list[str]], served: list[Path]) -> M
         found = [
             p
             for p in sorted(served)
-            if p.name.removesuffix(".jsonl") == run
-            or rank_file.fullmatch(p.name.removesuffix(".jsonl"))
+            if named_file_id(p.name) == run or rank_file.fullmatch(named_file_id(p.name))
         ]
         if not found:
             raise RequestError(404, f"no such experiment: {run}")
@@ -188,5 +193,5 @@ def hparams_body(files: list[Path]) -> bytes:
             if isinstance(message, dict) and message.get("type") in HPARAMS_TYPES:
                 messages.append({"type": message["type"], "data": message.get("data")})
         if messages:
-            out[path.name.removesuffix(".jsonl")] = messages
+            out[named_file_id(path.name)] = messages
     return orjson.dumps(out)

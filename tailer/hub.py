@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from recorder.format import experiment_id_of
+from recorder.format import experiment_id_of, run_file_name
 from tailer import wsio
 from tailer.config import DEFAULT_QUEUE_BYTES
 from tailer.frames import frame_lines, text_frame
@@ -257,7 +257,7 @@ class DirectoryFanout:
         reader = self.readers.get(experiment_id)
         if reader is None:
             reader = FileReader(
-                self.directory / f"{experiment_id}.jsonl",
+                self.directory / run_file_name(experiment_id),
                 experiment_id,
                 index_every=self.index_every,
                 root=self.root,

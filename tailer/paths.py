@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-from recorder.format import is_valid_experiment_id
+from recorder.format import is_valid_experiment_id, named_file_id
 
 __all__ = ["PathError", "directory_to_list", "directory_to_serve", "run_to_replay"]
 
@@ -76,6 +76,6 @@ def run_to_replay(file: str | os.PathLike[str]) -> Path:
         )
     if not path.is_file():
         raise PathError(f"no such file: {path}")
-    if not is_valid_experiment_id(path.name.removesuffix(".jsonl")):
+    if not is_valid_experiment_id(named_file_id(path.name)):
         raise PathError(f"{path.name!r} is not named <experiment_id>.jsonl")
     return path

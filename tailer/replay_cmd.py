@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from recorder.format import named_file_id
 from tailer.paths import run_to_replay
 from tailer.reader import FileReader
 from tailer.serve_cmd import add_network_arguments, configure_logging, network_options, run_server
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _holds_a_message(path: Path) -> bool:
     """Whether some complete line of ``path`` is a message (reads only up to the first one)."""
-    reader = FileReader(path, path.name.removesuffix(".jsonl"))
+    reader = FileReader(path, named_file_id(path.name))
     while True:
         result = reader.poll()
         if result.lines:

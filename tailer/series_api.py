@@ -317,7 +317,7 @@ class SeriesService:
                 total -= self.stores.pop(run).nbytes
 
 
-def _last_line_time(path: str, tail: int = 1 << 16) -> float | None:
+def _last_line_time(path: str | os.PathLike[str], tail: int = 1 << 16) -> float | None:
     """When the file's last complete line was written: its timestamp, else the file's mtime."""
     try:
         with open(path, "rb") as f:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
 
-from recorder.format import validate_experiment_id
+from recorder.format import named_file_id, run_file_name, validate_experiment_id
 from tailer import identities
 from tailer.hub import Client, DirectoryFanout
 from tailer.reader import FileReader
@@ -161,7 +161,8 @@ class LiveDirectory:
 
     def run_files(self) -> list[Path]:
         return [
-            self.fanout.directory / f"{s['experiment_id']}.jsonl" for s in self.fanout.summaries()
+            self.fanout.directory / run_file_name(str(s["experiment_id"]))
+            for s in self.fanout.summaries()
         ]
 
     def reader(self, experiment_id: str) -> FileReader | None:
@@ -178,7 +179,7 @@ class LiveDirectory:
         fanout = self.fanout
         if route.kind == "replay":
             assert route.experiment_id is not None
-            path = fanout.directory / f"{route.experiment_id}.jsonl"
+            path = fanout.directory / run_file_name(route.experiment_id)
             await stream_paced_replay(client.connection, path, route)
             return
         if isinstance(client, SessionClient):
@@ -205,7 +206,7 @@ class PacedReplay:
         self.path = path
         self.speed = speed
         self.max_gap = max_gap
-        self.experiment_id = validate_experiment_id(path.name.removesuffix(".jsonl"))
+        self.experiment_id = validate_experiment_id(named_file_id(path.name))
         #: Read once at start: the summary and ``/api/series`` of the run.
         self.run_reader = FileReader(path, self.experiment_id)
         self.run_reader.read_all()

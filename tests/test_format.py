@@ -388,3 +388,19 @@ def test_restore_non_finite_is_deep() -> None:
 def test_experiment_id_of_names_runs_only(name: str, expected: str | None) -> None:
     """A run file is ``<valid id>.jsonl``; every other name gives None."""
     assert fmt.experiment_id_of(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("experiment_id", "name"),
+    [("a", "a.jsonl"), ("a.rank3", "a.rank3.jsonl"), ("a.b", "a.b.jsonl")],
+)
+def test_run_file_name_and_named_file_id_are_inverses(experiment_id: str, name: str) -> None:
+    """A run's file is ``<id>.jsonl``, and that file names the run ``<id>``."""
+    assert fmt.run_file_name(experiment_id) == name
+    assert fmt.named_file_id(name) == experiment_id == fmt.experiment_id_of(name)
+
+
+def test_a_file_named_explicitly_keeps_a_name_without_jsonl() -> None:
+    """``tailer replay a.log``: an explicitly named file is read whatever it is called."""
+    assert fmt.named_file_id("a.log") == "a.log"
+    assert fmt.experiment_id_of("a.log") is None  # in a directory, a.log is no run

@@ -195,6 +195,24 @@ async def test_replay_serves_a_finished_run_on_root(tmp_path):
         assert await asyncio.wait_for(proc.wait(), 15) == 0
 
 
+@aio(90)
+async def test_replay_of_a_file_not_named_jsonl_serves_it_under_its_name(tmp_path):
+    """`tailer replay a.log` works: the run's id is the file's whole name."""
+    run = tmp_path / "a.log"
+    run.write_bytes(encode_message("epoch_end", {"epoch": 0}, timestamp="2025-01-01T00:00:00Z"))
+    async with tailer_cli(
+        "replay", str(run), "--port", "0", "--speed", "0", log=tmp_path / "e.log"
+    ) as (proc, port, line):
+        assert "replaying" in line
+        async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+            first = await recv_json(ws)
+        assert (first["type"], first["experiment_id"]) == ("epoch_end", "a.log")
+        _, _, body = await http_get(port, "/api/experiments")
+        assert [e["experiment_id"] for e in orjson.loads(body)] == ["a.log"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
 async def _replayed(url: str) -> tuple[list[dict], int, float]:
     """Every message of one replay connection, its close code (None: still open 1 s after
     replay_end) and how long the messages took."""
