@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tailer import wsio
+from tailer import identities, wsio
 from tailer.hub import Client, log_reset_frame
 
 if TYPE_CHECKING:
@@ -342,8 +342,8 @@ class SessionStore:
             return
         now = time.time()
         for name in names:
-            if not name.endswith(".json"):
-                continue
+            if not name.endswith(".json") or name == identities.FILE:
+                continue  # files.json: where each run file was read to, not a session
             path = self.state_dir / name
             key = name[:-5]
             try:

@@ -219,7 +219,6 @@ def test_state_survives_a_restart_of_the_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{session.key}.json"]
 
 
-@pytest.mark.xfail(strict=True, reason="sessions.load takes files.json for a session and deletes it")
 def test_loading_sessions_leaves_the_identities_file_alone(tmp_path, caplog):
     """The state dir also holds tailer.identities' files.json: not a session, never deleted."""
     from tailer import identities
