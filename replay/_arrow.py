@@ -1,6 +1,6 @@
 """The metrics table at Arrow speed: pyarrow's JSON reader parses, numpy unpivots.
 
-:func:`fast_metric_batches` gives the rows of :class:`replay.tables._MetricsBuilder`
+:func:`fast_metric_batches` gives the rows of :class:`replay.tables.MetricsBuilder`
 (the careful path), in the same order, for a run file read in large blocks of
 complete lines. Each block is parsed by :func:`pyarrow.json.read_json` (C++,
 multi-threaded) into one struct column per level of ``data``; the numeric
@@ -47,11 +47,11 @@ from recorder.format import (
 from replay._plans import EPOCH_KEYS, ROUND_KEYS, STEP_KEYS
 from replay._source import LineBlocks, Run, SkipCounts
 from replay.tables import (
-    _TIMESTAMP,
     ATTEMPT_START,
-    _gc_paused,
-    _MetricsBuilder,
-    _timestamps,
+    TIMESTAMP_TYPE,
+    MetricsBuilder,
+    gc_paused,
+    timestamp_array,
 )
 
 __all__ = ["FAST_BLOCK_BYTES", "fast_metric_batches"]
@@ -320,7 +320,7 @@ def _client_ids(data: Any, rows: int) -> pa.Array:
 class _FastMetrics:
     """Turns parsed blocks of one run into record batches of the metrics table."""
 
-    def __init__(self, careful: _MetricsBuilder) -> None:
+    def __init__(self, careful: MetricsBuilder) -> None:
         self.careful = careful
         self.order = careful.order
         self.schema = careful.schema
@@ -359,9 +359,9 @@ class _FastMetrics:
         take = _array(owner, pa.int64())
         stamps = table.column("timestamp").combine_chunks()
         try:
-            timestamps = stamps.cast(_TIMESTAMP)
+            timestamps = stamps.cast(TIMESTAMP_TYPE)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            timestamps = _timestamps(stamps.take(_array(with_rows, pa.int64())).to_pylist())
+            timestamps = timestamp_array(stamps.take(_array(with_rows, pa.int64())).to_pylist())
             spread = np.repeat(np.arange(len(with_rows), dtype=np.int64), counts[with_rows])
             timestamps = timestamps.take(_array(spread, pa.int64()))
         else:
@@ -426,7 +426,7 @@ class _FastMetrics:
             data = decode_line(chunk[start : chunk.index(b"\n", start)]).get("data")
         except MalformedLine:  # cannot happen: pyarrow read the line, and _parse refuses the rest
             raise _ReadLineByLine from None
-        walker = _MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
+        walker = MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
         walker.walk_data(data)
         walked = (walker.names[code] for code in walker.codes if code >= 0)
         ordered = list(dict.fromkeys(name for name in walked if name in names))
@@ -449,7 +449,7 @@ def _parsed(chunk: bytes) -> tuple[pa.Table | None, int]:
 
 def fast_metric_batches(
     run: Run,
-    careful: _MetricsBuilder,
+    careful: MetricsBuilder,
     skips: SkipCounts,
     *,
     on_bytes: Callable[[int], None] | None = None,
@@ -492,7 +492,7 @@ def fast_metric_batches(
             except _ReadLineByLine:
                 taken["careful"] = taken.get("careful", 0) + 1
                 split = split_lines(chunk)[0]
-                with _gc_paused():
+                with gc_paused():
                     batch = careful.add(seq, split)  # type: ignore[arg-type]
                 lines = len(split)
         seq += lines

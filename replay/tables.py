@@ -110,7 +110,7 @@ MESSAGE_COLUMNS = ("experiment_id", "rank", "seq", "attempt", "timestamp", "type
 #: The message type that starts a new attempt of a run when it is not the file's first.
 ATTEMPT_START = "training_start"
 
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -125,7 +125,7 @@ _METRIC_TYPES: dict[str, pa.DataType] = {
     "rank": pa.int64(),
     "seq": pa.int64(),
     "attempt": pa.int64(),
-    "timestamp": _TIMESTAMP,
+    "timestamp": TIMESTAMP_TYPE,
     "type": pa.string(),
     "phase": pa.string(),
     "epoch": pa.int64(),
@@ -143,7 +143,7 @@ _MESSAGE_TABLE_TYPES: dict[str, pa.DataType] = {
     "rank": pa.int64(),
     "seq": pa.int64(),
     "attempt": pa.int64(),
-    "timestamp": _TIMESTAMP,
+    "timestamp": TIMESTAMP_TYPE,
     "type": pa.string(),
     "data": pa.string(),
     "extra": pa.string(),
@@ -217,10 +217,10 @@ def message_table_schema(*, with_experiment_id: bool = True) -> pa.Schema:
 # --------------------------------------------------------------------------- conversions
 
 
-def _timestamps(values: Sequence[Any]) -> pa.Array:
+def timestamp_array(values: Sequence[Any]) -> pa.Array:
     """Timestamp strings to ``timestamp[us, UTC]``; anything unparsable becomes null."""
     try:
-        return pa.array(values, pa.string()).cast(_TIMESTAMP)
+        return pa.array(values, pa.string()).cast(TIMESTAMP_TYPE)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         pass
     parsed: list[datetime | None] = []
@@ -229,7 +229,7 @@ def _timestamps(values: Sequence[Any]) -> pa.Array:
             parsed.append(parse_timestamp(value))
         except (ValueError, TypeError, AttributeError, OverflowError):
             parsed.append(None)
-    return pa.array(parsed, _TIMESTAMP)
+    return pa.array(parsed, TIMESTAMP_TYPE)
 
 
 def _int64_scalar(value: int | None) -> pa.Scalar:
@@ -422,7 +422,7 @@ class _Node:
         self.plans: dict[tuple[Any, ...], Any] = {}  # key tuple -> compiled plan, or False
 
 
-class _MetricsBuilder:
+class MetricsBuilder:
     """Turns blocks of lines into record batches of the metrics table.
 
     The walk over ``data`` is the hot loop. Shapes of ``data`` seen before
@@ -627,7 +627,7 @@ class _MetricsBuilder:
             {
                 "seq": pa.array(seqs, pa.int64()),
                 "attempt": attempt,
-                "timestamp": _timestamps(stamps),
+                "timestamp": timestamp_array(stamps),
                 "type": pa.array(types, pa.string()),
                 "phase": pa.array(phases, pa.string()),
                 "epoch": _int_array(epochs),
@@ -769,7 +769,7 @@ class _MessageTableBuilder:
             pa.repeat(self.rank, len(seqs)),
             pa.array(seqs, pa.int64()),
             attempts.column(first_attempt, len(seqs)),
-            _timestamps(stamps),
+            timestamp_array(stamps),
             pa.array(types, pa.string()),
             pa.array(datas, pa.string()),
             pa.array(extras, pa.string()),
@@ -799,7 +799,7 @@ def _system_allocator() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a block is decoded.
 
     A block allocates tens of thousands of dicts and tuples, none of them in a
@@ -817,7 +817,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _run_batches(
     run: Run,
-    builder: _MetricsBuilder | _MessageTableBuilder,
+    builder: MetricsBuilder | _MessageTableBuilder,
     skips: SkipCounts,
     *,
     on_bytes: Callable[[int], None] | None = None,
@@ -829,7 +829,7 @@ def _run_batches(
             if on_bytes is not None:
                 on_bytes(blocks.bytes_read - done)
                 done = blocks.bytes_read
-            with _gc_paused():
+            with gc_paused():
                 batch = builder.add(first_seq, lines)
             if batch is not None:
                 yield batch
@@ -854,7 +854,7 @@ def metric_batches(
     others, and every block when ``careful`` is true, are decoded line by line.
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    builder = _MetricsBuilder(run.experiment_id, run.rank, schema)
+    builder = MetricsBuilder(run.experiment_id, run.rank, schema)
     if careful:
         return _run_batches(run, builder, skips, on_bytes=on_bytes)
     from replay._arrow import fast_metric_batches
@@ -875,7 +875,7 @@ def metric_block_reader(
     file incrementally (the tailer's reduced series).
     """
     schema = metrics_schema(with_experiment_id=with_experiment_id)
-    return _MetricsBuilder(*split_rank(experiment_id), schema).add
+    return MetricsBuilder(*split_rank(experiment_id), schema).add
 
 
 def message_batches(
@@ -981,7 +981,7 @@ def read_messages(src: Source) -> Any:
     restore = restore_non_finite
     # The decoded messages stay alive (they are the data column) and hold no cycles:
     # collections would only rescan them, more often the more there are.
-    with _gc_paused():
+    with gc_paused():
         for run in runs:
             count = 0
             malformed = 0
@@ -1023,7 +1023,7 @@ def read_messages(src: Source) -> Any:
             pa.chunked_array(ranks, pa.int64()),
             pa.array(seqs, pa.int64()),
             pa.chunked_array(attempt_columns, pa.int64()),
-            _timestamps(stamps),
+            timestamp_array(stamps),
             pa.array(types, pa.string()),
         ],
         schema=schema,

@@ -298,6 +298,9 @@ class TailerServer:
             if plotly is None:
                 raise RequestError(404, "plotly is not installed")
             return self._file(plotly, if_none_match, cache="public, max-age=86400")
+        if path.startswith("/static/vendor/"):  # third-party bundles, as shipped
+            path_ = static_file(self.static_dir, path[len("/static/") :])
+            return self._file(path_, if_none_match, cache="public, max-age=86400")
         if path.startswith("/static/"):
             return self._file(static_file(self.static_dir, path[len("/static/") :]), if_none_match)
         if path == "/favicon.ico":

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tailer.server import _plotly_js, serve_directory
+from tests._tailer_helpers import aio, http_get
+
 STATIC = Path(__file__).resolve().parents[1] / "tailer" / "static"
 _IMPORT = re.compile(r"""^\s*import\s[^;]*?from\s+["']\./([\w.-]+\.js)["']""", re.MULTILINE | re.DOTALL)
 _PRELOAD = re.compile(r"""<link rel="modulepreload" href="/static/([\w.-]+\.js)">""")
@@ -34,3 +37,36 @@ def test_index_preloads_every_module_the_app_imports():
     preloaded = _PRELOAD.findall((STATIC / "index.html").read_text())
     assert len(preloaded) == len(set(preloaded))
     assert set(preloaded) == _module_graph("app.js")
+
+
+def _version(js: bytes) -> str:
+    match = re.search(rb"plotly\.js(?: \([\w -]+\))? v(\d+\.\d+\.\d+)", js[:400])
+    assert match, js[:200]
+    return match.group(1).decode()
+
+
+def test_the_page_draws_with_plotlys_basic_bundle_of_the_installed_version():
+    """The charts use the vendored basic bundle (a quarter of the full one: issue 12's first
+    visit); parallel coordinates load the full one from the `plotly` package. Both are one
+    plotly.js version, so the two instances on one page agree."""
+    index = (STATIC / "index.html").read_text()
+    assert '"/static/vendor/plotly-basic.min.js"' in index
+    assert "/static/vendor/plotly.min.js" not in index  # the full one only on demand
+    basic = (STATIC / "vendor" / "plotly-basic.min.js").read_bytes()
+    assert b"plotly.js (basic - minified)" in basic[:200]
+    assert (STATIC / "vendor" / "LICENSE-plotly.js.txt").read_text().startswith("MIT License")
+    full = _plotly_js()
+    assert full is not None and _version(basic) == _version(full.read_bytes())
+    assert len(basic) < len(full.read_bytes()) / 3
+
+
+@aio()
+async def test_vendored_bundles_are_served_cacheable():
+    """Third-party bundles under /static/vendor/ may be cached for a day (no revalidation)."""
+    async with serve_directory(STATIC.parent, port=0) as app:
+        for name in ("plotly-basic.min.js", "plotly.min.js"):
+            status, headers, body = await http_get(app.port, f"/static/vendor/{name}")
+            assert status == 200 and len(body) > 1_000_000, name
+            assert "max-age=86400" in headers["cache-control"], name
+        _, headers, _ = await http_get(app.port, "/static/app.js")
+        assert headers["cache-control"] == "no-cache"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from recorder.format import MAX_LINE_BYTES, encode_message
 from replay._arrow import fast_metric_batches
 from replay._source import Run, SkipCounts
-from replay.tables import _MetricsBuilder, metric_batches, metrics_schema
+from replay.tables import MetricsBuilder, metric_batches, metrics_schema
 from tests._replay_helpers import SAMPLE_RUNS, line, mixed_run, write_run
 
 
@@ -31,7 +31,7 @@ def fast_table(path: Path, *, block_bytes: int = 8 << 20) -> tuple[pa.Table, Ski
     skips = SkipCounts()
     taken: dict[str, int] = {}
     run = Run.of(path)
-    builder = _MetricsBuilder(run.experiment_id, run.rank, metrics_schema())
+    builder = MetricsBuilder(run.experiment_id, run.rank, metrics_schema())
     batches = list(fast_metric_batches(run, builder, skips, block_bytes=block_bytes, taken=taken))
     return pa.Table.from_batches(batches, schema=metrics_schema()), skips, taken
 

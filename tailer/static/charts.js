@@ -49,6 +49,44 @@ const PLOT_CONFIG = {
   modeBarButtonsToRemove: ["sendDataToCloud", "editInChartStudio", "lasso2d", "select2d"],
 };
 
+let full = null;
+let fullLoaded = null;
+
+/** Empty a plot drawn by either bundle (the full one, once loaded, handles both). */
+export function purgePlot(el) {
+  const plotly = fullLoaded || window.Plotly;
+  if (plotly) plotly.purge(el);
+}
+
+/**
+ * plotly's full bundle (`/static/vendor/plotly.min.js`, from the `plotly` package), loaded
+ * the first time something needs a trace type the page's basic bundle lacks (parallel
+ * coordinates). `window.Plotly` stays the basic bundle, which draws every chart: call this
+ * once the basic bundle is in (it is put back when the full one has run).
+ */
+export function fullPlotly() {
+  if (!window.Plotly) return Promise.reject(new Error("plotly's basic bundle is not loaded yet"));
+  if (!full) {
+    full = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = "/static/vendor/plotly.min.js";
+      script.onload = () => {
+        // The bundle set window.Plotly as it ran; the load event follows in the same task.
+        fullLoaded = window.Plotly;
+        window.Plotly = basic;
+        resolve(fullLoaded);
+      };
+      script.onerror = () => {
+        full = null;
+        reject(new Error("could not load /static/vendor/plotly.min.js"));
+      };
+      const basic = window.Plotly;
+      document.head.append(script);
+    });
+  }
+  return full;
+}
+
 function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }

@@ -3,7 +3,7 @@
 // Views read the store and draw; user actions call the store. They hold only
 // what drawing needs (the list's <li> nodes, how much of the timeline is shown).
 
-import { ChartBoard, PALETTE } from "./charts.js";
+import { ChartBoard, PALETTE, fullPlotly, purgePlot } from "./charts.js";
 import { routeHash } from "./store.js";
 
 export const $ = (selector, root = document) => root.querySelector(selector);
@@ -311,7 +311,7 @@ export class RunView {
   destroy() {
     clearTimeout(this.hparamsTimer);
     this.board.clear();
-    if (window.Plotly) window.Plotly.purge($("#parallel"));
+    purgePlot($("#parallel"));
     $("#parallel").replaceChildren();
   }
 
@@ -589,7 +589,7 @@ export class RunView {
     const target = $("#parallel");
     this.parallelOwed = !window.Plotly; // drawn once plotly has loaded
     if (!window.Plotly || rows.length < 2) {
-      if (target.data && window.Plotly) window.Plotly.purge(target);
+      if (target.data) purgePlot(target);
       return;
     }
     const dims = [];
@@ -623,7 +623,10 @@ export class RunView {
       // Room for every axis: a narrow screen scrolls the chart sideways instead of cutting it.
       width: Math.max(target.clientWidth || 600, 130 * dims.length + 140),
     };
-    window.Plotly.react(target, [trace], layout, { displaylogo: false, displayModeBar: false });
+    const config = { displaylogo: false, displayModeBar: false };
+    fullPlotly().then((plotly) => {
+      if (target.isConnected && this.compare) plotly.react(target, [trace], layout, config);
+    }).catch(() => { this.parallelOwed = true; }); // tried again at the next render
   }
 
   renderTimeline(model) {
