@@ -55,12 +55,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tailer import identities, wsio
-from tailer.hub import Client, log_reset_frame
+from tailer.fanout import Client, log_reset_frame
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from tailer.hub import DirectoryFanout
+    from tailer.fanout import DirectoryFanout
     from tailer.routes import Route
 
 __all__ = [
