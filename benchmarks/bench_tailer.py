@@ -417,8 +417,10 @@ def bench_history(
             client.transport.close()
             return lines / ((client.finished_ns - start) / 1e9)
 
+        names = list(tailers)
         for r in range(rounds):
-            for name, tailer in tailers.items():
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
+                tailer = tailers[name]
                 before = tailer.cpu_s()
                 rates[name].append(asyncio.run(once(tailer.port)))
                 per_cpu[name].append(lines / max(1e-9, tailer.cpu_s() - before))

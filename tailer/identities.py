@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
-    from tailer.hub import DirectoryFanout
+    from tailer.fanout import DirectoryFanout
 
 __all__ = ["FILE", "keep", "load", "save"]
 

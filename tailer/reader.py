@@ -106,7 +106,7 @@ class NotAnExperiment(OSError):
 
 
 class Notes:
-    """Warnings said once per key until the condition clears (shared by a hub's readers).
+    """Warnings said once per key until the condition clears (shared by a fan-out's readers).
 
     A reader is created again at every sweep for a name that is no experiment
     (a FIFO, a link out of DIR), so "once" must outlive the reader.

@@ -47,8 +47,8 @@ from tailer.config import (
     DEFAULT_SCAN_INTERVAL,
     NetworkOptions,
 )
+from tailer.fanout import Client, QueueBudget
 from tailer.frames import PONG_FRAME
-from tailer.hub import Client, QueueBudget
 from tailer.listening import AcceptErrors, Admission, listen_socket, other_urls
 from tailer.routes import (
     TOKEN_COOKIE,

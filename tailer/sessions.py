@@ -54,13 +54,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tailer import wsio
-from tailer.hub import Client, log_reset_frame
+from tailer import identities, wsio
+from tailer.fanout import Client, log_reset_frame
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from tailer.hub import DirectoryFanout
+    from tailer.fanout import DirectoryFanout
     from tailer.routes import Route
 
 __all__ = [
@@ -342,8 +342,8 @@ class SessionStore:
             return
         now = time.time()
         for name in names:
-            if not name.endswith(".json"):
-                continue
+            if not name.endswith(".json") or name == identities.FILE:
+                continue  # files.json: where each run file was read to, not a session
             path = self.state_dir / name
             key = name[:-5]
             try:

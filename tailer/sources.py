@@ -4,7 +4,7 @@ The server speaks HTTP and WebSocket; a *source* says which runs exist and
 what a connection receives. Two sources exist:
 
 - :class:`LiveDirectory` (``tailer serve DIR``): every run file of a watched
-  directory, streamed live by a :class:`~tailer.hub.DirectoryFanout`, with
+  directory, streamed live by a :class:`~tailer.fanout.DirectoryFanout`, with
   history after ``since`` and cookie sessions on ``/`` (DESIGN §11);
 - :class:`PacedReplay` (``tailer replay FILE``): one finished run, replayed
   from the start to each connection at its recorded pace.
@@ -26,7 +26,7 @@ from websockets.asyncio.server import ServerConnection
 
 from recorder.format import named_file_id, run_file_name, validate_experiment_id
 from tailer import identities
-from tailer.hub import Client, DirectoryFanout
+from tailer.fanout import Client, DirectoryFanout
 from tailer.reader import FileReader
 from tailer.routes import RequestError, Route, parse_speed
 from tailer.sessions import SessionClient, SessionStore

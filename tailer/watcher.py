@@ -14,7 +14,7 @@ Three sources, the fastest available first:
   filtered to ``*.jsonl``, with ``step`` 1 ms instead of 50 and a short
   ``debounce``.
 * Always, a sweep every ``scan_interval`` seconds that lists the directory
-  and lets the hub stat every file: it catches whatever notifications
+  and lets the fan-out stat every file: it catches whatever notifications
   coalesced or missed. With ``poll=True`` (network filesystems, where remote
   writes raise no events) or when notifications are unavailable (inotify
   watches exhausted), it runs every ``poll_interval`` seconds and is the only

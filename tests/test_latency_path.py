@@ -16,7 +16,7 @@ import pytest
 
 from tailer import eventloop
 from tailer import reader as reader_module
-from tailer.hub import DirectoryFanout
+from tailer.fanout import DirectoryFanout
 from tailer.reader import FileReader
 from tailer.server import serve_directory
 from tailer.sessions import SessionClient
@@ -53,17 +53,17 @@ async def test_refresh_now_reads_frames_and_delivers_before_returning(tmp_path):
     """Known files are read and sent synchronously; ids it does not know are handed back."""
     w = Writer(tmp_path, "a")
     w.message("m", {"i": 0})
-    hub = DirectoryFanout(tmp_path)
-    await hub.refresh(startup=True)
+    fanout = DirectoryFanout(tmp_path)
+    await fanout.refresh(startup=True)
     client = _Recorder()
-    hub.firehose.add(client)  # type: ignore[arg-type]
+    fanout.firehose.add(client)  # type: ignore[arg-type]
     w.message("m", {"i": 1})
     Writer(tmp_path, "b").message("m")
-    assert hub.refresh_now({"a", "b"}) == {"b"}  # "b": a new file, for the full refresh
+    assert fanout.refresh_now({"a", "b"}) == {"b"}  # "b": a new file, for the full refresh
     assert [(e, s) for _, e, s in client.got] == [("a", 1)]
     assert b'"i":1' in client.got[0][0]
-    assert "b" not in hub.readers
-    await hub.close()
+    assert "b" not in fanout.readers
+    await fanout.close()
 
 
 @aio()
@@ -71,20 +71,20 @@ async def test_refresh_now_hands_a_burst_beyond_one_step_to_a_background_task(tm
     """One bounded step in the callback; the rest of a big append is read by a task of its own."""
     w = Writer(tmp_path, "big")
     w.message("m")
-    hub = DirectoryFanout(tmp_path)
-    await hub.refresh(startup=True)
+    fanout = DirectoryFanout(tmp_path)
+    await fanout.refresh(startup=True)
     client = _Recorder()
-    hub.firehose.add(client)  # type: ignore[arg-type]
+    fanout.firehose.add(client)  # type: ignore[arg-type]
     w.many(10_000, start=1)  # more than MAX_LINES_PER_STEP
-    assert hub.refresh_now({"big"}) == set()
+    assert fanout.refresh_now({"big"}) == set()
     assert client.got and client.got[-1][2] < 10_000  # only the first step so far
-    assert hub.readers["big"] in hub._catch_ups
+    assert fanout.readers["big"] in fanout._catch_ups
     for _ in range(200):
         if client.got[-1][2] == 10_000:
             break
         await asyncio.sleep(0.01)
     assert client.got[-1][2] == 10_000
-    await hub.close()
+    await fanout.close()
 
 
 @aio()

@@ -640,14 +640,14 @@ async def test_a_run_replaced_while_the_tailer_was_down_is_detected(tmp_path):
 @aio(120)
 async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_firehose(tmp_path):
     """Lines read in the background after start-up are history: subscribers get them, the live firehose does not."""
-    from tailer import hub as hub_module
+    from tailer import fanout as fanout_module
     from tailer.server import serve_directory
     from tests._reliability_helpers import wait_for
 
     n = 300_000
     (tmp_path / "big.jsonl").write_bytes(_lines(0, n))
-    saved = hub_module.STARTUP_BUDGET
-    hub_module.STARTUP_BUDGET = 0  # everything past the first step goes to the background
+    saved = fanout_module.STARTUP_BUDGET
+    fanout_module.STARTUP_BUDGET = 0  # everything past the first step goes to the background
     try:
         async with serve_directory(tmp_path, port=0) as app, ws_connect(app.ws_url) as fire:
             assert app.source.fanout is not None and app.source.fanout._catch_ups, (
@@ -662,4 +662,4 @@ async def test_what_a_big_file_held_at_start_goes_to_its_subscribers_not_the_fir
             first = await recv_json(fire)
             assert (first["seq"], first["data"]) == (n, {"i": "new"})
     finally:
-        hub_module.STARTUP_BUDGET = saved
+        fanout_module.STARTUP_BUDGET = saved

@@ -219,6 +219,17 @@ def test_state_survives_a_restart_of_the_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{session.key}.json"]
 
 
+def test_loading_sessions_leaves_the_identities_file_alone(tmp_path, caplog):
+    """The state dir also holds tailer.identities' files.json: not a session, never deleted."""
+    from tailer import identities
+
+    identities.save(tmp_path, {"run": (10, 1234, 2)})
+    store = SessionStore(tmp_path, ttl=3600)
+    store.load()
+    assert identities.load(tmp_path) == {"run": (10, 1234, 2)}
+    assert "unreadable session file" not in caplog.text
+
+
 def test_state_is_bounded(tmp_path):
     """At most max_sessions sessions and MAX_RECORDS records per session are kept."""
     store = SessionStore(tmp_path, ttl=3600, max_sessions=5)

@@ -23,7 +23,7 @@ def _line(i: int) -> bytes:
 
 
 def _poll(reader: FileReader):
-    """One poll, with a replacement's verification run to its end (as the hub does)."""
+    """One poll, with a replacement's verification run to its end (as the fan-out does)."""
     result = reader.poll()
     if result.kind == "verify":
         result = asyncio.run(reader.verify())
