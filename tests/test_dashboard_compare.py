@@ -370,12 +370,18 @@ def test_hyperparameters_table_and_parallel_coordinates(shared, page_factory):
     wait_until(
         lambda: order() == sorted(runs, key=finals.get, reverse=True), message="sorted descending"
     )
-    parallel = page.evaluate(
-        """() => { const p = document.querySelector('[data-metric="_parallel"]');
-            const t = p.data && p.data[0];
-            return t && {type: t.type, dims: t.dimensions.map((d) => [d.label, d.values]),
-                         colour: t.line.color}; }"""
-    )
+
+    def parallel_chart():
+        return page.evaluate(
+            """() => { const p = document.querySelector('[data-metric="_parallel"]');
+                const t = p.data && p.data[0];
+                return t && {type: t.type, dims: t.dimensions.map((d) => [d.label, d.values]),
+                             colour: t.line.color}; }"""
+        )
+
+    # Parallel coordinates need plotly's full bundle, loaded on demand: drawn once it is in.
+    wait_until(lambda: parallel_chart() is not None, 30, message="parallel coordinates drawn")
+    parallel = parallel_chart()
     assert parallel["type"] == "parcoords"
     dims = dict((label, values) for label, values in parallel["dims"])
     assert sorted(dims["lr"]) == sorted(RUNS[r]["lr"] for r in runs)
