@@ -46,8 +46,9 @@ import os
 import secrets
 import socket
 import struct
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,16 +146,13 @@ class CountingTransport:
     def __init__(self, transport: Any, written: int) -> None:
         self.transport = transport
         self.written = written
+        # The transport's own methods, not wrappers: asked after every write on the live path.
+        self.get_write_buffer_size = transport.get_write_buffer_size
+        self.is_closing = transport.is_closing
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.transport.write(data)
-
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
@@ -379,16 +377,20 @@ class SessionStore:
         if state_dir is None:
             return
         for key, data in changed.items():
-            path = state_dir / f"{key}.json"
-            tmp = state_dir / f".{key}.tmp"
+            path = os.path.join(state_dir, f"{key}.json")
+            tmp = os.path.join(state_dir, f".{key}.tmp")
             try:
-                tmp.write_bytes(data)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                try:
+                    os.write(fd, data)  # a regular file takes a few hundred bytes whole
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except OSError as exc:
                 log.warning("cannot write session state %s: %s", path, exc.strerror or exc)
         for key in removed:
             with contextlib.suppress(OSError):
-                (state_dir / f"{key}.json").unlink()
+                os.unlink(os.path.join(state_dir, f"{key}.json"))
 
     def flush_now(self) -> None:
         """Settle every open connection and write what changed, synchronously (shutdown)."""
@@ -411,16 +413,21 @@ class SessionStore:
     async def run(self) -> None:
         """Settle and write changed sessions every ``flush_interval`` seconds until cancelled."""
         sweep = time.monotonic()
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            self.settle_all()
-            if time.monotonic() - sweep > 10:
-                sweep = time.monotonic()
-                self._expire(time.time())
-            changed, removed = self._snapshot()
-            if (changed or removed) and self.state_dir is not None:
-                # Off the event loop: a slow disk never holds up delivery.
-                await asyncio.to_thread(self._write, changed, removed)
+        # Off the event loop, so a slow disk never holds up delivery; handed over without
+        # waiting for the write (no wake-up of the loop when it is done).
+        writer = _Writer(self._write)
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                self.settle_all()
+                if time.monotonic() - sweep > 10:
+                    sweep = time.monotonic()
+                    self._expire(time.time())
+                changed, removed = self._snapshot()
+                if (changed or removed) and self.state_dir is not None:
+                    writer.put(changed, removed)
+        finally:
+            writer.close()  # what it still holds is written before the last flush
 
     def settle_all(self) -> None:
         for session in self.sessions.values():
@@ -533,6 +540,58 @@ class SessionStore:
         # The ttl counts from the last use: a tab open for days keeps its session.
         session.expires = max(session.expires, time.time() + self.ttl)
         session.dirty = True
+
+
+class _Writer:
+    """Writes session files on a thread of its own; :meth:`put` hands work over without waiting.
+
+    Work put while a write runs is merged (the newest bytes of a session win),
+    so a slow disk makes writes rarer, not a queue longer.
+    """
+
+    def __init__(self, write: Callable[[dict[str, bytes], set[str]], None]) -> None:
+        self._write = write
+        self._changed: dict[str, bytes] = {}
+        self._removed: set[str] = set()
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def put(self, changed: dict[str, bytes], removed: set[str]) -> None:
+        with self._cond:
+            for key in removed:
+                self._changed.pop(key, None)
+            self._removed |= removed
+            self._removed -= changed.keys()
+            self._changed.update(changed)
+            self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="session-writer", daemon=True)
+            self._thread.start()
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._changed or self._removed or self._closed):
+                    self._cond.wait()
+                changed, self._changed = self._changed, {}
+                removed, self._removed = self._removed, set()
+                closed = self._closed
+            if changed or removed:
+                try:
+                    self._write(changed, removed)
+                except Exception:
+                    log.exception("writing session state failed")
+            elif closed:
+                return
+
+    def close(self) -> None:
+        """Write what is left and end the thread (blocks until then)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _key(value: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -228,6 +229,29 @@ def test_loading_sessions_leaves_the_identities_file_alone(tmp_path, caplog):
     store.load()
     assert identities.load(tmp_path) == {"run": (10, 1234, 2)}
     assert "unreadable session file" not in caplog.text
+
+
+def test_session_writes_put_during_a_slow_write_are_merged_then_written_on_close():
+    """The writer thread never queues up: work put meanwhile is merged, the newest bytes win."""
+    from tailer.sessions import _Writer
+
+    started, go = threading.Event(), threading.Event()
+    calls: list[tuple[dict[str, bytes], set[str]]] = []
+
+    def slow_write(changed: dict[str, bytes], removed: set[str]) -> None:
+        calls.append((dict(changed), set(removed)))
+        started.set()
+        go.wait(10)
+
+    writer = _Writer(slow_write)
+    writer.put({"a": b"1"}, set())
+    assert started.wait(10)
+    writer.put({"a": b"2", "b": b"1"}, set())
+    writer.put({"a": b"3"}, {"b"})
+    writer.put({"c": b"1"}, {"d"})
+    go.set()
+    writer.close()  # waits until what it held is written
+    assert calls == [({"a": b"1"}, set()), ({"a": b"3", "c": b"1"}, {"b", "d"})]
 
 
 def test_state_is_bounded(tmp_path):
