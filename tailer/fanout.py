@@ -328,13 +328,18 @@ class DirectoryFanout:
         :data:`STEP_BUDGET` is spent.
         """
         left: set[str] = set()
-        started = time.monotonic()
+        started = 0.0  # read when the first file is stepped: one clock read for one file
         for experiment_id in experiment_ids:
             reader = self.readers.get(experiment_id)
-            if reader is None or time.monotonic() - started > STEP_BUDGET:
+            if reader is None:
                 left.add(experiment_id)
-            else:
-                self._step(reader, appended=experiment_id not in named)
+                continue
+            if not started:
+                started = time.monotonic()
+            elif time.monotonic() - started > STEP_BUDGET:
+                left.add(experiment_id)
+                continue
+            self._step(reader, appended=experiment_id not in named)
         return left
 
     def _step(self, reader: FileReader, *, appended: bool = False) -> None:
