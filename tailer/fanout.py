@@ -77,14 +77,17 @@ class Client:
         self.budget: QueueBudget | None = None
         self.charged = 0  # this client's bytes in the budget's running total
 
-    def write(self, frames: bytes) -> None:
-        """Queue already-framed bytes; close the client with 1013 if it is too far behind."""
+    def write(self, frames: bytes) -> bool:
+        """Queue already-framed bytes; close the client with 1013 if it is too far behind.
+
+        Returns whether they were written (not to a client closed or closing).
+        """
         if self.closing:
-            return
+            return False
         # Frames are written straight to the transport (see tailer.frames); the protocol
-        # state check keeps data from following our own close frame.
+        # state check keeps data from following a close frame.
         if not wsio.is_open(self.connection):
-            return
+            return False
         transport = self.transport
         transport.write(frames)
         queued = transport.get_write_buffer_size()
@@ -92,6 +95,7 @@ class Client:
             self.budget.charge(self, queued)
         if queued > self.queue_bytes:
             self.close(1013, "client too slow: reconnect with since=<last seq received>")
+        return True
 
     def deliver(self, frames: bytes, experiment_id: str, seq: int) -> None:
         """Queue live frames of ``experiment_id`` whose last line is ``seq`` (-1: a reset).

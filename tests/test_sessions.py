@@ -421,9 +421,6 @@ async def test_session_ttl_counts_from_the_last_use(tmp_path):
             assert (await recv_json(ws))["seq"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a line skipped by the write to a closing connection is still marked sent"
-)
 def test_a_line_not_written_to_a_closing_connection_never_moves_its_cursor():
     """Between a close frame and the socket's end nothing is written, so nothing counts as received.
 
