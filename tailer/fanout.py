@@ -82,11 +82,9 @@ class Client:
 
         Returns whether they were written (not to a client closed or closing).
         """
-        if self.closing:
-            return False
         # Frames are written straight to the transport (see tailer.frames); the protocol
         # state check keeps data from following a close frame.
-        if not wsio.is_open(self.connection):
+        if self.closing or wsio.state(self.connection) is not wsio.OPEN:
             return False
         transport = self.transport
         transport.write(frames)
@@ -343,16 +341,27 @@ class DirectoryFanout:
             elif time.monotonic() - started > STEP_BUDGET:
                 left.add(experiment_id)
                 continue
-            self._step(reader, appended=experiment_id not in named)
+            if reader in self._catch_ups:
+                self._again.add(reader)  # its task reads this change too
+                continue
+            appended = experiment_id not in named
+            if appended and reader.read_appended(self.send_lines):
+                continue  # the common case, done
+            result = reader.poll(appended=appended, deliver=self.dispatch)
+            if _wants_more(result) and not reader.deleted:
+                self._catch_up(reader)
         return left
 
-    def _step(self, reader: FileReader, *, appended: bool = False) -> None:
-        """One bounded read of ``reader``, sent on; a file with more goes on in its own task."""
+    def _step(self, reader: FileReader) -> None:
+        """One bounded read of ``reader``, sent on; a file with more goes on in its own task.
+
+        (:meth:`refresh_now` repeats these lines for the live path.)
+        """
         if reader in self._catch_ups:
             self._again.add(reader)  # its task reads this change too
             return
-        result = reader.poll(appended=appended)
-        self.dispatch(reader, result)
+        # Sent before the reader's own bookkeeping (checksum, statistics): DESIGN §4.3.
+        result = reader.poll(deliver=self.dispatch)
         if _wants_more(result) and not reader.deleted:
             self._catch_up(reader)
 
@@ -417,15 +426,16 @@ class DirectoryFanout:
         subscribers = self.subscribers.get(experiment_id)
         seq = -1  # a reset or deletion: nothing of the experiment's (new) file yet
         if kind is PollKind.DATA:
-            if not result.lines or not (subscribers or self.firehose):
+            if not result.lines:
                 return
-            frames = frame_lines(result.lines, experiment_id)
-            seq = result.lines[-1][0]
-            if result.backlog:  # there before the tailer started: history, not news
-                for client in subscribers or ():
-                    client.deliver(frames, experiment_id, seq)
-                return
-        elif kind is PollKind.RESET:
+            if not result.backlog:
+                self.send_lines(experiment_id, result.lines)
+            elif subscribers:  # there before the tailer started: history, not news
+                frames = frame_lines(result.lines, experiment_id)
+                for client in subscribers:
+                    client.deliver(frames, experiment_id, result.lines[-1][0])
+            return
+        if kind is PollKind.RESET:
             frames = log_reset_frame(experiment_id)
         else:  # PollKind.DELETED
             if self.readers.get(experiment_id) is reader:
@@ -438,6 +448,19 @@ class DirectoryFanout:
             for client in self.firehose:
                 client.deliver(frames, experiment_id, seq)
             return
+        if subscribers:
+            for client in subscribers:
+                client.deliver(frames, experiment_id, seq)
+        for client in self.firehose:
+            client.deliver(frames, experiment_id, seq)
+
+    def send_lines(self, experiment_id: str, lines: list[tuple[int, bytes]]) -> None:
+        """Frame new lines of ``experiment_id`` once; write them to its subscribers and the firehose."""
+        subscribers = self.subscribers.get(experiment_id)
+        if not (subscribers or self.firehose):
+            return
+        frames = frame_lines(lines, experiment_id)
+        seq = lines[-1][0]
         if subscribers:
             for client in subscribers:
                 client.deliver(frames, experiment_id, seq)
@@ -523,7 +546,7 @@ class DirectoryFanout:
                 client.send_history(log_reset_frame(experiment_id), experiment_id, -1)
                 start = 0
         while True:
-            if client.closing or not wsio.is_open(client.connection):
+            if client.closing or wsio.state(client.connection) is not wsio.OPEN:
                 return False
             reader = self.readers.get(experiment_id)
             if reader is None or live_only or start >= reader.next_seq:

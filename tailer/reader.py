@@ -36,13 +36,15 @@ import time
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from recorder.format import (
     MAX_LINE_BYTES,
+    STATUS_OF_TYPES,
     LineBuffer,
     MalformedLine,
     decode_line,
@@ -174,8 +176,13 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes | None]:
         """Append ``data``; return the lines it completed (``None`` for over-long ones)."""
+        if self.read_pos == self.consumed and data[-1:] == b"\n":
+            # Nothing held and whole lines (an appended line, the live path): LineBuffer
+            # would give them back as they are.
+            dropped, over_long, chunk = 0, False, data
+        else:
+            dropped, over_long, chunk = self._lines.feed(data)
         self.read_pos += len(data)
-        dropped, over_long, chunk = self._lines.feed(data)
         lines = split_lines(chunk)[0]
         out: list[bytes | None] = [None, *lines] if over_long else lines  # type: ignore[assignment]
         pos = self.consumed
@@ -255,6 +262,13 @@ class PollResult:
     retry_after: float = 0.0
 
 
+#: Takes a poll's outcome before the reader's bookkeeping (:meth:`FileReader.poll`).
+Deliver = Callable[["FileReader", PollResult], None]
+#: Takes an experiment's new valid lines before the reader's bookkeeping
+#: (:meth:`FileReader.read_appended`).
+Send = Callable[[str, list[tuple[int, bytes]]], None]
+
+
 class FileReader:
     """Follows one ``<experiment_id>.jsonl`` file; all methods run on the event loop thread.
 
@@ -300,6 +314,8 @@ class FileReader:
         self._identity: tuple[int, int] | None = None
         self._shrunk_since: float | None = None  # when the file was first seen shorter
         self._held_fd = -1  # kept open for the live path (poll(appended=True)), -1: none
+        #: What :meth:`_take` read and decoded, for :meth:`_note` once it is sent on.
+        self._unnoted: tuple[bytes, list[dict[str, Any]]] | None = None
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -418,6 +434,7 @@ class FileReader:
         max_lines: int = MAX_LINES_PER_STEP,
         *,
         appended: bool = False,
+        deliver: Deliver | None = None,
     ) -> PollResult:
         """Read what was appended since the last poll (at most ``max_bytes``, ``max_lines``).
 
@@ -429,6 +446,27 @@ class FileReader:
         name as usual and keeps its descriptor for the next. Any other poll
         closes a kept descriptor first, and keeps the new one only if the
         name still leads to the same file.
+
+        ``deliver(reader, result)``, if given, is called with the result as
+        soon as the new lines are numbered and checked, before the reader's
+        own bookkeeping (running checksum, statistics: :meth:`_note`), which
+        waits until it returns: the live path sends lines first.
+        """
+        result = None
+        if appended and self._held_fd >= 0:
+            result = self._poll_held(max_bytes, max_lines)
+        if result is None:
+            result = self._poll_by_name(max_bytes, max_lines, hold=appended)
+        try:
+            if deliver is not None:
+                deliver(self, result)
+        finally:
+            if self._unnoted is not None:
+                self._note()
+        return result
+
+    def _poll_by_name(self, max_bytes: int, max_lines: int, *, hold: bool) -> PollResult:
+        """:meth:`poll` through the file's name (every poll but the kept descriptor's).
 
         Truncation and replacement race with this read; how each case is caught:
 
@@ -446,12 +484,11 @@ class FileReader:
            no longer the ``\n`` read there: rewritten in place -> ``reset``.
         5. The name is gone: ``deleted`` once; a file created again later under
            that name gets a new reader, numbered from 0.
+
+        ``hold``: keep the descriptor for the next appended poll (also kept
+        when one was kept before).
         """
-        if appended and self._held_fd >= 0:
-            result = self._poll_held(max_bytes, max_lines)
-            if result is not None:
-                return result
-        hold = appended or self._held_fd >= 0
+        hold = hold or self._held_fd >= 0
         self.release()
         if self.deleted:
             return PollResult(PollKind.NONE)
@@ -518,22 +555,149 @@ class FileReader:
     def _take(
         self, data: bytes, max_lines: int, read_pos: int, size: int, backlog: bool
     ) -> PollResult:
-        """Number and check the bytes read at ``read_pos`` (``size``: where the file ends)."""
-        data = at_most_lines(data, max_lines)
-        self.crc = zlib.crc32(data, self.crc)
-        first = self.splitter.next_seq
+        """Number and check the bytes read at ``read_pos`` (``size``: where the file ends).
+
+        The valid lines, numbered, make the result. A malformed line (``None``:
+        over-long or not one line) is noted by its seq (history skips it
+        without decoding it again) and left out. What can wait until the lines
+        are sent on is left for :meth:`_note` (:meth:`poll` runs it).
+        """
+        if data.count(b"\n") > max_lines:
+            data = at_most_lines(data, max_lines)
+        seq = self.splitter.next_seq
         lines = self.splitter.feed(data)
+        valid: list[tuple[int, bytes]] = []
+        messages: list[dict[str, Any]] = []
+        malformed = self.malformed_seqs
+        limit = self.max_line_bytes
+        for line in lines:
+            if line is None:
+                malformed.append(seq)
+            else:
+                try:
+                    messages.append(decode_line(line, max_bytes=limit))
+                except MalformedLine:
+                    malformed.append(seq)
+                else:
+                    valid.append((seq, line))
+            seq += 1
+        self._unnoted = (data, messages)
+        return PollResult(PollKind.DATA, valid, more=read_pos + len(data) < size, backlog=backlog)
+
+    def _note(self) -> None:
+        """The bookkeeping of the bytes :meth:`_take` took: running checksum and statistics.
+
+        A valid message adds to ``messages`` and may set the first and last
+        timestamps, the status and the error of :meth:`summary`; reaching the
+        previous tailer's checkpoint compares checksums.
+        """
+        assert self._unnoted is not None
+        data, messages = self._unnoted
+        self._unnoted = None
+        self.crc = zlib.crc32(data, self.crc)
+        excess = len(self.malformed_seqs) - MAX_TRACKED_MALFORMED
+        if excess > 0:
+            del self.malformed_seqs[MAX_TRACKED_MALFORMED:]
+            self.malformed_untracked += excess
         checkpoint = self.checkpoint
         if checkpoint is not None and self.splitter.read_pos >= checkpoint[0]:
             self.checkpoint = None
             if self.crc != checkpoint[1]:
                 self._replaced_while_down(checkpoint, "holds other bytes")
-        return PollResult(
-            PollKind.DATA,
-            self._validate_and_tally(first, lines),
-            more=read_pos + len(data) < size,
-            backlog=backlog,
-        )
+        if not messages:
+            return
+        self.messages += len(messages)
+        if self.first_timestamp is None:
+            for message in messages:
+                ts = message.get("timestamp")
+                if ts.__class__ is str:
+                    self.first_timestamp = ts
+                    break
+        for message in reversed(messages):
+            ts = message.get("timestamp")
+            if ts.__class__ is str:
+                self.last_timestamp = ts
+                break
+        for message in messages:
+            if message["type"] in STATUS_OF_TYPES:
+                status = status_of(message)
+                if status is not None:
+                    self.status = status
+                    if status == "failed" and message["type"] == "error":
+                        self.error = _error_text(message.get("data"))
+
+    def read_appended(self, send: Send) -> bool:
+        """The live path in one call: whole lines appended since the last read, sent, then noted.
+
+        The common case of a recorder appending to its run: the kept
+        descriptor is read with one ``pread`` starting at the newline that
+        ended the last line; the new lines are numbered (:class:`LineSplitter`)
+        and checked (:func:`~recorder.format.decode_line`), the valid ones handed to
+        ``send(experiment_id, lines)``, and only then is the reader's
+        bookkeeping done (:meth:`_note`). Returns False, having changed
+        nothing, when this is not that case (no kept descriptor, a partial line
+        held, a checkpoint or backlog to reach, another byte at that newline,
+        bytes that do not end in a newline, a burst of more than
+        :data:`HELD_FIRST_READ` bytes or :data:`MAX_LINES_PER_STEP` lines):
+        :meth:`poll` then reads the same bytes, with the same outcome
+        (``tests/test_latency_path.py`` compares both ways).
+
+        It repeats :meth:`_poll_held` and :meth:`_take` for that one case with
+        four Python calls fewer: on a line's way to the socket each costs
+        microseconds, the process waking with cold caches (DESIGN §4.3).
+        """
+        fd = self._held_fd
+        splitter = self.splitter
+        read_pos = splitter.read_pos
+        if (
+            fd < 0
+            or not read_pos
+            or read_pos != splitter.consumed
+            or self.checkpoint is not None
+            or self._shrunk_since is not None
+            or read_pos < self.backlog_end
+        ):
+            return False
+        try:
+            data = os.pread(fd, HELD_FIRST_READ, read_pos - 1)
+        except OSError:
+            return False
+        if (
+            data[:1] != b"\n"
+            or data[-1:] != b"\n"
+            or len(data) == HELD_FIRST_READ
+            or data.count(b"\n") > MAX_LINES_PER_STEP
+        ):
+            return False
+        data = data[1:]
+        if not data:
+            return True  # nothing new
+        seq = splitter.next_seq
+        lines = splitter.feed(data)
+        if splitter.read_pos > self.size:
+            self.size = splitter.read_pos
+        valid: list[tuple[int, bytes]] = []
+        messages: list[dict[str, Any]] = []
+        malformed = self.malformed_seqs
+        limit = self.max_line_bytes
+        for line in lines:  # as in _take
+            if line is None:
+                malformed.append(seq)
+            else:
+                try:
+                    messages.append(decode_line(line, max_bytes=limit))
+                except MalformedLine:
+                    malformed.append(seq)
+                else:
+                    valid.append((seq, line))
+            seq += 1
+        self._unnoted = (data, messages)
+        try:
+            if valid:
+                send(self.experiment_id, valid)
+        finally:
+            self._note()
+        return True
 
     def _poll_held(self, max_bytes: int, max_lines: int) -> PollResult | None:
         """:meth:`poll` with the kept descriptor: one ``pread``; ``None``: poll by name instead.
@@ -670,54 +834,6 @@ class FileReader:
         finally:
             os.close(fd)
 
-    def _validate_and_tally(self, seq: int, lines: list[bytes | None]) -> list[tuple[int, bytes]]:
-        """The valid ``lines`` numbered from ``seq``; the run's statistics updated on the way.
-
-        A malformed line (``None``: over-long or not one line) is counted and
-        skipped; each valid one adds to ``messages`` and may set the first and
-        last timestamps, the status and the error of :meth:`summary`.
-        """
-        out: list[tuple[int, bytes]] = []
-        append = out.append
-        malformed = self.malformed_seqs
-        limit = self.max_line_bytes
-        last_ts = None
-        status = None
-        error: object = _NO_ERROR
-        for line in lines:
-            if line is None:
-                malformed.append(seq)
-            else:
-                try:
-                    message = decode_line(line, max_bytes=limit)
-                except MalformedLine:
-                    malformed.append(seq)
-                else:
-                    append((seq, line))
-                    ts = message.get("timestamp")
-                    if ts.__class__ is str:
-                        last_ts = ts
-                        if self.first_timestamp is None:
-                            self.first_timestamp = ts
-                    found = status_of(message)
-                    if found is not None:
-                        status = found
-                        if found == "failed" and message["type"] == "error":
-                            error = message.get("data")
-            seq += 1
-        self.messages += len(out)
-        excess = len(malformed) - MAX_TRACKED_MALFORMED
-        if excess > 0:
-            del malformed[MAX_TRACKED_MALFORMED:]
-            self.malformed_untracked += excess
-        if last_ts is not None:
-            self.last_timestamp = last_ts
-        if status is not None:
-            self.status = status
-        if error is not _NO_ERROR:
-            self.error = _error_text(error)
-        return out
-
     def _mark_reset(self, identity: tuple[int, int], why: str) -> PollResult:
         self.release()
         log.info("experiment %s: file %s; numbering restarts", self.experiment_id, why)
@@ -817,9 +933,6 @@ class FileReader:
                     raise StaleHistory(self.experiment_id)
         finally:
             os.close(fd)
-
-
-_NO_ERROR = object()
 
 
 def _error_text(data: object) -> str | None:

@@ -122,13 +122,13 @@ async def test_a_live_line_reaches_the_transport_in_the_notification_callback(
 ):
     """End to end: the frame of an appended line is written with no task in between."""
     in_task: list[bool] = []
-    send = SessionClient.send_history
+    deliver = SessionClient.deliver
 
     def spy(self, frames, experiment_id, seq):
         in_task.append(asyncio.current_task() is not None)
-        send(self, frames, experiment_id, seq)
+        deliver(self, frames, experiment_id, seq)
 
-    monkeypatch.setattr(SessionClient, "send_history", spy)
+    monkeypatch.setattr(SessionClient, "deliver", spy)
     async with _serving(tmp_path, "live") as (_app, ws, w):
         for i in range(1, 4):
             w.message("m", {"i": i})
@@ -316,3 +316,92 @@ async def test_a_file_replaced_while_its_descriptor_is_kept_is_noticed(tmp_path)
         Writer(tmp_path, "swap").message("m", {"i": "after"})
         got = await recv_json(ws)
         assert (got["seq"], got["data"]) == (1, {"i": "after"})
+
+
+def _reader_state(reader: FileReader) -> tuple[object, ...]:
+    """Everything a poll changes, bookkeeping included."""
+    s = reader.splitter
+    return (
+        s.next_seq,
+        s.consumed,
+        s.read_pos,
+        reader.crc,
+        reader.size,
+        reader.messages,
+        list(reader.malformed_seqs),
+        reader.first_timestamp,
+        reader.last_timestamp,
+        reader.status,
+        reader.error,
+        reader.index.seek(10**9),
+        len(reader.index),
+    )
+
+
+def test_read_appended_gives_what_polls_by_name_give(tmp_path):
+    """The one-call live read and polls by name agree on lines sent and every statistic.
+
+    Random appends of one line or many, blank, malformed, torn and over-long
+    lines, status and error messages, truncations and rewrites in place; the
+    live side tries ``read_appended`` first and polls (appended) when it declines.
+    """
+    import random
+
+    rng = random.Random(1313)
+    path = tmp_path / "same.jsonl"
+    path.touch()
+    live = FileReader(path, "same", settle=0, index_every=7, max_line_bytes=400)
+    by_name = FileReader(path, "same", settle=0, index_every=7, max_line_bytes=400)
+    stamp = '"timestamp":"2025-01-01T00:00:%02dZ"'
+    kinds = [
+        b'{"type":"batch_metrics",%s,"data":{"i":%d}}\n',
+        b'{"type":"status",%s,"data":{"status":"running","i":%d}}\n',
+        b'{"type":"error",%s,"data":{"error":"boom %d"}}\n',
+        b'{"type":"training_end",%s,"data":{"i":%d}}\n',
+    ]
+
+    def line(step: int) -> bytes:
+        kind = rng.choice(kinds) if rng.random() < 0.3 else kinds[0]
+        return kind % ((stamp % (step % 60)).encode(), step)
+
+    sent: list[tuple[int, bytes]] = []
+    declined = 0
+
+    def send(experiment_id: str, lines: list[tuple[int, bytes]]) -> None:
+        assert experiment_id == "same"
+        sent.extend(lines)
+
+    for step in range(400):
+        op = rng.choice(
+            ["one", "one", "one", "many", "blank", "bad", "torn", "long", "truncate", "rewrite"]
+        )
+        with open(path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if op == "one":
+                f.write(line(step))
+            elif op == "many":
+                f.write(b"".join(line(step * 1000 + i) for i in range(rng.randrange(2, 40))))
+            elif op == "blank":
+                f.write(b"  \n" + line(step) + b"\n")
+            elif op == "bad":
+                f.write(b"not json\n" + line(step))
+            elif op == "torn":
+                whole = line(step)
+                f.write(whole[: rng.randrange(1, len(whole))])
+            elif op == "long":
+                f.write(b'{"type":"m","data":"' + b"x" * 500 + b'"}\n')
+            elif op == "truncate" and size:
+                f.truncate(rng.randrange(size))
+            elif op == "rewrite" and size > 2:
+                f.seek(rng.randrange(size - 1))
+                f.write(b"X")
+        sent.clear()
+        if not live.read_appended(send):
+            declined += 1
+            for _kind, lines in _drain(live, True):
+                sent.extend(lines)
+        want = [pair for _, lines in _drain(by_name, False) for pair in lines]
+        assert sent == want, (step, op)
+        assert _reader_state(live) == _reader_state(by_name), (step, op)
+    assert 50 < declined < 300  # both ways were taken, often
+    live.release()

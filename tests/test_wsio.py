@@ -46,15 +46,15 @@ async def test_frames_written_to_the_transport_arrive_as_messages() -> None:
 
 
 @aio(30)
-async def test_is_open_until_a_close_starts() -> None:
-    """wsio.is_open is true on an open connection and false once its close has begun."""
+async def test_state_is_open_until_a_close_starts() -> None:
+    """wsio.state is OPEN on an open connection and no longer once its close has begun."""
     seen: list[bool] = []
 
     async def handler(connection: ServerConnection) -> None:
-        seen.append(wsio.is_open(connection))
+        seen.append(wsio.state(connection) is wsio.OPEN)
         closing = asyncio.ensure_future(connection.close(1000, "bye"))
         await asyncio.sleep(0)  # the close frame is sent: the state left OPEN
-        seen.append(wsio.is_open(connection))
+        seen.append(wsio.state(connection) is wsio.OPEN)
         await closing
 
     async def client(ws: Any) -> None:
