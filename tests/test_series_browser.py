@@ -72,6 +72,14 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         # One request for the whole history (catalogue and every bulk metric), sent by
         # index.html before the modules loaded, and taken over by reduced.js.
         assert len(asked) == 1 and "bulk=1" in asked[0], asked
+        # The chart draws the served history point for point (reduced.js appends a series
+        # at once after its first point went through the model).
+        served = page.evaluate(
+            """async () => (await (await fetch(
+                '/api/series?run=big&metric=loss&x=step&width=900&max_raw=3600')).json())"""
+        )
+        batch = next(s for s in served["series"] if s["type"] == "batch_metrics")
+        assert x == batch["x"] and y == batch["y"]
 
         # Every redraw of the loss chart from here on: the zoom must cost one, with the
         # server's raw points (not first the held points, then the raw ones).

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // Plotly glue: one plot per metric, with the lines of every run shown.
 //
 // A board shows "members" (a run's model each: one run, its ranks, or the
