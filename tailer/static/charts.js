@@ -248,19 +248,23 @@ export class ChartBoard {
     const ids = new Set([...this.deferred, ...this.dirty]);
     this.dirty.clear();
     this.deferred.clear();
-    const deadline = performance.now() + FRAME_BUDGET_MS;
+    // Every card goes in before any plot is drawn (some wait for a later slot): the grid
+    // has its final columns, so no plot is drawn at one width and then redrawn at another
+    // when its neighbours arrive.
+    const owed = [];
     for (const id of ids) {
       const charts = this.chartsFor(id);
       if (!charts.length) continue;
       const visible = this.shows(charts[0].chart.metric);
       if (!visible && !this.states.has(id)) continue; // drawn once the filter lets it through
-      if (visible && performance.now() > deadline) {
-        this.deferred.add(id);
-        continue;
-      }
       const state = this.stateFor(id, charts[0].chart);
       state.card.hidden = !visible;
-      if (visible) this.update(state, charts, now);
+      if (visible) owed.push([state, charts]);
+    }
+    const deadline = performance.now() + FRAME_BUDGET_MS;
+    for (const [state, charts] of owed) {
+      if (performance.now() > deadline) this.deferred.add(state.id);
+      else this.update(state, charts, now);
     }
     this.hideEmptySections();
     return this.deferred.size > 0;
