@@ -181,5 +181,14 @@ def test_every_plot_of_a_big_run_is_first_drawn_at_its_own_width(tmp_path):
         assert set(first) == {"loss", "accuracy"}
         assert first == now, (first, now)
         assert now["loss"] < 1400 / 2  # two charts side by side
+        # The top and bottom margins the charts start with are those plotly's automargin
+        # arrives at (legend row above, tick labels and title below): their first draw
+        # needs no second pass for them (a right margin pushed by a last tick label still
+        # may). Asked for (margin) = drawn (_size).
+        margins = page.evaluate(
+            "() => [...document.querySelectorAll('.plot')].map((el) => {"
+            " const f = el._fullLayout; return [f.margin.t, f._size.t, f.margin.b, f._size.b]; })"
+        )
+        assert margins == [[44, 44, 46, 46], [44, 44, 46, 46]], margins
         console.check()
         browser.close()
