@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,9 +50,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_large_runs import (  # noqa: E402
+    BASELINE_PAGE,
     CHART,
+    baseline,
     batch_lines,
     static_copy,
+    static_server,
     tailer,
     wait_idle,
     write_run,
@@ -73,6 +77,7 @@ CATEGORIES = [
     "toplevel",
 ]
 CPU_PROFILE = "disabled-by-default-v8.cpu_profiler"
+UNHINTED = "plotly-basic-unhinted.min.js"  # --unhinted: the bundle as npm ships it
 
 # Records each Plotly.newPlot / react: when, which chart, how long (window.__draws).
 DRAW_LOG = """
@@ -109,22 +114,23 @@ addEventListener("runtail:plotly", () => { window.__marks.plotlyOnload = perform
 })();
 """
 
-FLOOR_PAGE = """<!doctype html><meta charset="utf-8"><div id="p" style="width:1300px;height:300px"></div>
+FLOOR_PAGE = """<!doctype html><meta charset="utf-8">
 <script>
-(async () => {
-  const data = await (await fetch("/static/points.json")).json();
-  const s = document.createElement("script");
-  s.src = "/static/vendor/%s";
-  s.onload = () => {
-    const t = performance.now();
-    Plotly.newPlot("p", [{x: data.x, y: data.y, type: "scatter", mode: "lines"}],
-      {margin: {t: 10}}, {responsive: true, displaylogo: false});
-    window.done = performance.now();
-    window.plotlyAt = t;
-  };
-  document.body.appendChild(s);
-})();
-</script>"""
+// plotly asked for first, the points beside it; drawn once both are in.
+const points = fetch("/static/points.json").then((r) => r.json());
+const s = document.createElement("script");
+s.src = "/static/vendor/%s";
+s.fetchPriority = "high";
+s.onload = async () => {
+  window.plotlyAt = performance.now();
+  const data = await points;
+  Plotly.newPlot("p", [{x: data.x, y: data.y, type: "scatter", mode: "lines"}],
+    {margin: {t: 10}, height: 250}, {responsive: true, displaylogo: false});
+  window.done = performance.now();
+};
+document.head.appendChild(s);
+</script>
+<div id="p" style="width:480px;height:250px"></div>"""
 
 
 def _self_times(events: list[dict]) -> list[tuple[dict, float]]:
@@ -403,6 +409,16 @@ def main() -> None:
         help="with --cpu-profile: name plotly samples by module of this unminified bundle",
     )
     parser.add_argument(
+        "--unhinted",
+        action="store_true",
+        help="with --floor: also the vendored bundle without its compile hint (first line)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="each round also the baseline (fetch + JSON.parse of the run): ratios printed",
+    )
+    parser.add_argument(
         "--cpu-profile",
         action="store_true",
         help="sample the CPU too (self time by function; slows the page)",
@@ -417,14 +433,19 @@ def main() -> None:
                 SOURCE_MAP.append((n, m.group(1)))
     statics = args.static or [ROOT / "tailer" / "static"]
     bundles = args.bundle or ["plotly-basic.min.js"]
+    if args.unhinted:
+        bundles.append(UNHINTED)
     tmp = Path(tempfile.mkdtemp(prefix="profile-first-"))
     runs = tmp / "runs"
     runs.mkdir()
     lines, last_step = write_run(runs / "run.jsonl", args.lines)
+    (runs / "baseline.html").write_bytes(BASELINE_PAGE)
     copies = []
     for k, static in enumerate(statics):
         copy = static_copy(tmp, f"s{k}", 0, source=static)
         copies.append(copy)
+        vendored = (copy / "vendor" / "plotly-basic.min.js").read_bytes()
+        (copy / "vendor" / UNHINTED).write_bytes(vendored.split(b"\n", 1)[1])
         for bundle in bundles:
             (copy / f"floor-{bundle}.html").write_text(FLOOR_PAGE % bundle)
     print(f"cores {os.cpu_count()}, {lines:,} lines, trees: {[str(s) for s in statics]}")
@@ -434,6 +455,7 @@ def main() -> None:
         )
         servers = []
         with contextlib.ExitStack() as stack:
+            base_port = stack.enter_context(static_server(runs)) if args.baseline else None
             for k, copy in enumerate(copies):
                 proc, port = stack.enter_context(tailer(runs, copy))
                 servers.append((k, proc, port, copy))
@@ -451,6 +473,10 @@ def main() -> None:
                 (copy / "points.json").write_text(json.dumps({"x": series["x"], "y": series["y"]}))
             results = collections.defaultdict(list)
             for rnd in range(args.rounds):
+                if base_port is not None:
+                    base = baseline(browser, base_port, lines)["chart_ms"]
+                    results["baseline"].append((base, os.getloadavg()[0]))
+                    print(f"\n== round {rnd + 1}: baseline {base:.0f} ms")
                 for k, _proc, port, _copy in servers:
                     load = os.getloadavg()[0]
                     label = f"r{rnd}-s{k}"
@@ -478,11 +504,22 @@ def main() -> None:
                     time.sleep(0.5)
         browser.close()
     print("\n== summary (ms from navigation; load average beside each)")
+    medians = {}
     for name, values in results.items():
+        medians[name] = statistics.median(d for d, _ in values)
         print(
             f"  {name:<40} "
             + "  ".join(f"{d:6.0f} ({ld:.1f})" for d, ld in values)
-            + f"   median {sorted(d for d, _ in values)[len(values) // 2]:.0f}"
+            + f"   median {medians[name]:.0f}"
+        )
+    if "baseline" in medians:
+        print(
+            "  medians × the baseline's median: "
+            + ", ".join(
+                f"{name.strip()} {value / medians['baseline']:.2f}"
+                for name, value in medians.items()
+                if name != "baseline"
+            )
         )
     if not os.environ.get("PROFILE_KEEP"):
         shutil.rmtree(tmp, ignore_errors=True)
