@@ -304,17 +304,6 @@ class SeriesService:
                 with contextlib.suppress(Exception):  # logged by _log_failure
                     await self._build_soon(store, reader.consumed)
             if not backlog:
-                # Answer the first page once, unseen: its x caches are built and numpy's
-                # buffers come from warm memory, so the first real answer costs ~18 ms of a
-                # 1M-line run's CPU, not ~70 (while a first visit's browser wants the CPU).
-                prime = SeriesQuery(store.experiment_id, bulk=True, events=False)
-                t0 = parse_first_timestamp(reader.first_timestamp)
-                try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._executor, _answer, store, prime, store.offset, t0, False
-                    )
-                except Exception:  # the first request answers (or reports) it again
-                    log.debug("priming the series of %s failed", store.experiment_id, exc_info=True)
                 return
             await asyncio.sleep(_WARM_STEP_S)
 

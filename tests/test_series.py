@@ -14,7 +14,7 @@ import pytest
 
 import replay
 from recorder.format import encode_message
-from tailer.series import BULK_TYPES, SeriesQuery, SeriesStore, reduce_m4
+from tailer.series import SeriesQuery, SeriesStore, reduce_m4
 from tailer.server import serve_directory
 from tests._tailer_helpers import Writer, aio, http_get, recv_json, ws_connect
 
@@ -479,24 +479,6 @@ async def test_only_the_few_runs_trained_now_are_built_at_start(tmp_path):
             await asyncio.sleep(float(head["retry-after"]))
         assert status == 200 and answer["seq"] == 29_999  # built on the request
         assert set(app.series.stores) == {"b", "c", "old"}
-
-
-@aio(120)
-async def test_a_store_built_at_start_is_primed_for_the_first_page(tmp_path):
-    """Once a run being trained is built at start, it is answered once unseen: its bulk
-    series' x caches exist before the first page asks (a first visit's answer is warm)."""
-    _write_run(tmp_path, "r", 30_000).close()
-    async with serve_directory(tmp_path, port=0) as app:
-        for _ in range(600):
-            store = app.series.stores.get("r")
-            bulk = [s for s in store.series.values() if s.type in BULK_TYPES] if store else []
-            if bulk and all(s.cache is not None for s in bulk):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the store built at start was not primed")
-        status, _, answer = await _get(app.port, "/api/series?run=r&bulk=1&width=900")
-        assert status == 200 and answer["seq"] == store.last_seq > 30_000 and answer["metrics"]
 
 
 @aio()
