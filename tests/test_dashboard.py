@@ -762,7 +762,11 @@ def test_charts_follow_a_colour_scheme_switch(shared, page_factory):
     page, console = page_factory(scheme="light")
     run = _find(runs_dir, "centralized")
     _open_run(page, server, run.stem)
-    page.wait_for_function("() => document.querySelector('.plot .main-svg')")
+    # Every card is in the grid before its plot is drawn: wait for all of them.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.plot')].every((p) => p._fullLayout)"
+        " && document.querySelector('.plot .main-svg')"
+    )
     colours = """() => ({
         fg: getComputedStyle(document.documentElement).getPropertyValue('--fg').trim().toLowerCase(),
         fonts: [...document.querySelectorAll('.plot')].map((p) => p._fullLayout.font.color.toLowerCase()),

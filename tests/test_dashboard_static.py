@@ -9,7 +9,9 @@ from tailer.server import _plotly_js, serve_directory
 from tests._tailer_helpers import aio, http_get
 
 STATIC = Path(__file__).resolve().parents[1] / "tailer" / "static"
-_IMPORT = re.compile(r"""^\s*import\s[^;]*?from\s+["']\./([\w.-]+\.js)["']""", re.MULTILINE | re.DOTALL)
+_IMPORT = re.compile(
+    r"""^\s*import\s[^;]*?from\s+["']\./([\w.-]+\.js)["']""", re.MULTILINE | re.DOTALL
+)
 _PRELOAD = re.compile(r"""<link rel="modulepreload" href="/static/([\w.-]+\.js)">""")
 
 
@@ -37,6 +39,31 @@ def test_index_preloads_every_module_the_app_imports():
     preloaded = _PRELOAD.findall((STATIC / "index.html").read_text())
     assert len(preloaded) == len(set(preloaded))
     assert set(preloaded) == _module_graph("app.js")
+
+
+COMPILE_HINT = b"//# allFunctionsCalledOnLoad\n"
+
+
+def test_what_a_first_visit_runs_is_compiled_off_the_main_thread():
+    """V8's explicit compile hint (Chrome 136+) opens plotly's basic bundle and every module
+    of the app: each file is compiled whole on a background thread while it loads, not
+    function by function on the main thread when first called (issue 12's first visit).
+    Only as the very first line does V8 read it."""
+    for name in [*sorted(_module_graph("app.js")), "vendor/plotly-basic.min.js"]:
+        assert (STATIC / name).read_bytes().startswith(COMPILE_HINT), name
+
+
+def test_the_head_asks_for_plotly_and_the_history_before_the_stylesheet():
+    """An inline script after a stylesheet waits for it: the requests a first visit waits
+    for longest (plotly, the run's history) go out from the head, ahead of it."""
+    index = (STATIC / "index.html").read_text()
+    head = index[: index.index("</head>")]
+    stylesheet = head.index('<link rel="stylesheet"')
+    assert -1 < head.find('"/static/vendor/plotly-basic.min.js"') < stylesheet
+    assert -1 < head.find("__runtailEarly") < stylesheet
+    assert head.find("fetch(url.toString()") < stylesheet
+    # The app itself needs the body parsed: it is imported after it.
+    assert 'import("/static/app.js")' in index[index.index("</main>") :]
 
 
 def _version(js: bytes) -> str:

@@ -72,6 +72,14 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
         # One request for the whole history (catalogue and every bulk metric), sent by
         # index.html before the modules loaded, and taken over by reduced.js.
         assert len(asked) == 1 and "bulk=1" in asked[0], asked
+        # The chart draws the served history point for point (reduced.js appends a series
+        # at once after its first point went through the model).
+        served = page.evaluate(
+            """async () => (await (await fetch(
+                '/api/series?run=big&metric=loss&x=step&width=900&max_raw=3600')).json())"""
+        )
+        batch = next(s for s in served["series"] if s["type"] == "batch_metrics")
+        assert x == batch["x"] and y == batch["y"]
 
         # Every redraw of the loss chart from here on: the zoom must cost one, with the
         # server's raw points (not first the held points, then the raw ones).
@@ -112,5 +120,75 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
             timeout=20,
             message="the live point on the chart",
         )
+        console.check()
+        browser.close()
+
+
+# Records the width of each plot as plotly first draws it (window.firstWidths[metric]).
+_FIRST_WIDTHS = """
+window.firstWidths = {};
+let plotly;
+Object.defineProperty(window, "Plotly", {
+  configurable: true,
+  get() { return plotly; },
+  set(value) {
+    plotly = value;
+    if (!value || value.__watched) return;
+    const newPlot = value.newPlot;
+    value.newPlot = function (el, ...rest) {
+      const out = newPlot.call(this, el, ...rest);
+      const svg = el.querySelector(".main-svg");
+      if (el.dataset) window.firstWidths[el.dataset.metric] = svg ? Number(svg.getAttribute("width")) : null;
+      return out;
+    };
+    value.__watched = true;
+  },
+});
+"""
+
+
+def test_every_plot_of_a_big_run_is_first_drawn_at_its_own_width(tmp_path):
+    """A big run's charts arrive at once: every card is in the grid before the first plot is
+    drawn, so no plot is drawn across the whole row and redrawn narrower when its neighbour
+    arrives (the loss chart used to be: 1,022 px wide in a 496 px card until the resize)."""
+    lines = [encode_message("status", {"status": "running", "message": "go"})]
+    for step in range(STEPS):
+        lines.append(
+            encode_message(
+                "batch_metrics", {"step": step, "loss": _loss(step), "accuracy": step / STEPS}
+            )
+        )
+    (tmp_path / "two.jsonl").write_bytes(b"".join(lines))
+    with serving(tmp_path) as server, sync_api.sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        console = ConsoleWatch(page)
+        page.add_init_script(_FIRST_WIDTHS)
+        page.goto(server.page_url("#/runs/two"))
+        wait_until(
+            lambda: (
+                (view_state(page) or {}).get("settled")
+                and page.evaluate("() => Object.keys(window.firstWidths).length") == 2
+            ),
+            timeout=60,
+            message="both charts drawn",
+        )
+        first = page.evaluate("() => window.firstWidths")
+        now = page.evaluate(
+            "() => Object.fromEntries([...document.querySelectorAll('.plot')]"
+            ".map((el) => [el.dataset.metric, el.clientWidth]))"
+        )
+        assert set(first) == {"loss", "accuracy"}
+        assert first == now, (first, now)
+        assert now["loss"] < 1400 / 2  # two charts side by side
+        # The top and bottom margins the charts start with are those plotly's automargin
+        # arrives at (legend row above, tick labels and title below): their first draw
+        # needs no second pass for them (a right margin pushed by a last tick label still
+        # may). Asked for (margin) = drawn (_size).
+        margins = page.evaluate(
+            "() => [...document.querySelectorAll('.plot')].map((el) => {"
+            " const f = el._fullLayout; return [f.margin.t, f._size.t, f.margin.b, f._size.b]; })"
+        )
+        assert margins == [[44, 44, 46, 46], [44, 44, 46, 46]], margins
         console.check()
         browser.close()

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // runtail dashboard: wires the store (state, streams) to the views (DOM).
 //
 // stream.js  WebSockets: reconnect, report state and messages (no DOM)

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // Plotly glue: one plot per metric, with the lines of every run shown.
 //
 // A board shows "members" (a run's model each: one run, its ranks, or the
@@ -246,19 +248,23 @@ export class ChartBoard {
     const ids = new Set([...this.deferred, ...this.dirty]);
     this.dirty.clear();
     this.deferred.clear();
-    const deadline = performance.now() + FRAME_BUDGET_MS;
+    // Every card goes in before any plot is drawn (some wait for a later slot): the grid
+    // has its final columns, so no plot is drawn at one width and then redrawn at another
+    // when its neighbours arrive.
+    const owed = [];
     for (const id of ids) {
       const charts = this.chartsFor(id);
       if (!charts.length) continue;
       const visible = this.shows(charts[0].chart.metric);
       if (!visible && !this.states.has(id)) continue; // drawn once the filter lets it through
-      if (visible && performance.now() > deadline) {
-        this.deferred.add(id);
-        continue;
-      }
       const state = this.stateFor(id, charts[0].chart);
       state.card.hidden = !visible;
-      if (visible) this.update(state, charts, now);
+      if (visible) owed.push([state, charts]);
+    }
+    const deadline = performance.now() + FRAME_BUDGET_MS;
+    for (const [state, charts] of owed) {
+      if (performance.now() > deadline) this.deferred.add(state.id);
+      else this.update(state, charts, now);
     }
     this.hideEmptySections();
     return this.deferred.size > 0;
@@ -460,7 +466,11 @@ export class ChartBoard {
       ...theme,
       height: 250,
       autosize: true,
-      margin: { l: 52, r: 12, t: legend ? 28 : 8, b: 40 },
+      // The margins plotly's automargin arrives at for these charts (legend row above, tick
+      // labels and title below; its padding is the smallest margin: 12, or 8 without a
+      // legend): starting there, the first draw needs no second pass (~50 ms of a first
+      // visit's loss chart). Longer labels still grow them, as before.
+      margin: { l: 52, r: 12, t: legend ? 44 : 8, b: legend ? 46 : 42 },
       xaxis: {
         ...theme.xaxis, ...ticks, automargin: true,
         type: axis === "wall" ? "date" : "linear",

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // The run model: turns the tailer's frames into chartable series and a timeline.
 //
 // Pure data, no DOM and no Plotly, so it can be reasoned about (and tested) on

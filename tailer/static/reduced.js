@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // Large runs: history from GET /api/series (reduced on the server), live lines
 // from the WebSocket. No DOM here.
 //
@@ -80,6 +82,20 @@ function syntheticMessage(series, x, y) {
   return { type: series.type, data };
 }
 
+/** The single line of `model` that holds exactly one point more than in `before`, or null. */
+function onlyGrown(model, before) {
+  let found = null;
+  for (const chart of model.charts.values()) {
+    for (const s of chart.traces.values()) {
+      const grew = s.length - (before.get(s) || 0);
+      if (grew === 0) continue;
+      if (grew !== 1 || found) return null;
+      found = s;
+    }
+  }
+  return found;
+}
+
 /**
  * Put the reduced points of one server series into `model`, and mark the model
  * series that received them as remote (so a zoom asks the server again).
@@ -90,9 +106,23 @@ function applySeries(model, run, remote, answer) {
     for (const s of chart.traces.values()) before.set(s, s.length);
   }
   const messages = model.messages;
-  for (let i = 0; i < answer.x.length; i++) {
+  const n = answer.x.length;
+  let line = null; // the one line the first point went to
+  for (let i = 0; i < n; i++) {
     const y = answer.y[i] === null ? NaN : answer.y[i];
+    if (line) {
+      // The rest of the series goes where its first point went, under the same rules
+      // (same line, source and attempt): appended at once, not as a message each.
+      line.push({ step: answer.x[i] }, y);
+      continue;
+    }
     model.apply(syntheticMessage(answer, answer.x[i], y));
+    line = onlyGrown(model, before);
+  }
+  if (line && n) {
+    let last = model.lastStep;
+    for (let i = 1; i < n; i++) if (last === null || answer.x[i] > last) last = answer.x[i];
+    model.lastStep = last;
   }
   model.messages = messages; // not lines of the run: the count comes from the catalogue
   for (const chart of model.charts.values()) {

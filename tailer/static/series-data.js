@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // Where a chart gets the points it draws for one line: the one place to
 // change how a line is fetched, smoothed or reduced for display.
 //

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // The page's state: the runs list, the open runs' data, the route (URL state).
 //
 // No DOM here. The store owns the streams (through `Streams`) and the models

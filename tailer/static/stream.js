@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // WebSocket streams: connect, reconnect with backoff, report state and messages.
 //
 // No DOM here. A stream only tells its owner two things: its connection state

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (V8: compile this module whole off the main thread as it loads; docs/DESIGN.md §9.)
 // Views: the DOM of the runs list, the connection pill and one run's page.
 //
 // Views read the store and draw; user actions call the store. They hold only
