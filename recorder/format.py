@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -628,7 +628,7 @@ def _wire_middle(experiment_id: str) -> bytes:
     return b',"experiment_id":"%s","seq":' % experiment_id.encode("ascii")
 
 
-def wire_payloads(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
+def wire_payloads(pairs: Sequence[tuple[int, bytes]], experiment_id: str) -> list[bytes]:
     """:func:`wire_payload` of each ``(seq, line)``, the same bytes, for a whole batch at once.
 
     The history catch-up's hot path: a line that ends with ``}`` right after
@@ -638,6 +638,11 @@ def wire_payloads(pairs: Iterable[tuple[int, bytes]], experiment_id: str) -> lis
     """
     middle = _wire_middle(experiment_id)
     slow = _NOT_PLAIN
+    if len(pairs) == 1:  # a live line: the comprehension would be one more call (3.11)
+        ((seq, line),) = pairs
+        if line[-1:] == b"}" and line[-2] not in slow:
+            return [b"%s%s%d}" % (line[:-1], middle, seq)]
+        return [wire_payload(line, experiment_id, seq)]
     return [
         b"%s%s%d}" % (line[:-1], middle, seq)
         if line[-1:] == b"}" and line[-2] not in slow
