@@ -314,8 +314,8 @@ class FileReader:
         self._identity: tuple[int, int] | None = None
         self._shrunk_since: float | None = None  # when the file was first seen shorter
         self._held_fd = -1  # kept open for the live path (poll(appended=True)), -1: none
-        #: What :meth:`_take` read and decoded, for :meth:`_note` once it is sent on.
-        self._unnoted: tuple[bytes, list[dict[str, Any]]] | None = None
+        #: What :meth:`_check` read and found, for :meth:`_note` once it is sent on.
+        self._unnoted: tuple[bytes, int, str | None, str | None, list[dict[str, Any]]] | None = None
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -565,24 +565,43 @@ class FileReader:
         if data.count(b"\n") > max_lines:
             data = at_most_lines(data, max_lines)
         seq = self.splitter.next_seq
-        lines = self.splitter.feed(data)
+        valid = self._check(seq, self.splitter.feed(data), data)
+        return PollResult(PollKind.DATA, valid, more=read_pos + len(data) < size, backlog=backlog)
+
+    def _check(self, seq: int, lines: list[bytes | None], data: bytes) -> list[tuple[int, bytes]]:
+        """The valid ``lines`` (read as ``data``) numbered from ``seq``; the rest noted for later.
+
+        A malformed line (``None``: over-long or not one line) is noted by its
+        seq (history skips it without decoding it again) and left out. Of the
+        valid ones only what :meth:`_note` needs is kept (timestamps, the rare
+        messages that may announce a status): a batch's decoded messages are
+        freed as they go, never held for the garbage collector to walk.
+        """
         valid: list[tuple[int, bytes]] = []
-        messages: list[dict[str, Any]] = []
         malformed = self.malformed_seqs
         limit = self.max_line_bytes
+        first_ts = last_ts = None
+        statuses: list[dict[str, Any]] = []
         for line in lines:
             if line is None:
                 malformed.append(seq)
             else:
                 try:
-                    messages.append(decode_line(line, max_bytes=limit))
+                    message = decode_line(line, max_bytes=limit)
                 except MalformedLine:
                     malformed.append(seq)
                 else:
                     valid.append((seq, line))
+                    ts = message.get("timestamp")
+                    if ts.__class__ is str:
+                        last_ts = ts
+                        if first_ts is None:
+                            first_ts = ts
+                    if message["type"] in STATUS_OF_TYPES:
+                        statuses.append(message)
             seq += 1
-        self._unnoted = (data, messages)
-        return PollResult(PollKind.DATA, valid, more=read_pos + len(data) < size, backlog=backlog)
+        self._unnoted = (data, len(valid), first_ts, last_ts, statuses)
+        return valid
 
     def _note(self) -> None:
         """The bookkeeping of the bytes :meth:`_take` took: running checksum and statistics.
@@ -592,7 +611,7 @@ class FileReader:
         previous tailer's checkpoint compares checksums.
         """
         assert self._unnoted is not None
-        data, messages = self._unnoted
+        data, count, first_ts, last_ts, statuses = self._unnoted
         self._unnoted = None
         self.crc = zlib.crc32(data, self.crc)
         excess = len(self.malformed_seqs) - MAX_TRACKED_MALFORMED
@@ -604,27 +623,17 @@ class FileReader:
             self.checkpoint = None
             if self.crc != checkpoint[1]:
                 self._replaced_while_down(checkpoint, "holds other bytes")
-        if not messages:
-            return
-        self.messages += len(messages)
-        if self.first_timestamp is None:
-            for message in messages:
-                ts = message.get("timestamp")
-                if ts.__class__ is str:
-                    self.first_timestamp = ts
-                    break
-        for message in reversed(messages):
-            ts = message.get("timestamp")
-            if ts.__class__ is str:
-                self.last_timestamp = ts
-                break
-        for message in messages:
-            if message["type"] in STATUS_OF_TYPES:
-                status = status_of(message)
-                if status is not None:
-                    self.status = status
-                    if status == "failed" and message["type"] == "error":
-                        self.error = _error_text(message.get("data"))
+        self.messages += count
+        if last_ts is not None:
+            self.last_timestamp = last_ts
+            if self.first_timestamp is None:
+                self.first_timestamp = first_ts
+        for message in statuses:
+            status = status_of(message)
+            if status is not None:
+                self.status = status
+                if status == "failed" and message["type"] == "error":
+                    self.error = _error_text(message.get("data"))
 
     def read_appended(self, send: Send) -> bool:
         """The live path in one call: whole lines appended since the last read, sent, then noted.
@@ -672,26 +681,9 @@ class FileReader:
         data = data[1:]
         if not data:
             return True  # nothing new
-        seq = splitter.next_seq
-        lines = splitter.feed(data)
+        valid = self._check(splitter.next_seq, splitter.feed(data), data)
         if splitter.read_pos > self.size:
             self.size = splitter.read_pos
-        valid: list[tuple[int, bytes]] = []
-        messages: list[dict[str, Any]] = []
-        malformed = self.malformed_seqs
-        limit = self.max_line_bytes
-        for line in lines:  # as in _take
-            if line is None:
-                malformed.append(seq)
-            else:
-                try:
-                    messages.append(decode_line(line, max_bytes=limit))
-                except MalformedLine:
-                    malformed.append(seq)
-                else:
-                    valid.append((seq, line))
-            seq += 1
-        self._unnoted = (data, messages)
         try:
             if valid:
                 send(self.experiment_id, valid)
