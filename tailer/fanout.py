@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Container, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from websockets.exceptions import ConnectionClosed
@@ -65,7 +65,16 @@ def log_reset_frame(experiment_id: str) -> bytes:
 class Client:
     """One WebSocket subscriber and its bounded send queue."""
 
-    __slots__ = ("budget", "charged", "closing", "connection", "label", "queue_bytes", "transport")
+    __slots__ = (
+        "budget",
+        "charged",
+        "closing",
+        "connection",
+        "counter",
+        "label",
+        "queue_bytes",
+        "transport",
+    )
 
     def __init__(self, connection: ServerConnection, *, queue_bytes: int, label: str) -> None:
         self.connection = connection
@@ -76,6 +85,10 @@ class Client:
         #: The server-wide budget this client's queue counts against (None: none).
         self.budget: QueueBudget | None = None
         self.charged = 0  # this client's bytes in the budget's running total
+        #: A session's :class:`~tailer.sessions.CountingTransport` (None: none): websockets
+        #: writes through it; :meth:`write` writes to the transport under it and counts here,
+        #: one Python call less per line.
+        self.counter: Any = None
 
     def write(self, frames: bytes) -> bool:
         """Queue already-framed bytes; close the client with 1013 if it is too far behind.
@@ -88,6 +101,8 @@ class Client:
             return False
         transport = self.transport
         transport.write(frames)
+        if self.counter is not None:
+            self.counter.written += len(frames)
         queued = transport.get_write_buffer_size()
         if self.budget is not None and queued != self.charged:  # unchanged: nothing to count
             self.budget.charge(self, queued)

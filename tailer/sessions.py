@@ -137,10 +137,13 @@ def _acked_bytes(transport: Any) -> int | None:
 
 
 class CountingTransport:
-    """A transport that numbers the bytes written through it (all of them, websockets' too).
+    """A transport that numbers the bytes written on the connection (all of them, websockets' too).
 
     ``written`` starts at the size of what was written before the wrap (the
     101 answer), so it is the stream offset that ``tcpi_bytes_acked`` counts.
+    websockets writes through it; the fan-out writes its frames to the transport
+    under it and adds them to ``written`` itself (``Client.write``), one Python
+    call less per line.
     """
 
     def __init__(self, transport: Any, written: int) -> None:
@@ -238,7 +241,7 @@ class Session:
 class SessionClient(Client):
     """A ``/`` client of a session: it notes where each frame ends, to learn what arrived."""
 
-    __slots__ = ("counter", "held", "marks", "record", "session", "stalled_since", "superseded")
+    __slots__ = ("held", "marks", "record", "session", "stalled_since", "superseded")
 
     def __init__(
         self,
@@ -256,6 +259,7 @@ class SessionClient(Client):
         wsio.replace_transport(connection, counter)
         super().__init__(connection, queue_bytes=queue_bytes, label=label)
         self.counter = counter
+        self.transport = counter.transport  # Client.write counts its frames in counter.written
         self.session = session
         self.record = Record(experiment)
         self.marks: collections.deque[tuple[int, str, int]] = collections.deque()

@@ -9,8 +9,8 @@ its documented API:
 * ``connection.transport``: the asyncio transport (read, and replaced by a
   counting wrapper in :mod:`tailer.sessions`; websockets writes its own frames,
   pongs and close frames included, through whatever it holds);
-* ``connection.protocol.state``: whether the connection is still ``OPEN``, so
-  no frame follows a close frame;
+* ``connection.protocol._state`` (what the ``state`` property returns): whether
+  the connection is still ``OPEN``, so no frame follows a close frame;
 * ``connection.drain()``: waits until the transport's buffer is below its
   low-water mark;
 * ``ServerConnection`` is the asyncio ``Protocol``: a subclass may override
@@ -50,8 +50,10 @@ def replace_transport(connection: ServerConnection, replacement: Any) -> None:
 
 
 #: ``state(connection)``: its protocol's state, ``OPEN`` until a close frame is sent or
-#: received. A C-level getter: no Python frame of ours on the live path, once per client.
-state: Callable[[ServerConnection], State] = operator.attrgetter("protocol.state")
+#: received. A C-level getter of the attribute behind the ``Protocol.state`` property: no
+#: Python frame on the live path, once per client (``tests/test_wsio.py`` pins that the two
+#: agree through a close).
+state: Callable[[ServerConnection], State] = operator.attrgetter("protocol._state")
 
 
 async def drain(connection: ServerConnection) -> None:

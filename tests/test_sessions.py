@@ -431,6 +431,7 @@ def test_a_line_not_written_to_a_closing_connection_never_moves_its_cursor():
     from types import SimpleNamespace
 
     from websockets.protocol import CLOSING, OPEN
+    from websockets.server import ServerProtocol
 
     from tailer.sessions import SessionClient
 
@@ -451,7 +452,8 @@ def test_a_line_not_written_to_a_closing_connection_never_moves_its_cursor():
             return None
 
     transport = Transport()
-    protocol = SimpleNamespace(state=OPEN)
+    protocol = ServerProtocol()  # a real one: its state is what wsio reads
+    protocol.state = OPEN
     connection = SimpleNamespace(transport=transport, response=None, protocol=protocol)
     session = Session("k", time.time() + 60)
     client = SessionClient(

@@ -47,15 +47,21 @@ async def test_frames_written_to_the_transport_arrive_as_messages() -> None:
 
 @aio(30)
 async def test_state_is_open_until_a_close_starts() -> None:
-    """wsio.state is OPEN on an open connection and no longer once its close has begun."""
+    """wsio.state is OPEN on an open connection and no longer once its close has begun.
+
+    It reads the attribute behind websockets' documented ``protocol.state``: the two agree.
+    """
     seen: list[bool] = []
 
     async def handler(connection: ServerConnection) -> None:
         seen.append(wsio.state(connection) is wsio.OPEN)
+        assert wsio.state(connection) is connection.protocol.state
         closing = asyncio.ensure_future(connection.close(1000, "bye"))
         await asyncio.sleep(0)  # the close frame is sent: the state left OPEN
         seen.append(wsio.state(connection) is wsio.OPEN)
+        assert wsio.state(connection) is connection.protocol.state
         await closing
+        assert wsio.state(connection) is connection.protocol.state
 
     async def client(ws: Any) -> None:
         await ws.wait_closed()
