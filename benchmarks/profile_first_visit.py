@@ -62,7 +62,7 @@ from bench_large_runs import (  # noqa: E402
 )
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from tests._dashboard_helpers import CHROMIUM_ARGS  # noqa: E402
+from tests._dashboard_helpers import CHROMIUM_ARGS, plotly_call_hook  # noqa: E402
 
 CATEGORIES = [
     "devtools.timeline",
@@ -80,29 +80,15 @@ CPU_PROFILE = "disabled-by-default-v8.cpu_profiler"
 UNHINTED = "plotly-basic-unhinted.min.js"  # --unhinted: the bundle as npm ships it
 
 # Records each Plotly.newPlot / react: when, which chart, how long (window.__draws).
-DRAW_LOG = """
-window.__draws = [];
-let plotly;
-Object.defineProperty(window, "Plotly", {
-  configurable: true,
-  get() { return plotly; },
-  set(value) {
-    plotly = value;
-    if (!value || value.__wrapped) return;
-    for (const name of ["newPlot", "react"]) {
-      const original = value[name];
-      value[name] = function (el, ...rest) {
-        const t = performance.now();
-        const out = original.call(this, el, ...rest);
-        const metric = el && el.dataset ? el.dataset.metric : String(el);
-        window.__draws.push([name, metric, t, performance.now() - t]);
-        return out;
-      };
-    }
-    value.__wrapped = true;
-    window.__plotlyAt = performance.now();
-  },
-});
+DRAW_LOG = (
+    "window.__draws = [];"
+    + plotly_call_hook(
+        """const metric = el && el.dataset ? el.dataset.metric : String(el);
+    window.__draws.push([name, metric, started, performance.now() - started]);""",
+        methods=("newPlot", "react"),
+        on_define="window.__plotlyAt = performance.now();",
+    )
+    + """
 window.__marks = {};
 addEventListener("runtail:plotly", () => { window.__marks.plotlyOnload = performance.now(); });
 // The first frame at which the loss chart holds the whole run (polled from the start, each frame).
@@ -113,6 +99,7 @@ addEventListener("runtail:plotly", () => { window.__marks.plotlyOnload = perform
   requestAnimationFrame(poll);
 })();
 """
+)
 
 FLOOR_PAGE = """<!doctype html><meta charset="utf-8">
 <script>

@@ -629,3 +629,39 @@ COMPARE_RUNS = {
     "delta": {"lr": 0.01, "hidden": 128, "epochs": 2, "batches": 30, "scale": 1.2},
     "epsilon": {"lr": 0.3, "hidden": 32, "epochs": 3, "batches": 18, "scale": 0.3},
 }
+
+
+def plotly_call_hook(
+    after: str, methods: tuple[str, ...] = ("newPlot",), on_define: str = ""
+) -> str:
+    """An init script that wraps ``Plotly.<method>`` for each of ``methods`` as soon as plotly
+    defines ``window.Plotly``: after every call, ``after`` (JavaScript statements seeing
+    ``name``, ``el`` and ``started``, the call's ``performance.now()``) runs; ``on_define``
+    runs once, when plotly is defined."""
+    script = """
+let plotly;
+Object.defineProperty(window, "Plotly", {
+  configurable: true,
+  get() { return plotly; },
+  set(value) {
+    plotly = value;
+    if (!value || value.__runtailHooked) return;
+    for (const name of __METHODS__) {
+      const original = value[name];
+      value[name] = function (el, ...rest) {
+        const started = performance.now();
+        const out = original.call(this, el, ...rest);
+        __AFTER__
+        return out;
+      };
+    }
+    value.__runtailHooked = true;
+    __ON_DEFINE__
+  },
+});
+"""
+    return (
+        script.replace("__METHODS__", json.dumps(list(methods)))
+        .replace("__AFTER__", after)
+        .replace("__ON_DEFINE__", on_define)
+    )

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from recorder.format import encode_message
-from tests._dashboard_helpers import ConsoleWatch, launch, serving, view_state, wait_until
+from tests._dashboard_helpers import (
+    ConsoleWatch,
+    launch,
+    plotly_call_hook,
+    serving,
+    view_state,
+    wait_until,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -125,26 +132,10 @@ def test_big_run_loads_reduced_zooms_raw_and_goes_on_live(tmp_path):
 
 
 # Records the width of each plot as plotly first draws it (window.firstWidths[metric]).
-_FIRST_WIDTHS = """
-window.firstWidths = {};
-let plotly;
-Object.defineProperty(window, "Plotly", {
-  configurable: true,
-  get() { return plotly; },
-  set(value) {
-    plotly = value;
-    if (!value || value.__watched) return;
-    const newPlot = value.newPlot;
-    value.newPlot = function (el, ...rest) {
-      const out = newPlot.call(this, el, ...rest);
-      const svg = el.querySelector(".main-svg");
-      if (el.dataset) window.firstWidths[el.dataset.metric] = svg ? Number(svg.getAttribute("width")) : null;
-      return out;
-    };
-    value.__watched = true;
-  },
-});
-"""
+_FIRST_WIDTHS = "window.firstWidths = {};" + plotly_call_hook(
+    """const svg = el.querySelector(".main-svg");
+    if (el.dataset) window.firstWidths[el.dataset.metric] = svg ? Number(svg.getAttribute("width")) : null;"""
+)
 
 
 def test_every_plot_of_a_big_run_is_first_drawn_at_its_own_width(tmp_path):
