@@ -219,6 +219,52 @@ async def test_the_watcher_says_which_files_had_more_than_their_content_changed(
     watcher.cancel()
 
 
+@aio()
+async def test_repeated_appends_and_renames_are_told_apart_one_wake_at_a_time(tmp_path):
+    """Every wake-up reports what happened, whether or not its events were seen before.
+
+    The second append to a file raises the same event, byte for byte, as the
+    first (the watcher then skips parsing it): it must still name that file
+    alone, as content only; a rename over the name, an append to another
+    file, or to a file that is not a run, must not pass for it.
+    """
+    calls: list[tuple[set[str], set[str]]] = []
+
+    def at_once(ids: set[str], named: set[str]) -> set[str]:
+        calls.append((set(ids), set(named)))
+        return set()
+
+    async def on_change(ids: set[str] | None) -> None:
+        pass
+
+    a, b = Writer(tmp_path, "a"), Writer(tmp_path, "b")
+    watcher = asyncio.create_task(
+        watch_directory(tmp_path, on_change, scan_interval=60, at_once=at_once)
+    )
+    await asyncio.sleep(0.05)
+
+    async def wake(change) -> list[tuple[set[str], set[str]]]:
+        change()
+        await asyncio.sleep(0.05)  # one wake-up per change
+        got = list(calls)
+        calls.clear()
+        return got
+
+    for _ in range(3):
+        assert await wake(lambda: a.message("m")) == [({"a"}, set())]
+        assert await wake(lambda: b.message("m")) == [({"b"}, set())]
+    assert await wake(lambda: (tmp_path / "notes.txt").write_text("x")) == []
+
+    def rename_over_a() -> None:
+        (tmp_path / "a.tmp").write_bytes(b"{}\n")
+        os.replace(tmp_path / "a.tmp", tmp_path / "a.jsonl")
+
+    assert {i for _ids, named in await wake(rename_over_a) for i in named} == {"a"}
+    for _ in range(2):
+        assert await wake(lambda: a.message("m")) == [({"a"}, set())]
+    watcher.cancel()
+
+
 def _drain(reader: FileReader, appended: bool) -> list[tuple[str, list[tuple[int, bytes]]]]:
     """Poll until nothing more: what each poll gave (verifications run in place)."""
     out = []
