@@ -404,7 +404,9 @@ class RecorderCallback(*_CALLBACKS):  # type: ignore[misc]
             return
         before = self._epoch_start_metrics
         metrics = {
-            k: v for k, v in trainer.callback_metrics.items() if k not in before or before[k] is not v
+            k: v
+            for k, v in trainer.callback_metrics.items()
+            if k not in before or before[k] is not v
         }
         loss = _loss_of(outputs)
         if loss is None:

@@ -14,9 +14,15 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("tailer.serve_cmd", "stream a directory of runs to WebSocket clients and the dashboard"),
+    "serve": (
+        "tailer.serve_cmd",
+        "stream a directory of runs to WebSocket clients and the dashboard",
+    ),
     "replay": ("tailer.replay_cmd", "serve one finished run on / at its recorded pace"),
-    "export": ("replay.export", "write runs to Parquet (a file, or a dataset partitioned by experiment)"),
+    "export": (
+        "replay.export",
+        "write runs to Parquet (a file, or a dataset partitioned by experiment)",
+    ),
     "ls": ("tailer.ls", "list the experiments in a directory"),
 }
 
