@@ -22,7 +22,10 @@ message as its arrival time less the time written in it. The first
 
 Figures are pooled over the rounds. Under load both contenders' latencies
 are inflated, which is why they alternate within one run; the load average is
-printed beside them. ``--idle N`` also measures the tailer's CPU over 10 s with
+printed beside them. So does the machine's speed from one stretch of seconds
+to the next (on a shared virtual machine every contender's p50 can move by
+half between runs): a second table pairs each tailer's p50 with websocketd's
+round by round. ``--idle N`` also measures the tailer's CPU over 10 s with
 ``N`` connected clients and no writes. Without ``websocketd`` installed
 (``apt-get install websocketd``) the tailer is measured alone, with a message
 saying so.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -49,11 +53,12 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
 from benchmarks.bench_tailer import URL, raw_clients, table  # noqa: E402
 
-#: The writer: one MetricsRecorder; "N\n" on stdin writes N messages 10 ms apart, then "done".
+#: The writer: one MetricsRecorder per contender. "I N" on stdin writes N messages 10 ms apart
+#: to contender I's directory, then "done"; "I,J N" writes N to each, in turn, 5 ms apart.
 WRITER = textwrap.dedent(
     """
     import sys, time
@@ -61,15 +66,19 @@ WRITER = textwrap.dedent(
     recorders = [MetricsRecorder(d, "lat", resume=True) for d in sys.argv[2:]]
     interval = float(sys.argv[1])
     for line in sys.stdin:
-        which, n = map(int, line.split())
-        recorder = recorders[which]
+        which, n = line.split()
+        chosen = [recorders[int(i)] for i in which.split(",")]
+        spacing = interval / len(chosen)
         next_at = time.monotonic()
-        for step in range(n):
-            recorder.record("batch_metrics", {"step": step, "t": time.monotonic_ns(), "loss": 0.5})
-            next_at += interval
-            pause = next_at - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
+        for step in range(int(n)):
+            for recorder in chosen:
+                recorder.record(
+                    "batch_metrics", {"step": step, "t": time.monotonic_ns(), "loss": 0.5}
+                )
+                next_at += spacing
+                pause = next_at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
         print("done", flush=True)
     """
 )
@@ -82,6 +91,7 @@ class Contender:
     url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     latencies: list[float] = field(default_factory=list)
+    round_p50: list[float] = field(default_factory=list)
     lost: int = 0
     written: int = 0
     cpu_s: float = 0.0
@@ -177,37 +187,57 @@ def start_tailer(contender: Contender, root: Path, state: Path, extra: list[str]
 
 
 async def one_round(
-    contender: Contender, writer: subprocess.Popen[str], which: int, n: int, warmup: int
+    contenders: list[Contender],
+    writer: subprocess.Popen[str],
+    which: list[int],
+    n: int,
+    warmup: int,
 ) -> None:
-    """Connect, have the writer record ``n`` messages, take their latencies."""
+    """Connect to each contender, have the writer record ``n`` messages each, take their latencies.
+
+    Several contenders: all connected at once, the writer's messages going to
+    each in turn (``--interleave``).
+    """
     assert writer.stdin is not None and writer.stdout is not None
     loop = asyncio.get_running_loop()
-    got: dict[int, float] = {}
-    async with connect(contender.url, compression=None, max_size=None) as ws:
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(connect(c.url, compression=None, max_size=None))
+            for c in contenders
+        ]
         await asyncio.sleep(0.5)  # websocketd starts its `tail` for this client
-        cpu_before = contender.cpu()
-        writer.stdin.write(f"{which} {n}\n")
+        cpu_before = [c.cpu() for c in contenders]
+        writer.stdin.write(f"{','.join(map(str, which))} {n}\n")
         writer.stdin.flush()
         finished = loop.run_in_executor(None, writer.stdout.readline)
-        grace_until: float | None = None
-        while len(got) < n:
-            if grace_until is None and finished.done():
-                grace_until = time.monotonic() + 1.0
-            timeout = 0.2 if grace_until is None else grace_until - time.monotonic()
-            if timeout <= 0:
-                break
-            try:
-                message = await asyncio.wait_for(ws.recv(decode=False), timeout)
-            except TimeoutError:
-                continue
-            now = time.monotonic_ns()
-            data = orjson.loads(message)["data"]
-            got[data["step"]] = (now - data["t"]) / 1e6
-        contender.cpu_s += contender.cpu() - cpu_before
+        got = await asyncio.gather(*(receive(ws, n, finished) for ws in sockets))
+        for c, before in zip(contenders, cpu_before, strict=True):
+            c.cpu_s += c.cpu() - before
         await finished
-    contender.written += n
-    contender.lost += n - len(got)
-    contender.latencies.extend(v for step, v in got.items() if step >= warmup)
+    for c, latencies in zip(contenders, got, strict=True):
+        c.written += n
+        c.lost += n - len(latencies)
+        c.latencies.extend(v for step, v in latencies.items() if step >= warmup)
+
+
+async def receive(ws: ClientConnection, n: int, finished: asyncio.Future[str]) -> dict[int, float]:
+    """Latency in ms of each step received on ``ws``, until ``n`` or a second after the writer ended."""
+    got: dict[int, float] = {}
+    grace_until: float | None = None
+    while len(got) < n:
+        if grace_until is None and finished.done():
+            grace_until = time.monotonic() + 1.0
+        timeout = 0.2 if grace_until is None else grace_until - time.monotonic()
+        if timeout <= 0:
+            break
+        try:
+            message = await asyncio.wait_for(ws.recv(decode=False), timeout)
+        except TimeoutError:
+            continue
+        now = time.monotonic_ns()
+        data = orjson.loads(message)["data"]
+        got[data["step"]] = (now - data["t"]) / 1e6
+    return got
 
 
 def summary(contender: Contender, load: list[float]) -> dict[str, float]:
@@ -223,6 +253,28 @@ def summary(contender: Contender, load: list[float]) -> dict[str, float]:
         "lost": contender.lost,
         "cpu_us_per_msg": contender.cpu_s / max(1, contender.written) * 1e6,
         "load_1m": statistics.mean(load),
+    }
+
+
+def paired_rounds(contender: Contender, websocketd: Contender) -> dict[str, float]:
+    """How ``contender``'s p50 compared with websocketd's round by round.
+
+    The machine's speed drifts between rounds (every contender is slower on a
+    slow stretch), so a pooled p50 can hide which one was ahead; rounds pair
+    the two measured within seconds of each other.
+    """
+    diffs = [
+        (mine - theirs) * 1000
+        for mine, theirs in zip(contender.round_p50, websocketd.round_p50, strict=True)
+    ]
+    return {
+        "contender": contender.name,  # type: ignore[dict-item]
+        "rounds": len(diffs),
+        "at_or_under": sum(d <= 0 for d in diffs),
+        "median_diff_us": statistics.median(diffs),
+        "min_diff_us": min(diffs),
+        "max_diff_us": max(diffs),
+        "websocketd_p50_range_ms": f"{min(websocketd.round_p50):.2f}-{max(websocketd.round_p50):.2f}",  # type: ignore[dict-item]
     }
 
 
@@ -260,6 +312,12 @@ def main() -> None:
         "default: this tree)",
     )
     parser.add_argument("--no-websocketd", action="store_true")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="connect to every contender at once and write to each in turn, message by message "
+        "(pairs them within milliseconds instead of seconds)",
+    )
     parser.add_argument(
         "--idle", type=int, default=0, metavar="N", help="also idle CPU with N clients"
     )
@@ -304,23 +362,36 @@ def main() -> None:
         )
         for r in range(args.rounds):
             order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
-            for c in order:
-                before = len(c.latencies)
-                asyncio.run(one_round(c, writer, contenders.index(c), n, args.warmup))
-                round_lat = c.latencies[before:]
-                load.append(os.getloadavg()[0])
-                print(
-                    f"  round {r + 1} {c.name:>12}: p50 {statistics.median(round_lat):.3f} ms, "
-                    f"max {max(round_lat):.2f} ms, lost so far {c.lost}, load {load[-1]:.2f}",
-                    flush=True,
+            turns = [order] if args.interleave else [[c] for c in order]
+            for turn in turns:
+                before = [len(c.latencies) for c in turn]
+                asyncio.run(
+                    one_round(turn, writer, [contenders.index(c) for c in turn], n, args.warmup)
                 )
+                load.append(os.getloadavg()[0])
+                for c, start in zip(turn, before, strict=True):
+                    round_lat = c.latencies[start:]
+                    c.round_p50.append(statistics.median(round_lat))
+                    print(
+                        f"  round {r + 1} {c.name:>12}: p50 {c.round_p50[-1]:.3f} ms, "
+                        f"max {max(round_lat):.2f} ms, lost so far {c.lost}, load {load[-1]:.2f}",
+                        flush=True,
+                    )
         writer.stdin.close()  # type: ignore[union-attr]
         writer.wait(10)
         table(
             f"write -> client latency, 1 message / {args.interval * 1000:g} ms through "
-            f"MetricsRecorder ({args.rounds} alternating rounds, pooled)",
+            f"MetricsRecorder ({args.rounds} {'interleaved' if args.interleave else 'alternating'} "
+            "rounds, pooled)",
             [summary(c, load) for c in contenders],
         )
+        paired = [c for c in contenders if c.name != "websocketd"]
+        if paired and contenders[0].name == "websocketd":
+            table(
+                "round by round: each tailer's p50 less websocketd's in the same round "
+                "(negative: the tailer was faster)",
+                [paired_rounds(c, contenders[0]) for c in paired],
+            )
         if args.idle:
             rows = [
                 asyncio.run(idle_cpu(c, args.idle)) for c in contenders if c.name != "websocketd"
