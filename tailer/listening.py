@@ -3,6 +3,12 @@
 * :func:`listen_socket`: ``--host ::`` (or ``""``) is one IPv6 socket with
   ``IPV6_V6ONLY`` off, so IPv4 clients (``127.0.0.1``) reach it too; asyncio
   would turn ``V6ONLY`` on and leave IPv4 refused.
+* :data:`BACKLOG`: every listening socket's queue of connections the kernel
+  completed and the tailer has not accepted yet is as long as the kernel
+  allows (``net.core.somaxconn``, 4096 by default), not asyncio's 100: a herd
+  of reconnecting clients, or a loop busy for a moment, leaves them waiting
+  there instead of dropped (their SYNs retried after 1, 3, 7 s..., or reset
+  once the handshake times out).
 * :class:`Admission`: connections still in the handshake are capped (they
   also time out, websockets' ``open_timeout``), and so are all connections
   together, below the open-file limit with :data:`RESERVED_FDS` to spare:
@@ -29,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "BACKLOG",
     "RESERVED_FDS",
     "AcceptErrors",
     "Admission",
@@ -44,6 +51,9 @@ log = logging.getLogger("tailer")
 RESERVED_FDS = 64
 
 WILDCARDS = ("", "0.0.0.0", "::")
+
+#: Asked of ``listen()``; the kernel caps it at ``net.core.somaxconn``.
+BACKLOG = socket.SOMAXCONN
 
 
 class Every:
@@ -143,7 +153,7 @@ class AcceptErrors:
             loop.default_exception_handler(context)
 
 
-def listen_socket(host: str, port: int, backlog: int = 512) -> socket.socket | None:
+def listen_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket | None:
     """A dual-stack socket for ``::`` or ``""`` (None for other hosts, or without IPv6)."""
     if host not in ("", "::") or not socket.has_ipv6:
         return None

@@ -49,7 +49,7 @@ from tailer.config import (
 )
 from tailer.fanout import Client, QueueBudget
 from tailer.frames import PONG_FRAME
-from tailer.listening import AcceptErrors, Admission, listen_socket, other_urls
+from tailer.listening import BACKLOG, AcceptErrors, Admission, listen_socket, other_urls
 from tailer.routes import (
     TOKEN_COOKIE,
     RequestError,
@@ -500,8 +500,10 @@ async def _start(app: TailerServer, host: str, port: int) -> Server:
     sock = listen_socket(host, port)
     app.dual_stack = sock is not None
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
-    if sock is None and host == "":
-        where["host"] = "0.0.0.0"  # no IPv6 here: every IPv4 interface
+    if sock is None:
+        where["backlog"] = BACKLOG  # the socket above listens with it already
+        if host == "":
+            where["host"] = "0.0.0.0"  # no IPv6 here: every IPv4 interface
     return await serve(
         app.handler,
         **where,

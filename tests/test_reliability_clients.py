@@ -61,7 +61,6 @@ def _listen_overflows() -> int:
     raise AssertionError("no TcpExt counters in /proc/net/netstat")
 
 
-@pytest.mark.xfail(strict=True, reason="listen backlog of 100 (asyncio's default) on 127.0.0.1")
 @aio(timeout=120)
 async def test_a_herd_of_connections_the_loop_cannot_accept_yet_waits_in_the_kernel(tmp_path):
     """600 clients connecting while the tailer cannot accept are queued, not dropped.
