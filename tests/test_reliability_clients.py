@@ -52,59 +52,6 @@ def _masked(payload: bytes, opcode: int = 0x1) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-def _listen_overflows() -> int:
-    """The kernel's count of connections dropped because a listening socket's queue was full."""
-    lines = Path("/proc/net/netstat").read_text().splitlines()
-    for names, values in zip(lines[::2], lines[1::2], strict=False):
-        if names.startswith("TcpExt:"):
-            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
-    raise AssertionError("no TcpExt counters in /proc/net/netstat")
-
-
-@aio(timeout=120)
-async def test_a_herd_of_connections_the_loop_cannot_accept_yet_waits_in_the_kernel(tmp_path):
-    """600 clients connecting while the tailer cannot accept are queued, not dropped.
-
-    Every dashboard reconnecting at once after a restart, or a loop busy for a
-    moment: the kernel holds connections the tailer has not accepted yet in
-    the listening socket's queue. A queue shorter than the herd drops the
-    rest (``ListenOverflows``), and those clients wait for retransmissions
-    (1 s, 3 s, 7 s...) or are reset once the handshake times out.
-    """
-    if not sys.platform.startswith("linux"):
-        pytest.skip("reads Linux's /proc/net/netstat")
-    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-    if somaxconn < 1024:
-        pytest.skip(f"net.core.somaxconn is {somaxconn}: the kernel caps every queue there")
-    raise_nofile(4096)
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    Writer(runs, "live").message("start")
-    async with tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
-        proc,
-        port,
-        _,
-    ):
-        before = _listen_overflows()
-        os.kill(proc.pid, signal.SIGSTOP)
-        try:
-            herd = [asyncio.ensure_future(_open_raw(port, "/?experiment=live")) for _ in range(600)]
-            await asyncio.sleep(1.0)  # every SYN answered or dropped by the kernel
-            dropped = _listen_overflows() - before
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        try:
-            assert dropped == 0
-            connections = await asyncio.gather(*herd)  # each one answered 101
-        finally:
-            for task in herd:
-                task.cancel()
-            for task in herd:
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    task.result()[1].transport.abort()
-    assert len(connections) == 600
-
-
 @pytest.mark.slow
 @aio(240)
 async def test_a_thousand_careless_clients_do_not_hurt_honest_ones(tmp_path):
@@ -292,3 +239,56 @@ async def test_max_clients_is_reachable_under_a_low_open_file_limit(tmp_path):
                 writer.transport.abort()
     text = (tmp_path / "serve.log").read_text()
     assert "Too many open files" not in text, text[-2000:]
+
+
+def _listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listening socket's queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    raise AssertionError("no TcpExt counters in /proc/net/netstat")
+
+
+@aio(timeout=120)
+async def test_a_herd_of_connections_the_loop_cannot_accept_yet_waits_in_the_kernel(tmp_path):
+    """300 clients connecting while the tailer cannot accept are queued, not dropped.
+
+    Every dashboard reconnecting at once after a restart, or a loop busy for a
+    moment: the kernel holds connections the tailer has not accepted yet in
+    the listening socket's queue. A queue shorter than the herd drops the
+    rest (``ListenOverflows``), and those clients wait for retransmissions
+    (1 s, 3 s, 7 s...) or are reset once the handshake times out.
+    """
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads Linux's /proc/net/netstat")
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    if somaxconn < 1024:
+        pytest.skip(f"net.core.somaxconn is {somaxconn}: the kernel caps every queue there")
+    raise_nofile(4096)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    Writer(runs, "live").message("start")
+    async with tailer_cli("serve", str(runs), "--port", "0", "-q", log=tmp_path / "serve.log") as (
+        proc,
+        port,
+        _,
+    ):
+        before = _listen_overflows()
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            herd = [asyncio.ensure_future(_open_raw(port, "/?experiment=live")) for _ in range(300)]
+            await asyncio.sleep(1.0)  # every SYN answered or dropped by the kernel
+            dropped = _listen_overflows() - before
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        try:
+            assert dropped == 0
+            connections = await asyncio.gather(*herd)  # each one answered 101
+        finally:
+            for task in herd:
+                task.cancel()
+            for task in herd:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    task.result()[1].transport.abort()
+    assert len(connections) == 300
