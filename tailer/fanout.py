@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Container, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from websockets.exceptions import ConnectionClosed
@@ -35,6 +35,8 @@ from tailer.reader import FileReader, Notes, PollKind, PollResult, StaleHistory
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
+
+    from tailer.sessions import CountingTransport
 
 __all__ = ["Client", "DirectoryFanout", "log_reset_frame"]
 
@@ -88,7 +90,7 @@ class Client:
         #: A session's :class:`~tailer.sessions.CountingTransport` (None: none): websockets
         #: writes through it; :meth:`write` writes to the transport under it and counts here,
         #: one Python call less per line.
-        self.counter: Any = None
+        self.counter: CountingTransport | None = None
 
     def write(self, frames: bytes) -> bool:
         """Queue already-framed bytes; close the client with 1013 if it is too far behind.

@@ -557,10 +557,8 @@ class FileReader:
     ) -> PollResult:
         """Number and check the bytes read at ``read_pos`` (``size``: where the file ends).
 
-        The valid lines, numbered, make the result. A malformed line (``None``:
-        over-long or not one line) is noted by its seq (history skips it
-        without decoding it again) and left out. What can wait until the lines
-        are sent on is left for :meth:`_note` (:meth:`poll` runs it).
+        The valid lines (:meth:`_check`), numbered, make the result; what can
+        wait until they are sent on is left for :meth:`_note` (:meth:`poll` runs it).
         """
         if data.count(b"\n") > max_lines:
             data = at_most_lines(data, max_lines)

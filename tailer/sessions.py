@@ -243,6 +243,8 @@ class SessionClient(Client):
 
     __slots__ = ("held", "marks", "record", "session", "stalled_since", "superseded")
 
+    counter: CountingTransport  # always one here (Client's may be None)
+
     def __init__(
         self,
         connection: ServerConnection,
