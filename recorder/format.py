@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -479,7 +479,7 @@ def restore_non_finite(value: Any) -> Any:
     return value
 
 
-def is_blank_line(line: bytes) -> bool:
+def is_blank_line(line: bytes | bytearray) -> bool:
     """Whether ``line`` (without its ``\\n``) is empty or only ASCII whitespace.
 
     A blank line is not a message: every reader skips it silently, it is not
@@ -537,21 +537,64 @@ class LineBuffer:
         if self._skip >= 0:
             newline = data.find(b"\n")
             if newline < 0:
-                self._skip += len(data)
-                self._skip_blank = self._skip_blank and is_blank_line(data)
+                self._skip_more(data)
                 return 0, False, b""
-            dropped = self._skip + newline + 1
-            over_long = not (self._skip_blank and is_blank_line(data[:newline]))
+            dropped, over_long = self._skip_end(data[:newline])
             data = data[newline + 1 :]
-            self._skip = -1
         if self._rest:
             data = self._rest + data
         end = data.rfind(b"\n") + 1
-        chunk, rest = data[:end], data[end:]
+        self._hold(data[end:])
+        return dropped, over_long, data[:end]
+
+    def read(
+        self, readinto: Callable[[memoryview], int | None], size: int
+    ) -> tuple[int, int, bool, bytearray]:
+        """Read up to ``size`` bytes with ``readinto`` (a binary file's) and feed them.
+
+        Returns ``(read, dropped, over_long, chunk)``: ``read`` is how many
+        bytes were read (0 at the end of the file), the rest as :meth:`feed`
+        returns them, ``chunk`` as a ``bytearray``. The bytes are read in place
+        after those held from the last call and the complete lines are cut off
+        where they lie, so a large block is copied once, by the read, instead
+        of three times (a third of the time of reading a large file).
+        """
+        held = len(self._rest)
+        chunk = bytearray(held + size)
+        chunk[:held] = self._rest
+        with memoryview(chunk) as view, view[held:] as free:
+            read = readinto(free) or 0
+        del chunk[held + read :]
+        dropped, over_long = 0, False
+        if self._skip >= 0:  # nothing is held while an over-long line is dropped
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                self._skip_more(chunk)
+                return read, 0, False, bytearray()
+            dropped, over_long = self._skip_end(chunk[:newline])
+            del chunk[: newline + 1]
+        end = chunk.rfind(b"\n") + 1
+        self._hold(bytes(chunk[end:]))
+        del chunk[end:]
+        return read, dropped, over_long, chunk
+
+    def _hold(self, rest: bytes) -> None:
+        """Keep ``rest`` (bytes after the last newline) for the next call, unless it is over-long."""
         if len(rest) > self.max_line_bytes:
             self._skip, self._skip_blank, rest = len(rest), is_blank_line(rest), b""
         self._rest = rest
-        return dropped, over_long, chunk
+
+    def _skip_more(self, data: bytes | bytearray) -> None:
+        """``data`` has no newline: drop it, as part of the over-long line."""
+        self._skip += len(data)
+        self._skip_blank = self._skip_blank and is_blank_line(data)
+
+    def _skip_end(self, last: bytes | bytearray) -> tuple[int, bool]:
+        """The over-long line ends with ``last``: ``(dropped, over_long)`` as :meth:`feed` says."""
+        dropped = self._skip + len(last) + 1
+        over_long = not (self._skip_blank and is_blank_line(last))
+        self._skip = -1
+        return dropped, over_long
 
     @property
     def torn(self) -> bool:

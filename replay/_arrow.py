@@ -27,7 +27,6 @@ path, which also counts its malformed lines.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -131,7 +130,7 @@ _ATTEMPT_START = _strings([ATTEMPT_START])[0]
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse(chunk: bytes, lines: int) -> pa.Table:
+def _parse(chunk: bytearray, lines: int) -> pa.Table:
     """``chunk`` (complete lines) as a table of one row per line, or :class:`_ReadLineByLine`."""
     if not chunk.isascii():
         try:
@@ -143,7 +142,7 @@ def _parse(chunk: bytes, lines: int) -> pa.Table:
     if len(chunk) > MAX_LINE_BYTES and _has_long_line(chunk):
         raise _ReadLineByLine  # decode_line refuses it, pyarrow would not
     try:
-        table = pj.read_json(io.BytesIO(chunk), read_options=_READ, parse_options=_PARSE)
+        table = pj.read_json(pa.BufferReader(chunk), read_options=_READ, parse_options=_PARSE)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         raise _ReadLineByLine from None
     # Fewer rows: blank lines (pyarrow skips them); more: two objects on one line.
@@ -174,7 +173,7 @@ def _check_values(kind: pa.DataType, column: Any, depth: int) -> None:
                 _check_values(field.type, pc.struct_field(column, [i]), depth + 1)
 
 
-def _has_long_line(chunk: bytes, limit: int = MAX_LINE_BYTES) -> bool:
+def _has_long_line(chunk: bytes | bytearray, limit: int = MAX_LINE_BYTES) -> bool:
     """Whether a line of ``chunk`` (complete lines) is longer than ``limit`` without its newline.
 
     Jumps to the last newline within ``limit + 1`` bytes of each line start, so a
@@ -328,7 +327,7 @@ class _FastMetrics:
         self.experiment_id_scalar = _strings([careful.experiment_id])[0]
         self.with_experiment_id = careful.with_experiment_id
 
-    def batch(self, table: pa.Table, first_seq: int, chunk: bytes) -> pa.RecordBatch | None:
+    def batch(self, table: pa.Table, first_seq: int, chunk: bytearray) -> pa.RecordBatch | None:
         rows = table.num_rows
         data = table.column("data").combine_chunks() if "data" in table.column_names else None
         if data is not None and not pa.types.is_struct(data.type):
@@ -388,7 +387,7 @@ class _FastMetrics:
         self.careful.attempts.settle(attempts, started)
         return batch
 
-    def _in_rank_order(self, leaves: list[_Leaf], chunk: bytes) -> list[_Leaf]:
+    def _in_rank_order(self, leaves: list[_Leaf], chunk: bytearray) -> list[_Leaf]:
         """``leaves`` sorted by :class:`MetricOrder`, ranking the names new in this block.
 
         A new name is ranked by the first row it holds a value in; names new in
@@ -417,13 +416,13 @@ class _FastMetrics:
                     self.order.add(name)
         return sorted(leaves, key=lambda leaf: rank[leaf.name])
 
-    def _key_order(self, chunk: bytes, row: int, names: list[str]) -> list[str]:
+    def _key_order(self, chunk: bytearray, row: int, names: list[str]) -> list[str]:
         """``names`` in the order the careful walk meets them in line ``row`` of ``chunk``."""
         start = 0
         for _ in range(row):
             start = chunk.index(b"\n", start) + 1
         try:
-            data = decode_line(chunk[start : chunk.index(b"\n", start)]).get("data")
+            data = decode_line(bytes(chunk[start : chunk.index(b"\n", start)])).get("data")
         except MalformedLine:  # cannot happen: pyarrow read the line, and _parse refuses the rest
             raise _ReadLineByLine from None
         walker = MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
@@ -435,7 +434,7 @@ class _FastMetrics:
         return ordered
 
 
-def _parsed(chunk: bytes) -> tuple[pa.Table | None, int]:
+def _parsed(chunk: bytearray) -> tuple[pa.Table | None, int]:
     """:func:`_parse` and the number of lines, None for a block to read the careful way.
 
     Runs on a worker thread: pyarrow and numpy let go of the GIL (``bytes.count`` would not).
@@ -475,7 +474,7 @@ def fast_metric_batches(
     fast = _FastMetrics(careful)
     seq = 0
 
-    def rows_of(oversized: bool, chunk: bytes, parsed: Future[Any] | None) -> Any:
+    def rows_of(oversized: bool, chunk: bytearray, parsed: Future[Any] | None) -> Any:
         nonlocal seq
         if oversized:
             careful.malformed += 1
@@ -491,7 +490,7 @@ def fast_metric_batches(
                 taken["arrow"] = taken.get("arrow", 0) + 1
             except _ReadLineByLine:
                 taken["careful"] = taken.get("careful", 0) + 1
-                split = split_lines(chunk)[0]
+                split = split_lines(bytes(chunk))[0]
                 with gc_paused():
                     batch = careful.add(seq, split)  # type: ignore[arg-type]
                 lines = len(split)
@@ -504,7 +503,7 @@ def fast_metric_batches(
     ):
         blocks = LineBlocks(file, block_bytes=block_bytes)
         done = 0
-        waiting: tuple[bool, bytes, Future[Any] | None] | None = None
+        waiting: tuple[bool, bytearray, Future[Any] | None] | None = None
         for oversized, chunk in blocks.chunks():
             parsed = pool.submit(_parsed, chunk) if chunk else None
             if waiting is not None:

@@ -17,11 +17,12 @@ Two pieces shared by :mod:`replay.tables`, :mod:`replay.export` and
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Union
 
 from recorder.format import (
     MAX_LINE_BYTES,
@@ -152,7 +153,7 @@ class LineBlocks:
 
     def __init__(
         self,
-        file: BinaryIO,
+        file: io.BufferedIOBase,
         *,
         block_bytes: int | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
@@ -166,29 +167,29 @@ class LineBlocks:
 
     def __iter__(self) -> Iterator[tuple[int, list[bytes | None]]]:
         for oversized, chunk in self.chunks():
-            lines: list[bytes | None] = split_lines(chunk)[0]  # type: ignore[assignment]
+            lines: list[bytes | None] = split_lines(bytes(chunk))[0]  # type: ignore[assignment]
             out = [None, *lines] if oversized else lines
             if out:
                 first = self.next_seq
                 self.next_seq += len(out)
                 yield first, out
 
-    def chunks(self) -> Iterator[tuple[bool, bytes]]:
+    def chunks(self) -> Iterator[tuple[bool, bytearray]]:
         """The file as ``(oversized, chunk)``: raw bytes of complete lines, each ending in ``\\n``.
 
         ``oversized`` says that one line over the limit, left out of ``chunk``,
         came just before it. Only the caller numbers the lines (and so
         advances :attr:`next_seq`); :attr:`torn` and :attr:`bytes_read` are
-        kept here, as for iteration.
+        kept here, as for iteration. Each chunk is a new ``bytearray``, the
+        caller's to keep.
         """
-        read = self.file.read
+        readinto = self.file.readinto
         lines = LineBuffer(self.max_line_bytes)
         while True:
-            block = read(self.block_bytes)
-            if not block:
+            read, _, oversized, chunk = lines.read(readinto, self.block_bytes)
+            if not read:
                 break
-            self.bytes_read += len(block)
-            _, oversized, chunk = lines.feed(block)
+            self.bytes_read += read
             if chunk or oversized:
                 yield oversized, chunk
         self.torn = lines.torn

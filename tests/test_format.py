@@ -296,17 +296,29 @@ def test_line_buffer_gives_the_same_lines_however_the_bytes_arrive(
 ) -> None:
     """LineBuffer: complete lines, over-long ones and the torn tail do not depend on the reads.
 
+    Nor on whether the bytes are fed (the tailer) or read in place (replay).
+
     An over-long line that arrives whole comes back whole (the decoder refuses
     it); one that grows past the limit comes back as ``None``: both take a seq.
     """
     data = b"".join(parts)
 
-    def fed(pieces: list[bytes]) -> tuple[list[bytes | None], int, bool]:
+    def fed(pieces: list[bytes], *, read: bool = False) -> tuple[list[bytes | None], int, bool]:
         buffer = LineBuffer(max_line_bytes=10)
         lines: list[bytes | None] = []
         offset = 0
         for piece in pieces:
-            dropped, over_long, chunk = buffer.feed(piece)
+            if read:  # the way LineBlocks reads a file: into the buffer, in place
+
+                def readinto(view: memoryview, piece: bytes = piece) -> int:
+                    view[: len(piece)] = piece
+                    return len(piece)
+
+                got, dropped, over_long, chunk = buffer.read(readinto, len(piece))
+                assert got == len(piece) and isinstance(chunk, bytearray)
+                chunk = bytes(chunk)
+            else:
+                dropped, over_long, chunk = buffer.feed(piece)
             lines += [None] * over_long + split_lines(chunk)[0]
             offset += dropped + len(chunk)
         return [None if line and len(line) > 10 else line for line in lines], offset, buffer.torn
@@ -319,6 +331,7 @@ def test_line_buffer_gives_the_same_lines_however_the_bytes_arrive(
         None if len(line) > 10 else line for line in data[:whole].split(b"\n")[:-1] if line.strip()
     ]
     assert fed(pieces) == fed([data]) == (want, whole, bool(tail.strip()))
+    assert fed(pieces, read=True) == fed([data], read=True) == fed(pieces)
 
 
 def test_blank_lines_are_no_lines() -> None:
