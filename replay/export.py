@@ -58,8 +58,33 @@ PART_NAME = "part-0.parquet"
 #: Rows gathered into one Parquet row group (a few MB of Arrow data).
 ROW_GROUP_ROWS = 256 * 1024
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
-#: Columns written with a Parquet dictionary (few distinct values); the others plain.
+#: Columns written with a Parquet dictionary (few distinct values).
 DICTIONARY_COLUMNS = ("experiment_id", "type", "phase", "client_id", "metric")
+#: Other columns' encodings, where one beats plain: counters and times as deltas (a third
+#: of plain's size), float bytes split by position (zstd then finds what repeats: 4 % smaller,
+#: and it takes half the time). Readers that know Parquet 2.x read them all (pyarrow, pandas,
+#: DuckDB, Polars, Spark).
+COLUMN_ENCODINGS = {
+    "seq": "DELTA_BINARY_PACKED",
+    "step": "DELTA_BINARY_PACKED",
+    "timestamp": "DELTA_BINARY_PACKED",
+    "value": "BYTE_STREAM_SPLIT",
+}
+#: Columns with min/max statistics in each row group. The text columns whose every row
+#: group holds all sorts of values (type, phase, client_id, metric; data and extra in the
+#: message table) are left out: their min and max would let no reader skip a row group,
+#: and computing them cost a sixth of the writing.
+STATISTICS_COLUMNS = (
+    "experiment_id",
+    "rank",
+    "seq",
+    "attempt",
+    "timestamp",
+    "epoch",
+    "step",
+    "round",
+    "value",
+)
 
 
 class ExportError(Exception):
@@ -163,10 +188,15 @@ def _write_run(
             path,
             schema,
             compression=None if compression == "none" else compression,
-            write_statistics=True,
+            write_statistics=[name for name in STATISTICS_COLUMNS if name in schema.names],
             # Dictionary pages only where values repeat: hashing every seq, step and value
             # cost a third of the writing, and plain numbers compress smaller.
             use_dictionary=[name for name in DICTIONARY_COLUMNS if name in schema.names],
+            column_encoding={
+                name: encoding
+                for name, encoding in COLUMN_ENCODINGS.items()
+                if name in schema.names
+            },
         ) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtail-export") as pool,
     ):

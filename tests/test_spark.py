@@ -101,6 +101,10 @@ def test_spark_reads_the_exported_dataset_and_aggregates_like_pandas(tmp_path: P
                 F.min("value").alias("low"),
                 F.max("value").alias("high"),
                 F.countDistinct("rank").alias("ranks"),
+                # Columns written with delta encodings (seq, step, timestamp): read exactly.
+                F.sum("seq").alias("seqs"),
+                F.sum("step").alias("steps"),
+                F.max("timestamp").alias("last"),
             )
             .collect()
         )
@@ -109,6 +113,10 @@ def test_spark_reads_the_exported_dataset_and_aggregates_like_pandas(tmp_path: P
         spark.stop()
     got = {
         (r["experiment_id"], r["metric"]): (r["n"], r["total"], r["low"], r["high"], r["ranks"])
+        for r in rows
+    }
+    exact = {
+        (r["experiment_id"], r["metric"]): (r["seqs"], r["steps"], r["last"].timestamp())
         for r in rows
     }
 
@@ -124,6 +132,15 @@ def test_spark_reads_the_exported_dataset_and_aggregates_like_pandas(tmp_path: P
         )
         for key, group in grouped
     }
+    want_exact = {
+        key: (
+            group["seq"].sum(),
+            None if group["step"].isna().all() else group["step"].sum(),
+            group["timestamp"].max().timestamp(),
+        )
+        for key, group in grouped
+    }
+    assert exact == want_exact
     assert got.keys() == want.keys()
     for key, (n, total, low, high, ranks) in want.items():
         g = got[key]
