@@ -124,6 +124,11 @@ def _strings(texts: list[str]) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), data])
 
 
+def _whole(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array: its only chunk as it is (combining would copy it)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _flags(array: Any) -> np.ndarray:
     """An Arrow boolean array as numpy: true where it is true (not null)."""
     return _bits(array.buffers()[1], array.offset, len(array)) & _valid(array)
@@ -155,7 +160,8 @@ def _parse(chunk: bytearray, lines: int) -> pa.Table:
     if table.num_rows != lines or table.column("type").null_count:
         raise _ReadLineByLine
     for column in table.columns:
-        _check_values(column.type, column, 0)
+        for part in column.chunks:
+            _check_values(column.type, part, 0)
     return table
 
 
@@ -169,14 +175,18 @@ def _check_values(kind: pa.DataType, column: Any, depth: int) -> None:
     """
     if depth > _MAX_DEPTH or pa.types.is_list(kind) or pa.types.is_large_list(kind):
         raise _ReadLineByLine
-    if pa.types.is_floating(kind):
+    if pa.types.is_float64(kind):
+        finite = np.isfinite(_numbers(column, np.float64))
+        if not finite.all() and not finite[_valid(column)].all():  # under a null: no value
+            raise _ReadLineByLine
+    elif pa.types.is_floating(kind):
         if pc.any(pc.invert(pc.is_finite(column))).as_py():
             raise _ReadLineByLine
     elif pa.types.is_struct(kind):
         for i in range(kind.num_fields):
             field = kind.field(i)
             if pa.types.is_floating(field.type) or _nested(field.type):
-                _check_values(field.type, pc.struct_field(column, [i]), depth + 1)
+                _check_values(field.type, column.field(i), depth + 1)
 
 
 def _has_long_line(chunk: bytes | bytearray, limit: int = MAX_LINE_BYTES) -> bool:
@@ -335,12 +345,12 @@ class _FastMetrics:
 
     def batch(self, table: pa.Table, first_seq: int, chunk: bytearray) -> pa.RecordBatch | None:
         rows = table.num_rows
-        data = table.column("data").combine_chunks() if "data" in table.column_names else None
+        data = _whole(table.column("data")) if "data" in table.column_names else None
         if data is not None and not pa.types.is_struct(data.type):
             if data.null_count < rows:
                 raise _ReadLineByLine  # a number (the metric "value") or a list as data
             data = None
-        kinds = table.column("type").combine_chunks()
+        kinds = _whole(table.column("type"))
         starts = _flags(pc.equal(kinds, _ATTEMPT_START))
         attempts, started = self.careful.attempts.of_rows(starts)
         leaves: list[_Leaf] = []
@@ -362,7 +372,7 @@ class _FastMetrics:
         names = _strings([leaf.name for leaf in leaves])
 
         take = _array(owner, pa.int64())
-        stamps = table.column("timestamp").combine_chunks()
+        stamps = _whole(table.column("timestamp"))
         try:
             timestamps = stamps.cast(TIMESTAMP_TYPE)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # parsed one by one, once each
