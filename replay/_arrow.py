@@ -124,6 +124,23 @@ def _strings(texts: list[str]) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), data])
 
 
+def _dictionary(indices: np.ndarray, dictionary: pa.Array) -> pa.Array:
+    """An int32 numpy array of positions in ``dictionary`` as a dictionary array."""
+    return pa.DictionaryArray.from_arrays(_array(indices, pa.int32()), dictionary, safe=False)
+
+
+def _spread(column: pa.Array, take: pa.Array, dictionary: bool) -> pa.Array:
+    """``column`` (a value per line) spread over the rows by ``take``, as a dictionary if asked.
+
+    The dictionary of a block's lines is found once, its positions spread:
+    ints moved instead of strings.
+    """
+    if not dictionary:
+        return column.take(take)
+    encoded = column.dictionary_encode()
+    return pa.DictionaryArray.from_arrays(encoded.indices.take(take), encoded.dictionary)
+
+
 def _whole(column: pa.ChunkedArray) -> pa.Array:
     """A column as one array: its only chunk as it is (combining would copy it)."""
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
@@ -340,8 +357,9 @@ class _FastMetrics:
         self.order = careful.order
         self.schema = careful.schema
         self.experiment_id = careful.experiment_id
-        self.experiment_id_scalar = _strings([careful.experiment_id])[0]
+        self.experiment_id_text = _strings([careful.experiment_id])
         self.with_experiment_id = careful.with_experiment_id
+        self.dictionary_text = pa.types.is_dictionary(self.schema.field("metric").type)
 
     def batch(self, table: pa.Table, first_seq: int, chunk: bytearray) -> pa.RecordBatch | None:
         rows = table.num_rows
@@ -369,7 +387,6 @@ class _FastMetrics:
         held = np.flatnonzero(present)
         owner = held // len(leaves)
         leaf_of_row = held - owner * len(leaves)
-        names = _strings([leaf.name for leaf in leaves])
 
         take = _array(owner, pa.int64())
         stamps = _whole(table.column("timestamp"))
@@ -386,25 +403,43 @@ class _FastMetrics:
             timestamps = timestamps.take(take)
         columns: list[Any] = []
         n = len(owner)
+        text = self.dictionary_text
         if self.with_experiment_id:
-            columns.append(pa.repeat(self.experiment_id_scalar, n))
+            if text:
+                columns.append(_dictionary(np.zeros(n, np.int32), self.experiment_id_text))
+            else:
+                columns.append(pa.repeat(self.experiment_id_text[0], n))
         columns += [
             pa.repeat(self.careful.rank, n),
             _array(owner + first_seq, pa.int64()),
             _array(attempts[owner], pa.int64()),
             timestamps,
-            kinds.take(take),
-            _phase(data, rows).take(take),
+            _spread(kinds, take, text),
+            _spread(_phase(data, rows), take, text),
             _first_index(data, EPOCH_KEYS, rows).take(take),
             _first_index(data, STEP_KEYS, rows).take(take),
             _first_index(data, ROUND_KEYS, rows).take(take),
-            _client_ids(data, rows).take(take),
-            names.take(_array(leaf_of_row, pa.int64())),
+            _spread(_client_ids(data, rows), take, text),
+            self._metric_names(leaves, leaf_of_row, text),
             _array(values.ravel()[held], pa.float64()),
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         self.careful.attempts.settle(attempts, started)
         return batch
+
+    @staticmethod
+    def _metric_names(leaves: list[_Leaf], leaf_of_row: np.ndarray, dictionary: bool) -> pa.Array:
+        """The ``metric`` column: the name of each row's leaf, as a dictionary array if asked.
+
+        ``data.loss`` and ``data.metrics.loss`` are two leaves named ``loss``:
+        the dictionary holds each name once, since one holding a value twice
+        makes the Parquet writer give up its dictionary for the row group.
+        """
+        if not dictionary:
+            return _strings([leaf.name for leaf in leaves]).take(_array(leaf_of_row, pa.int64()))
+        codes: dict[str, int] = {}
+        of_leaf = np.array([codes.setdefault(leaf.name, len(codes)) for leaf in leaves], np.int32)
+        return _dictionary(of_leaf[leaf_of_row], _strings(list(codes)))
 
     def _in_rank_order(self, leaves: list[_Leaf], chunk: bytearray) -> list[_Leaf]:
         """``leaves`` sorted by :class:`MetricOrder`, ranking the names new in this block.

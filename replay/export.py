@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import itertools
 import os
 import secrets
 import shutil
@@ -169,16 +171,25 @@ def _write_run(
 ) -> int:
     """Write one run's batches to the Parquet file ``path`` (or open sink); return the rows written.
 
+    ``schema`` is the table readers get. The batches may hold its text
+    columns as dictionary arrays (:func:`replay.tables.metrics_schema`'s
+    ``dictionary_text``): Parquet stores them as dictionaries either way, and
+    the file still names ``schema`` as its Arrow schema, so every reader sees
+    strings.
+
     Blocks are small (to bound memory), so row groups are gathered from
     several of them. Encoding and compressing a row group runs in a writer
     thread (Arrow releases the GIL there) while this thread parses the next
     lines; at most one row group waits for it, so memory stays bounded.
     """
+    import base64
     from concurrent.futures import Future, ThreadPoolExecutor
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    first = next(batches, None)
+    held = schema if first is None else first.schema
     rows = 0
     pending: list[Any] = []
     pending_rows = 0
@@ -186,7 +197,7 @@ def _write_run(
     with (
         pq.ParquetWriter(
             path,
-            schema,
+            held,
             compression=None if compression == "none" else compression,
             write_statistics=[name for name in STATISTICS_COLUMNS if name in schema.names],
             # Dictionary pages only where values repeat: hashing every seq, step and value
@@ -200,18 +211,23 @@ def _write_run(
         ) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtail-export") as pool,
     ):
+        if held != schema:  # the schema Arrow readers restore (pyarrow's own "ARROW:schema" key)
+            stored = base64.b64encode(schema.serialize().to_pybytes())
+            writer.add_key_value_metadata({b"ARROW:schema": stored})
 
         def flush() -> None:
             nonlocal writing, pending, pending_rows, rows
             if writing is not None:
                 writing.result()  # raises what the writer thread raised
-            table = pa.Table.from_batches(pending, schema)
+            # One dictionary per column in a row group: the writer then stores it as it is
+            # (a block's own dictionaries would make it hash every value again).
+            table = pa.Table.from_batches(pending, held).unify_dictionaries()
             writing = pool.submit(writer.write_table, table, row_group_size=pending_rows)
             rows += pending_rows
             pending, pending_rows = [], 0
 
         try:
-            for batch in batches:
+            for batch in itertools.chain([] if first is None else [first], batches):
                 pending.append(batch)
                 pending_rows += batch.num_rows
                 if pending_rows >= ROW_GROUP_ROWS:
@@ -304,11 +320,15 @@ def export(
             )
     else:
         runs = [Run.of(src_path)]
-    batches_of = metric_batches if table == "metrics" else message_batches
-    schema_of = metrics_schema if table == "metrics" else message_table_schema
-    writer = _RunWriter(
-        batches_of, schema_of(with_experiment_id=not dataset), compression, result, on_bytes
-    )
+    if table == "metrics":
+        batches_of: Callable[..., Iterator[Any]] = functools.partial(
+            metric_batches, dictionary_text=True
+        )
+        schema = metrics_schema(with_experiment_id=not dataset)
+    else:
+        batches_of = message_batches
+        schema = message_table_schema(with_experiment_id=not dataset)
+    writer = _RunWriter(batches_of, schema, compression, result, on_bytes)
     if destination.local is None or incremental:
         if dataset:
             _export_partitions(

@@ -189,16 +189,44 @@ def _pandas_metadata(fields: list[pa.Field], nullable_ints: frozenset[str]) -> b
     return json.dumps(document).encode()
 
 
-def _schema(types: dict[str, pa.DataType], with_experiment_id: bool) -> pa.Schema:
+#: How :func:`metrics_schema` holds text with ``dictionary_text``.
+TEXT_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+
+
+def _schema(
+    types: dict[str, pa.DataType], with_experiment_id: bool, dictionary_text: bool = False
+) -> pa.Schema:
     fields = [pa.field(name, kind) for name, kind in types.items()]
     if not with_experiment_id:
         fields = fields[1:]
-    return pa.schema(fields, metadata={b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)})
+    metadata = {b"pandas": _pandas_metadata(fields, _NULLABLE_INTS)}  # pandas reads text as str
+    if dictionary_text:
+        fields = [
+            pa.field(field.name, TEXT_DICTIONARY) if field.type == pa.string() else field
+            for field in fields
+        ]
+    return pa.schema(fields, metadata=metadata)
 
 
-def metrics_schema(*, with_experiment_id: bool = True) -> pa.Schema:
-    """The Arrow schema of the metrics table (without ``experiment_id`` for a hive dataset)."""
-    return _schema(_METRIC_TYPES, with_experiment_id)
+def metrics_schema(*, with_experiment_id: bool = True, dictionary_text: bool = False) -> pa.Schema:
+    """The Arrow schema of the metrics table (without ``experiment_id`` for a hive dataset).
+
+    With ``dictionary_text``, its text columns are dictionary arrays
+    (:data:`TEXT_DICTIONARY`), as :func:`replay.export.export` has them built:
+    the Parquet file stores them as dictionaries either way, so Arrow need not
+    lay out every string to have the writer hash it back into a dictionary.
+    """
+    return _schema(_METRIC_TYPES, with_experiment_id, dictionary_text)
+
+
+def fit_text(columns: list[pa.Array], schema: pa.Schema) -> list[pa.Array]:
+    """``columns`` with the text ``schema`` holds as dictionaries dictionary-encoded."""
+    return [
+        column.dictionary_encode()
+        if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(column.type)
+        else column
+        for column, field in zip(columns, schema, strict=True)
+    ]
 
 
 def message_table_schema(*, with_experiment_id: bool = True) -> pa.Schema:
@@ -652,7 +680,7 @@ class MetricsBuilder:
             values = values.take(pa.array(order))
         columns.append(self._names_array.take(pa.array(codes)))
         columns.append(values)
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        return pa.RecordBatch.from_arrays(fit_text(columns, self.schema), schema=self.schema)
 
     def _rank_order(self, codes: Any, owner: Any) -> Any:
         """The permutation that sorts each message's rows by :class:`MetricOrder`, or None.
@@ -845,6 +873,7 @@ def metric_batches(
     with_experiment_id: bool = True,
     on_bytes: Callable[[int], None] | None = None,
     careful: bool = False,
+    dictionary_text: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """The metrics table of one run as record batches, one per block of lines read.
 
@@ -852,8 +881,9 @@ def metric_batches(
     called with the number of bytes read after each block (for progress).
     pyarrow parses the blocks it can read exactly (:mod:`replay._arrow`); the
     others, and every block when ``careful`` is true, are decoded line by line.
+    ``dictionary_text``: see :func:`metrics_schema`.
     """
-    schema = metrics_schema(with_experiment_id=with_experiment_id)
+    schema = metrics_schema(with_experiment_id=with_experiment_id, dictionary_text=dictionary_text)
     builder = MetricsBuilder(run.experiment_id, run.rank, schema)
     if careful:
         return _run_batches(run, builder, skips, on_bytes=on_bytes)

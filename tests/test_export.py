@@ -19,7 +19,7 @@ import replay._arrow as arrow
 import replay._source as source
 from recorder.format import decode_line, encode_line
 from replay.export import ExportError, export
-from replay.tables import SkippedLinesWarning, read_metrics
+from replay.tables import MetricsBuilder, SkippedLinesWarning, metrics_schema, read_metrics
 from tests._replay_helpers import SAMPLE_RUNS, line, mixed_run, write_run
 
 
@@ -67,6 +67,49 @@ def test_file_export_in_many_row_groups(tmp_path: Path, monkeypatch: pytest.Monk
     export(run, tmp_path / "a.parquet")
     assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups > 5
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), read_metrics(run))
+
+
+def test_text_reads_back_as_strings_whichever_way_each_block_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export builds its text columns as dictionaries; every reader still sees strings.
+
+    Blocks pyarrow parses and blocks read line by line (a broken line sends one
+    there) share row groups; the file's Arrow schema is the metrics table's.
+    """
+    import replay.export as export_module
+
+    run = mixed_run(tmp_path / "run-a.jsonl", epochs=40)
+    lines = run.read_bytes().splitlines(keepends=True)
+    run.write_bytes(b"".join([*lines[:100], b"broken\n", *lines[100:]]))
+    monkeypatch.setattr(arrow, "FAST_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 60)
+    taken: list[str] = []
+
+    def spy(real: Any, way: str) -> Any:
+        def counted(self: Any, *args: Any) -> Any:
+            taken.append(way)
+            return real(self, *args)
+
+        return counted
+
+    monkeypatch.setattr(arrow._FastMetrics, "batch", spy(arrow._FastMetrics.batch, "arrow"))
+    monkeypatch.setattr(MetricsBuilder, "add", spy(MetricsBuilder.add, "careful"))
+    export(run, tmp_path / "a.parquet")
+    assert "careful" in taken and "arrow" in taken
+    schema = metrics_schema()
+    assert pq.read_schema(tmp_path / "a.parquet").equals(schema, check_metadata=True)
+    expected = read_metrics(run)
+    table = pq.read_table(tmp_path / "a.parquet")
+    assert table.schema.equals(schema) and table.num_rows == len(expected)
+    pd.testing.assert_frame_equal(table.to_pandas(), expected)
+    metadata = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    assert metadata.num_row_groups > 3
+    metric = schema.names.index("metric")
+    assert all(  # stored as Parquet dictionaries, as before
+        "RLE_DICTIONARY" in metadata.row_group(i).column(metric).encodings
+        for i in range(metadata.num_row_groups)
+    )
 
 
 def test_empty_run_exports_schema(tmp_path: Path) -> None:

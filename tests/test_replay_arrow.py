@@ -27,13 +27,18 @@ def careful_table(path: Path) -> tuple[pa.Table, SkipCounts]:
     return pa.Table.from_batches(batches, schema=metrics_schema()), skips
 
 
-def fast_table(path: Path, *, block_bytes: int = 8 << 20) -> tuple[pa.Table, SkipCounts, dict]:
+def fast_table(
+    path: Path, *, block_bytes: int = 8 << 20, dictionary_text: bool = False
+) -> tuple[pa.Table, SkipCounts, dict]:
+    """The fast path's table; with ``dictionary_text`` built as the export has it, then decoded."""
     skips = SkipCounts()
     taken: dict[str, int] = {}
     run = Run.of(path)
-    builder = MetricsBuilder(run.experiment_id, run.rank, metrics_schema())
+    schema = metrics_schema(dictionary_text=dictionary_text)
+    builder = MetricsBuilder(run.experiment_id, run.rank, schema)
     batches = list(fast_metric_batches(run, builder, skips, block_bytes=block_bytes, taken=taken))
-    return pa.Table.from_batches(batches, schema=metrics_schema()), skips, taken
+    table = pa.Table.from_batches(batches, schema=schema)
+    return table.cast(metrics_schema()), skips, taken
 
 
 def assert_same_rows(fast: pa.Table, careful: pa.Table) -> None:
@@ -52,10 +57,18 @@ def assert_same_rows(fast: pa.Table, careful: pa.Table) -> None:
 
 
 def assert_equal_paths(path: Path, *, block_bytes: int = 8 << 20) -> dict:
+    """The fast path, with text as strings (read_metrics) and as dictionaries (export), equals
+    the careful one."""
     careful, careful_skips = careful_table(path)
-    fast, fast_skips, taken = fast_table(path, block_bytes=block_bytes)
-    assert_same_rows(fast, careful)
-    assert (fast_skips.malformed, fast_skips.torn) == (careful_skips.malformed, careful_skips.torn)
+    for dictionary_text in (False, True):
+        fast, fast_skips, taken = fast_table(
+            path, block_bytes=block_bytes, dictionary_text=dictionary_text
+        )
+        assert_same_rows(fast, careful)
+        assert (fast_skips.malformed, fast_skips.torn) == (
+            careful_skips.malformed,
+            careful_skips.torn,
+        )
     return taken
 
 
