@@ -2,8 +2,8 @@
 
 :func:`fast_metric_batches` gives the rows of :class:`replay.tables.MetricsBuilder`
 (the careful path), in the same order, for a run file read in large blocks of
-complete lines. Each block is parsed by :func:`pyarrow.json.read_json` (C++,
-multi-threaded) into one struct column per level of ``data``; the numeric
+complete lines. Each block is parsed by :func:`pyarrow.json.read_json` (C++, on a
+worker thread: :mod:`replay._jsonparse`) into one struct column per level of ``data``; the numeric
 leaves become the long table with a handful of vectorised steps:
 
 1. the leaves of ``data`` (dotted names, ``metrics`` adding no prefix, index
@@ -21,31 +21,25 @@ pyarrow reads JSON more liberally than :func:`recorder.format.decode_line`
 nesting past orjson's limit) and coerces what the careful path keeps apart (a
 number that is a string in another line is an error, an integer past int64 a
 double). So a block is taken here only when nothing in it can differ: any
-doubt (:class:`_ReadLineByLine`) sends that block, and only it, through the careful
+doubt (:class:`ReadLineByLine`) sends that block, and only it, through the careful
 path, which also counts its malformed lines.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pj
 
-from recorder.format import (
-    INDEX_KEYS,
-    MAX_LINE_BYTES,
-    NON_FINITE,
-    MalformedLine,
-    decode_line,
-    split_lines,
-)
+from recorder.format import INDEX_KEYS, NON_FINITE, MalformedLine, decode_line, split_lines
+from replay._buffers import as_arrow, as_dictionary, flags, numbers, strings, valid, whole
+from replay._jsonparse import ParsedBlocks, ReadLineByLine
 from replay._plans import EPOCH_KEYS, ROUND_KEYS, STEP_KEYS
-from replay._source import LineBlocks, Run, SkipCounts
+from replay._source import Run, SkipCounts
 from replay.tables import (
     ATTEMPT_START,
     TIMESTAMP_TYPE,
@@ -54,79 +48,10 @@ from replay.tables import (
     timestamp_array,
 )
 
-__all__ = ["FAST_BLOCK_BYTES", "fast_metric_batches"]
+__all__ = ["fast_metric_batches"]
 
-#: Bytes parsed by one ``read_json`` call: large enough to make its overhead small, small for memory.
-FAST_BLOCK_BYTES = 4 << 20
-#: Blocks parsed at once, each by one ``read_json`` call on one thread (without the GIL).
-#: Whole blocks side by side keep the cores busier than one call spreading each block
-#: over Arrow's threads, which leaves them idle while it splits the block and joins the
-#: parts: the 1M-line export 5 % faster on 2 cores.
-PARSERS = 2
-#: Nesting deeper than this goes the careful way (orjson refuses past 1024 levels).
-_MAX_DEPTH = 200
 _INT64_LIMIT = 2.0**63
 _NON_FINITE_VALUE = np.array([*NON_FINITE.values(), 0.0], np.float64)  # 0.0: not one of them
-
-_PARSE = pj.ParseOptions(
-    # type and timestamp are read as text, so a line where they are not strings fails the block
-    explicit_schema=pa.schema([("type", pa.string()), ("timestamp", pa.string())]),
-    newlines_in_values=False,
-    unexpected_field_behavior="infer",
-)
-_READ = pj.ReadOptions(use_threads=False, block_size=FAST_BLOCK_BYTES + MAX_LINE_BYTES)
-
-
-class _ReadLineByLine(Exception):
-    """Raised when this block may not give the careful path's rows: read it line by line."""
-
-
-# --------------------------------------------------------------------------- numpy <-> Arrow
-
-# Arrays cross between numpy and Arrow through their buffers. pyarrow's own
-# conversions (pa.array, to_numpy with nulls, a Python scalar in a compute call)
-# import pandas, which costs an export a tenth of its CPU time and 50 MB.
-
-
-def _numbers(array: Any, dtype: Any) -> np.ndarray:
-    """The values of a fixed-width Arrow array as a numpy view (anything where null)."""
-    return np.frombuffer(array.buffers()[1], dtype, len(array) + array.offset)[array.offset :]
-
-
-def _bits(buffer: Any, offset: int, length: int) -> np.ndarray:
-    packed = np.frombuffer(buffer, np.uint8)
-    return np.unpackbits(packed, bitorder="little", count=offset + length)[offset:].view(bool)
-
-
-def _valid(array: Any) -> np.ndarray:
-    """Where an Arrow array is not null, as a numpy bool array."""
-    validity = array.buffers()[0]
-    if validity is None:
-        return np.full(len(array), array.null_count == 0)
-    return _bits(validity, array.offset, len(array))
-
-
-def _array(values: np.ndarray, kind: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
-    """A numpy array of ``kind``'s width as an Arrow array, null where ``valid`` is false."""
-    values = np.ascontiguousarray(values)
-    validity = None
-    if valid is not None and not valid.all():
-        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(values)])
-
-
-def _strings(texts: list[str]) -> pa.Array:
-    """A list of str as an Arrow string array."""
-    encoded = [text.encode() for text in texts]
-    offsets = np.zeros(len(encoded) + 1, np.int32)
-    np.cumsum([len(item) for item in encoded], out=offsets[1:])
-    data = pa.py_buffer(b"".join(encoded))
-    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), data])
-
-
-def _dictionary(indices: np.ndarray, dictionary: pa.Array) -> pa.Array:
-    """An int32 numpy array of positions in ``dictionary`` as a dictionary array."""
-    return pa.DictionaryArray.from_arrays(_array(indices, pa.int32()), dictionary, safe=False)
 
 
 def _spread(column: pa.Array, take: pa.Array, dictionary: bool) -> pa.Array:
@@ -141,88 +66,8 @@ def _spread(column: pa.Array, take: pa.Array, dictionary: bool) -> pa.Array:
     return pa.DictionaryArray.from_arrays(encoded.indices.take(take), encoded.dictionary)
 
 
-def _whole(column: pa.ChunkedArray) -> pa.Array:
-    """A column as one array: its only chunk as it is (combining would copy it)."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-
-
-def _flags(array: Any) -> np.ndarray:
-    """An Arrow boolean array as numpy: true where it is true (not null)."""
-    return _bits(array.buffers()[1], array.offset, len(array)) & _valid(array)
-
-
-_NON_FINITE_TEXT = _strings(list(NON_FINITE))
-_ATTEMPT_START = _strings([ATTEMPT_START])[0]
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _parse(chunk: bytearray, lines: int) -> pa.Table:
-    """``chunk`` (complete lines) as a table of one row per line, or :class:`_ReadLineByLine`."""
-    if not chunk.isascii():
-        try:
-            chunk.decode("utf-8")  # pyarrow does not check; orjson refuses invalid UTF-8
-        except UnicodeDecodeError:
-            raise _ReadLineByLine from None
-        if b"\xef\xbb\xbf" in chunk:  # a byte order mark, which pyarrow skips and orjson refuses
-            raise _ReadLineByLine
-    if len(chunk) > MAX_LINE_BYTES and _has_long_line(chunk):
-        raise _ReadLineByLine  # decode_line refuses it, pyarrow would not
-    try:
-        table = pj.read_json(pa.BufferReader(chunk), read_options=_READ, parse_options=_PARSE)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        raise _ReadLineByLine from None
-    # Fewer rows: blank lines (pyarrow skips them); more: two objects on one line.
-    if table.num_rows != lines or table.column("type").null_count:
-        raise _ReadLineByLine
-    for column in table.columns:
-        for part in column.chunks:
-            _check_values(column.type, part, 0)
-    return table
-
-
-def _check_values(kind: pa.DataType, column: Any, depth: int) -> None:
-    """:class:`_ReadLineByLine` for what pyarrow accepts and orjson does not, and for lists.
-
-    NaN and Infinity written bare are numbers to pyarrow, malformed to orjson;
-    orjson refuses nesting past 1024 levels. Lists go the careful way: their
-    values are named by position, and pyarrow 26 builds invalid list arrays
-    from some of them (``[null, 0]``).
-    """
-    if depth > _MAX_DEPTH or pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        raise _ReadLineByLine
-    if pa.types.is_float64(kind):
-        finite = np.isfinite(_numbers(column, np.float64))
-        if not finite.all() and not finite[_valid(column)].all():  # under a null: no value
-            raise _ReadLineByLine
-    elif pa.types.is_floating(kind):
-        if pc.any(pc.invert(pc.is_finite(column))).as_py():
-            raise _ReadLineByLine
-    elif pa.types.is_struct(kind):
-        for i in range(kind.num_fields):
-            field = kind.field(i)
-            if pa.types.is_floating(field.type) or _nested(field.type):
-                _check_values(field.type, column.field(i), depth + 1)
-
-
-def _has_long_line(chunk: bytes | bytearray, limit: int = MAX_LINE_BYTES) -> bool:
-    """Whether a line of ``chunk`` (complete lines) is longer than ``limit`` without its newline.
-
-    Jumps to the last newline within ``limit + 1`` bytes of each line start, so a
-    few searches cover a block.
-    """
-    start = 0
-    while start < len(chunk):
-        newline = chunk.rfind(b"\n", start, start + limit + 1)
-        if newline < 0:
-            return True
-        start = newline + 1
-    return False
-
-
-def _nested(kind: pa.DataType) -> bool:
-    return pa.types.is_struct(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+_NON_FINITE_TEXT = strings(list(NON_FINITE))
+_ATTEMPT_START = strings([ATTEMPT_START])[0]
 
 
 # --------------------------------------------------------------------------- leaves
@@ -246,17 +91,17 @@ def _leaf(name: str, column: Any) -> _Leaf | None:
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         if not pa.types.is_float64(kind):
             column = column.cast(pa.float64(), safe=False)  # nearest double, as float(int)
-        return _Leaf(name, _numbers(column, np.float64), _valid(column))
+        return _Leaf(name, numbers(column, np.float64), valid(column))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         index = pc.index_in(column, value_set=_NON_FINITE_TEXT)
         if index.null_count == len(index):
             return None
-        present = _valid(index)
-        values = _NON_FINITE_VALUE[np.where(present, _numbers(index, np.int32), -1)]
+        present = valid(index)
+        values = _NON_FINITE_VALUE[np.where(present, numbers(index, np.int32), -1)]
         return _Leaf(name, values, present)
     if pa.types.is_boolean(kind) or pa.types.is_null(kind) or pa.types.is_temporal(kind):
         return None  # booleans and nulls are not metrics; temporal: strings pyarrow took for times
-    raise _ReadLineByLine  # lists (named by position), binary, ...
+    raise ReadLineByLine  # lists (named by position), binary, ...
 
 
 def _leaves(column: Any, prefix: str, at_root: bool, in_data: bool, out: list[_Leaf]) -> None:
@@ -296,16 +141,16 @@ def _as_index(column: Any) -> pa.Array:
     if pa.types.is_int64(kind):
         return column
     if pa.types.is_floating(kind):
-        values = _numbers(column.cast(pa.float64()), np.float64)
+        values = numbers(column.cast(pa.float64()), np.float64)
         with np.errstate(invalid="ignore"):
-            whole = _valid(column) & (np.floor(values) == values)
+            whole = valid(column) & (np.floor(values) == values)
             whole &= (values >= -_INT64_LIMIT) & (values < _INT64_LIMIT)
-        return _array(np.where(whole, values, 0).astype(np.int64), pa.int64(), whole)
+        return as_arrow(np.where(whole, values, 0).astype(np.int64), pa.int64(), whole)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if column.null_count < len(column):
-            raise _ReadLineByLine  # "3" counts as 3 there; rare enough to leave to Python's int()
+            raise ReadLineByLine  # "3" counts as 3 there; rare enough to leave to Python's int()
     elif pa.types.is_temporal(kind):
-        raise _ReadLineByLine  # a string pyarrow took for a time
+        raise ReadLineByLine  # a string pyarrow took for a time
     return pa.nulls(len(column), pa.int64())
 
 
@@ -332,7 +177,7 @@ def _phase(data: Any, rows: int) -> pa.Array:
     if column is not None and pa.types.is_string(column.type):
         return column
     if column is not None and pa.types.is_temporal(column.type):
-        raise _ReadLineByLine  # a string pyarrow took for a time
+        raise ReadLineByLine  # a string pyarrow took for a time
     return pa.nulls(rows, pa.string())
 
 
@@ -343,7 +188,7 @@ def _client_ids(data: Any, rows: int) -> pa.Array:
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         return column.cast(pa.string())  # decimal digits; true / false as JSON spells them
-    raise _ReadLineByLine  # floats (Python's str of them), objects (their JSON text), times
+    raise ReadLineByLine  # floats (Python's str of them), objects (their JSON text), times
 
 
 # --------------------------------------------------------------------------- blocks
@@ -357,19 +202,19 @@ class _FastMetrics:
         self.order = careful.order
         self.schema = careful.schema
         self.experiment_id = careful.experiment_id
-        self.experiment_id_text = _strings([careful.experiment_id])
+        self.experiment_id_text = strings([careful.experiment_id])
         self.with_experiment_id = careful.with_experiment_id
         self.dictionary_text = pa.types.is_dictionary(self.schema.field("metric").type)
 
     def batch(self, table: pa.Table, first_seq: int, chunk: bytearray) -> pa.RecordBatch | None:
         rows = table.num_rows
-        data = _whole(table.column("data")) if "data" in table.column_names else None
+        data = whole(table.column("data")) if "data" in table.column_names else None
         if data is not None and not pa.types.is_struct(data.type):
             if data.null_count < rows:
-                raise _ReadLineByLine  # a number (the metric "value") or a list as data
+                raise ReadLineByLine  # a number (the metric "value") or a list as data
             data = None
-        kinds = _whole(table.column("type"))
-        starts = _flags(pc.equal(kinds, _ATTEMPT_START))
+        kinds = whole(table.column("type"))
+        starts = flags(pc.equal(kinds, _ATTEMPT_START))
         attempts, started = self.careful.attempts.of_rows(starts)
         leaves: list[_Leaf] = []
         if data is not None:
@@ -388,17 +233,17 @@ class _FastMetrics:
         owner = held // len(leaves)
         leaf_of_row = held - owner * len(leaves)
 
-        take = _array(owner, pa.int64())
-        stamps = _whole(table.column("timestamp"))
+        take = as_arrow(owner, pa.int64())
+        stamps = whole(table.column("timestamp"))
         try:
             timestamps = stamps.cast(TIMESTAMP_TYPE)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # parsed one by one, once each
             first = np.empty(len(owner), bool)
             first[:1] = True
             np.not_equal(owner[1:], owner[:-1], out=first[1:])
-            with_rows = _array(owner[first], pa.int64())
+            with_rows = as_arrow(owner[first], pa.int64())
             timestamps = timestamp_array(stamps.take(with_rows).to_pylist())
-            timestamps = timestamps.take(_array(np.cumsum(first) - 1, pa.int64()))
+            timestamps = timestamps.take(as_arrow(np.cumsum(first) - 1, pa.int64()))
         else:
             timestamps = timestamps.take(take)
         columns: list[Any] = []
@@ -406,13 +251,13 @@ class _FastMetrics:
         text = self.dictionary_text
         if self.with_experiment_id:
             if text:
-                columns.append(_dictionary(np.zeros(n, np.int32), self.experiment_id_text))
+                columns.append(as_dictionary(np.zeros(n, np.int32), self.experiment_id_text))
             else:
                 columns.append(pa.repeat(self.experiment_id_text[0], n))
         columns += [
             pa.repeat(self.careful.rank, n),
-            _array(owner + first_seq, pa.int64()),
-            _array(attempts[owner], pa.int64()),
+            as_arrow(owner + first_seq, pa.int64()),
+            as_arrow(attempts[owner], pa.int64()),
             timestamps,
             _spread(kinds, take, text),
             _spread(_phase(data, rows), take, text),
@@ -421,7 +266,7 @@ class _FastMetrics:
             _first_index(data, ROUND_KEYS, rows).take(take),
             _spread(_client_ids(data, rows), take, text),
             self._metric_names(leaves, leaf_of_row, text),
-            _array(values.ravel()[held], pa.float64()),
+            as_arrow(values.ravel()[held], pa.float64()),
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         self.careful.attempts.settle(attempts, started)
@@ -436,10 +281,10 @@ class _FastMetrics:
         makes the Parquet writer give up its dictionary for the row group.
         """
         if not dictionary:
-            return _strings([leaf.name for leaf in leaves]).take(_array(leaf_of_row, pa.int64()))
+            return strings([leaf.name for leaf in leaves]).take(as_arrow(leaf_of_row, pa.int64()))
         codes: dict[str, int] = {}
         of_leaf = np.array([codes.setdefault(leaf.name, len(codes)) for leaf in leaves], np.int32)
-        return _dictionary(of_leaf[leaf_of_row], _strings(list(codes)))
+        return as_dictionary(of_leaf[leaf_of_row], strings(list(codes)))
 
     def _in_rank_order(self, leaves: list[_Leaf], chunk: bytearray) -> list[_Leaf]:
         """``leaves`` sorted by :class:`MetricOrder`, ranking the names new in this block.
@@ -455,7 +300,7 @@ class _FastMetrics:
             if len(same) > 1:  # data.loss and data.metrics.loss: their order is the line's
                 held = np.sum([leaf.present for leaf in same], axis=0)
                 if (held > 1).any():
-                    raise _ReadLineByLine
+                    raise ReadLineByLine
         rank = self.order.rank
         new = [name for name in by_name if name not in rank]
         if new:
@@ -477,27 +322,15 @@ class _FastMetrics:
             start = chunk.index(b"\n", start) + 1
         try:
             data = decode_line(bytes(chunk[start : chunk.index(b"\n", start)])).get("data")
-        except MalformedLine:  # cannot happen: pyarrow read the line, and _parse refuses the rest
-            raise _ReadLineByLine from None
+        except MalformedLine:  # cannot happen: pyarrow read the line, parse_block refuses the rest
+            raise ReadLineByLine from None
         walker = MetricsBuilder(self.experiment_id, None, self.schema)  # with its own order
         walker.walk_data(data)
         walked = (walker.names[code] for code in walker.codes if code >= 0)
         ordered = list(dict.fromkeys(name for name in walked if name in names))
         if sorted(ordered) != sorted(names):  # cannot happen if both read the line alike
-            raise _ReadLineByLine
+            raise ReadLineByLine
         return ordered
-
-
-def _parsed(chunk: bytearray) -> tuple[pa.Table | None, int]:
-    """:func:`_parse` and the number of lines, None for a block to read the careful way.
-
-    Runs on a worker thread: pyarrow and numpy let go of the GIL (``bytes.count`` would not).
-    """
-    lines = int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))
-    try:
-        return _parse(chunk, lines), lines
-    except _ReadLineByLine:
-        return None, lines
 
 
 def fast_metric_batches(
@@ -516,16 +349,11 @@ def fast_metric_batches(
     not messages are counted into ``skips``; ``taken``, if given, counts the
     blocks read each way (``"arrow"``, ``"careful"``).
 
-    pyarrow parses the next :data:`PARSERS` blocks (on worker threads, without
-    the GIL) while this thread unpivots the one before: at most ``PARSERS + 1``
-    blocks are held at a time.
+    pyarrow parses the next blocks on worker threads while this thread
+    unpivots the one before (:class:`replay._jsonparse.ParsedBlocks`).
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     if taken is None:
         taken = {}
-    if block_bytes is None:
-        block_bytes = FAST_BLOCK_BYTES
     fast = _FastMetrics(careful)
     seq = 0
 
@@ -540,10 +368,10 @@ def fast_metric_batches(
             table, lines = parsed.result()
             try:
                 if table is None:
-                    raise _ReadLineByLine
+                    raise ReadLineByLine
                 batch = fast.batch(table, seq, chunk)
                 taken["arrow"] = taken.get("arrow", 0) + 1
-            except _ReadLineByLine:
+            except ReadLineByLine:
                 taken["careful"] = taken.get("careful", 0) + 1
                 split = split_lines(bytes(chunk))[0]
                 with gc_paused():
@@ -552,24 +380,15 @@ def fast_metric_batches(
         seq += lines
         return batch
 
-    with (
-        open(run.path, "rb") as file,
-        ThreadPoolExecutor(max_workers=PARSERS, thread_name_prefix="runtail-parse") as pool,
-    ):
-        blocks = LineBlocks(file, block_bytes=block_bytes)
+    with ParsedBlocks(run.path, block_bytes=block_bytes) as blocks:
         done = 0
-        waiting: deque[tuple[bool, bytearray, Future[Any] | None]] = deque()
-        for oversized, chunk in blocks.chunks():
-            waiting.append((oversized, chunk, pool.submit(_parsed, chunk) if chunk else None))
-            if len(waiting) > PARSERS:
-                batch = rows_of(*waiting.popleft())
-                if batch is not None:
-                    yield batch
+        for block in blocks:
             if on_bytes is not None:
                 on_bytes(blocks.bytes_read - done)
                 done = blocks.bytes_read
-        while waiting:
-            batch = rows_of(*waiting.popleft())
+            batch = rows_of(*block)
             if batch is not None:
                 yield batch
+        if on_bytes is not None and blocks.bytes_read > done:
+            on_bytes(blocks.bytes_read - done)
     skips.add(run.path, careful.malformed, blocks.torn)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import replay._arrow as arrow
+import replay._jsonparse as jsonparse
 import replay._source as source
 from recorder.format import decode_line, encode_line
 from replay.export import ExportError, export
@@ -62,7 +63,7 @@ def test_file_export_in_many_row_groups(tmp_path: Path, monkeypatch: pytest.Monk
 
     run = mixed_run(tmp_path / "run-a.jsonl", epochs=40)
     monkeypatch.setattr(source, "BLOCK_BYTES", 2048)
-    monkeypatch.setattr(arrow, "FAST_BLOCK_BYTES", 2048)
+    monkeypatch.setattr(jsonparse, "FAST_BLOCK_BYTES", 2048)
     monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 30)
     export(run, tmp_path / "a.parquet")
     assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups > 5
@@ -82,7 +83,7 @@ def test_text_reads_back_as_strings_whichever_way_each_block_was_read(
     run = mixed_run(tmp_path / "run-a.jsonl", epochs=40)
     lines = run.read_bytes().splitlines(keepends=True)
     run.write_bytes(b"".join([*lines[:100], b"broken\n", *lines[100:]]))
-    monkeypatch.setattr(arrow, "FAST_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(jsonparse, "FAST_BLOCK_BYTES", 4096)
     monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 60)
     taken: list[str] = []
 

@@ -619,9 +619,9 @@ def test_attempt_counts_the_training_starts_of_a_file(tmp_path: Path) -> None:
         ("b", 1, 0.8),
     ]
     # In blocks of a few lines (pyarrow's and the careful path's), the attempt carries over.
-    import replay._arrow
+    import replay._jsonparse
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(source, "BLOCK_BYTES", 64)
-        patch.setattr(replay._arrow, "FAST_BLOCK_BYTES", 300)
+        patch.setattr(replay._jsonparse, "FAST_BLOCK_BYTES", 300)
         pd.testing.assert_frame_equal(read_metrics(tmp_path / "runs"), metrics)
