@@ -82,3 +82,18 @@ def mixed_run(path: Path, *, epochs: int = 3, rounds: int = 2) -> Path:
     lines.append(line("training_end", {"run_id": "r1", "best_loss": 0.1}, at=at + 0.05))
     lines.append(line("status", {"status": "completed", "message": ""}, at=at + 0.06))
     return write_run(path, lines)
+
+
+def fresh_python(code: str, *args: object) -> str:
+    """Run ``code`` in a new interpreter from the repository root; return its stdout."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout

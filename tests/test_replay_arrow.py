@@ -17,7 +17,7 @@ from recorder.format import MAX_LINE_BYTES, encode_message
 from replay._arrow import fast_metric_batches
 from replay._source import Run, SkipCounts
 from replay.tables import MetricsBuilder, metric_batches, metrics_schema
-from tests._replay_helpers import SAMPLE_RUNS, line, mixed_run, write_run
+from tests._replay_helpers import SAMPLE_RUNS, fresh_python, line, mixed_run, write_run
 
 
 def careful_table(path: Path) -> tuple[pa.Table, SkipCounts]:
@@ -271,21 +271,9 @@ def test_first_appearance_order_across_blocks(tmp_path: Path) -> None:
 
 def test_export_of_a_clean_run_does_not_import_pandas(tmp_path: Path) -> None:
     """tailer export never needs pandas (pyarrow's own conversions would import it: 0.3 CPU s)."""
-    import subprocess
-    import sys
-
-    from tests._replay_helpers import ROOT
-
     path = mixed_log(tmp_path / "mixed.jsonl", 500)
     code = (
         "import sys; from replay.export import export; "
         "export(sys.argv[1], sys.argv[2]); print('pandas' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path), str(tmp_path / "out.parquet")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code, path, tmp_path / "out.parquet").strip() == "False"
