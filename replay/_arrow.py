@@ -54,16 +54,26 @@ _INT64_LIMIT = 2.0**63
 _NON_FINITE_VALUE = np.array([*NON_FINITE.values(), 0.0], np.float64)  # 0.0: not one of them
 
 
-def _spread(column: pa.Array, take: pa.Array, dictionary: bool) -> pa.Array:
-    """``column`` (a value per line) spread over the rows by ``take``, as a dictionary if asked.
+def _spread(column: pa.Array, owner: np.ndarray, dictionary: bool) -> pa.Array:
+    """``column`` (a value per line) spread over the rows, row ``i`` taking line ``owner[i]``.
 
-    The dictionary of a block's lines is found once, its positions spread:
-    ints moved instead of strings.
+    As a dictionary array if asked: the block's distinct values found once,
+    their positions spread (ints moved instead of strings).
     """
     if not dictionary:
-        return column.take(take)
+        return column.take(as_arrow(owner, pa.int64()))
     encoded = column.dictionary_encode()
-    return pa.DictionaryArray.from_arrays(encoded.indices.take(take), encoded.dictionary)
+    indices = encoded.indices
+    return pa.DictionaryArray.from_arrays(
+        as_arrow(numbers(indices, np.int32)[owner], pa.int32(), valid(indices)[owner]),
+        encoded.dictionary,
+    )
+
+
+def _spread_numbers(column: pa.Array, owner: np.ndarray) -> pa.Array:
+    """A fixed-width 64-bit column (a value per line) spread over the rows, nulls kept."""
+    spread = numbers(column, np.int64)[owner]
+    return as_arrow(spread, column.type, valid(column)[owner] if column.null_count else None)
 
 
 _NON_FINITE_TEXT = strings(list(NON_FINITE))
@@ -88,9 +98,12 @@ def _leaf(name: str, column: Any) -> _Leaf | None:
     kind = column.type
     if column.null_count == len(column):
         return None
+    if pa.types.is_float64(kind):
+        return _Leaf(name, numbers(column, np.float64), valid(column))
+    if pa.types.is_int64(kind):  # the nearest double, as float(int)
+        return _Leaf(name, numbers(column, np.int64).astype(np.float64), valid(column))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        if not pa.types.is_float64(kind):
-            column = column.cast(pa.float64(), safe=False)  # nearest double, as float(int)
+        column = column.cast(pa.float64(), safe=False)
         return _Leaf(name, numbers(column, np.float64), valid(column))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         index = pc.index_in(column, value_set=_NON_FINITE_TEXT)
@@ -110,7 +123,7 @@ def _leaves(column: Any, prefix: str, at_root: bool, in_data: bool, out: list[_L
     for i in range(kind.num_fields):
         key = kind.field(i).name
         if pa.types.is_struct(kind.field(i).type):
-            child = pc.struct_field(column, [i])
+            child = _child(column, i)
             if in_data and key == "metrics":  # data.metrics shares data's level: no prefix
                 _leaves(child, "", True, False, out)
             else:  # even under an index key: only the key's own value is no metric
@@ -118,10 +131,26 @@ def _leaves(column: Any, prefix: str, at_root: bool, in_data: bool, out: list[_L
             continue
         if at_root and key in INDEX_KEYS:
             continue
-        child = pc.struct_field(column, [i])
-        leaf = _leaf(f"{prefix}{key}", child)
+        leaf = _leaf(f"{prefix}{key}", _child(column, i))
         if leaf is not None:
             out.append(leaf)
+
+
+def _child(struct: Any, index: int) -> Any:
+    """Field ``index`` of a struct array, null wherever the struct is.
+
+    pyarrow's JSON reader writes a null under each null object already, so the
+    child is taken as it is; only a child holding a value under a null parent
+    is rebuilt with the parent's nulls.
+    """
+    child = struct.field(index)
+    if (
+        struct.null_count
+        and child.null_count < len(child)
+        and (valid(child) & ~valid(struct)).any()
+    ):
+        return pc.struct_field(struct, [index])
+    return child
 
 
 # --------------------------------------------------------------------------- message columns
@@ -132,30 +161,32 @@ def _field(struct: Any, key: str) -> Any:
     if struct is None or not pa.types.is_struct(struct.type):
         return None
     index = struct.type.get_field_index(key)
-    return None if index < 0 else pc.struct_field(struct, [index])
+    return None if index < 0 else _child(struct, index)
 
 
-def _as_index(column: Any) -> pa.Array:
-    """An index column as int64: whole numbers that fit, null for anything else (``_as_int``)."""
+def _as_index(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An index column as int64 values and where each is one: whole numbers that fit
+    (``_as_int``); anything else is no index."""
     kind = column.type
     if pa.types.is_int64(kind):
-        return column
+        return numbers(column, np.int64), valid(column)
     if pa.types.is_floating(kind):
         values = numbers(column.cast(pa.float64()), np.float64)
         with np.errstate(invalid="ignore"):
-            whole = valid(column) & (np.floor(values) == values)
-            whole &= (values >= -_INT64_LIMIT) & (values < _INT64_LIMIT)
-        return as_arrow(np.where(whole, values, 0).astype(np.int64), pa.int64(), whole)
+            whole_number = valid(column) & (np.floor(values) == values)
+            whole_number &= (values >= -_INT64_LIMIT) & (values < _INT64_LIMIT)
+        return np.where(whole_number, values, 0).astype(np.int64), whole_number
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if column.null_count < len(column):
             raise ReadLineByLine  # "3" counts as 3 there; rare enough to leave to Python's int()
     elif pa.types.is_temporal(kind):
         raise ReadLineByLine  # a string pyarrow took for a time
-    return pa.nulls(len(column), pa.int64())
+    return np.zeros(len(column), np.int64), np.zeros(len(column), bool)
 
 
-def _first_index(data: Any, keys: tuple[str, ...], rows: int) -> pa.Array:
-    """The first of ``keys`` in ``data`` (then in ``data.metrics``) that is not null, as int64.
+def _first_index(data: Any, keys: tuple[str, ...], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first of ``keys`` in ``data`` (then in ``data.metrics``) that is not null, as int64
+    values and where each is an index.
 
     As in the careful path, the first key present decides, even when its value
     is no whole number (the index is then null).
@@ -163,12 +194,20 @@ def _first_index(data: Any, keys: tuple[str, ...], rows: int) -> pa.Array:
     candidates = [_field(data, key) for key in keys]
     metrics = _field(data, "metrics")
     candidates += [_field(metrics, key) for key in keys]
-    result: pa.Array = pa.nulls(rows, pa.int64())
-    for column in reversed([c for c in candidates if c is not None]):  # the first wins: last set
-        present = column.is_valid()
-        if present.true_count:
-            result = pc.if_else(present, _as_index(column), result)
-    return result
+    values = np.zeros(rows, np.int64)
+    is_index = np.zeros(rows, bool)
+    open_rows: np.ndarray | None = None  # rows no key has decided yet
+    for column in candidates:
+        if column is None or column.null_count == rows:
+            continue
+        present = valid(column)
+        if open_rows is not None:
+            present &= open_rows
+        found, whole_number = _as_index(column)
+        values[present] = found[present]
+        is_index[present] = whole_number[present]
+        open_rows = ~present if open_rows is None else open_rows & ~present
+    return values, is_index
 
 
 def _phase(data: Any, rows: int) -> pa.Array:
@@ -233,10 +272,9 @@ class _FastMetrics:
         owner = held // len(leaves)
         leaf_of_row = held - owner * len(leaves)
 
-        take = as_arrow(owner, pa.int64())
         stamps = whole(table.column("timestamp"))
         try:
-            timestamps = stamps.cast(TIMESTAMP_TYPE)
+            timestamps = _spread_numbers(stamps.cast(TIMESTAMP_TYPE), owner)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # parsed one by one, once each
             first = np.empty(len(owner), bool)
             first[:1] = True
@@ -244,8 +282,6 @@ class _FastMetrics:
             with_rows = as_arrow(owner[first], pa.int64())
             timestamps = timestamp_array(stamps.take(with_rows).to_pylist())
             timestamps = timestamps.take(as_arrow(np.cumsum(first) - 1, pa.int64()))
-        else:
-            timestamps = timestamps.take(take)
         columns: list[Any] = []
         n = len(owner)
         text = self.dictionary_text
@@ -259,12 +295,15 @@ class _FastMetrics:
             as_arrow(owner + first_seq, pa.int64()),
             as_arrow(attempts[owner], pa.int64()),
             timestamps,
-            _spread(kinds, take, text),
-            _spread(_phase(data, rows), take, text),
-            _first_index(data, EPOCH_KEYS, rows).take(take),
-            _first_index(data, STEP_KEYS, rows).take(take),
-            _first_index(data, ROUND_KEYS, rows).take(take),
-            _spread(_client_ids(data, rows), take, text),
+            _spread(kinds, owner, text),
+            _spread(_phase(data, rows), owner, text),
+            *(
+                as_arrow(values[owner], pa.int64(), is_index[owner])
+                for values, is_index in (
+                    _first_index(data, keys, rows) for keys in (EPOCH_KEYS, STEP_KEYS, ROUND_KEYS)
+                )
+            ),
+            _spread(_client_ids(data, rows), owner, text),
             self._metric_names(leaves, leaf_of_row, text),
             as_arrow(values.ravel()[held], pa.float64()),
         ]

@@ -139,6 +139,28 @@ def test_mixed_run_helper_equals_careful(tmp_path: Path) -> None:
     assert_equal_paths(mixed_run(tmp_path / "run.jsonl", epochs=4, rounds=3))
 
 
+def test_the_first_index_key_present_decides_wherever_it_is(tmp_path: Path) -> None:
+    """epoch, local_epoch, round and round_num in data and in data.metrics, in every mix:
+    pyarrow reads the block, and the first key present (a null is none) decides, as the
+    careful walk does, even when its value is no index."""
+    datas = [
+        {"local_epoch": 1, "metrics": {"epoch": 2, "loss": 1}},
+        {"metrics": {"epoch": 3, "local_epoch": 4, "loss": 1}},
+        {"metrics": {"local_epoch": 5, "loss": 1}},
+        {"epoch": 6, "local_epoch": 7, "metrics": {"epoch": 8, "local_epoch": 9, "loss": 1}},
+        {"epoch": None, "local_epoch": 10, "metrics": {"epoch": 11, "loss": 1}},
+        {"local_epoch": None, "metrics": {"epoch": None, "local_epoch": 12, "loss": 1}},
+        {"epoch": 1.5, "local_epoch": 13, "loss": 1},
+        {"round_num": 2, "metrics": {"round": 3, "round_num": 4, "loss": 1}},
+        {"metrics": {"round_num": 5, "loss": 1}},
+        {"loss": 1},
+    ]
+    path = write_run(tmp_path / "run.jsonl", [line("m", data) for data in datas * 3])
+    assert assert_equal_paths(path) == {"arrow": 1}
+    careful, _ = careful_table(path)
+    assert careful.column("epoch").to_pylist()[:9] == [1, 3, 5, 6, 10, 12, None, None, None]
+
+
 # --------------------------------------------------------------------------- hostile lines
 
 GOOD = line("batch_metrics", {"step": 1, "loss": 0.5, "accuracy": 1, "epoch": 0})
@@ -277,3 +299,18 @@ def test_export_of_a_clean_run_does_not_import_pandas(tmp_path: Path) -> None:
         "export(sys.argv[1], sys.argv[2]); print('pandas' in sys.modules)"
     )
     assert fresh_python(code, path, tmp_path / "out.parquet").strip() == "False"
+
+
+def test_a_child_holding_values_under_a_null_parent_gets_its_nulls() -> None:
+    """Struct children are read as they are (pyarrow's JSON reader writes nulls under null
+    objects); a struct made otherwise, with values under null parents, still gives nulls."""
+    from replay._arrow import _child
+
+    loss = pa.array([1.0, 2.0, 3.0])
+    struct = pa.StructArray.from_arrays([loss], ["loss"], mask=pa.array([False, True, False]))
+    assert struct.field(0).to_pylist() == [1.0, 2.0, 3.0]  # the raw child ignores the mask
+    assert _child(struct, 0).to_pylist() == [1.0, None, 3.0]
+    nulls_below = pa.StructArray.from_arrays(
+        [pa.array([1.0, None, 3.0])], ["loss"], mask=pa.array([False, True, False])
+    )
+    assert _child(nulls_below, 0).to_pylist() == [1.0, None, 3.0]
