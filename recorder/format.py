@@ -557,7 +557,7 @@ class LineBuffer:
         returns them, ``chunk`` as a ``bytearray``. The bytes are read in place
         after those held from the last call and the complete lines are cut off
         where they lie, so a large block is copied once, by the read, instead
-        of three times (a third of the time of reading a large file).
+        of three times.
         """
         held = len(self._rest)
         chunk = bytearray(held + size)

@@ -298,8 +298,8 @@ class _FastMetrics:
             _spread(kinds, owner, text),
             _spread(_phase(data, rows), owner, text),
             *(
-                as_arrow(values[owner], pa.int64(), is_index[owner])
-                for values, is_index in (
+                as_arrow(index[owner], pa.int64(), is_index[owner])
+                for index, is_index in (
                     _first_index(data, keys, rows) for keys in (EPOCH_KEYS, STEP_KEYS, ROUND_KEYS)
                 )
             ),

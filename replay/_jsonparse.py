@@ -89,7 +89,7 @@ def _parse(chunk: bytearray, lines: int) -> pa.Table:
             raise ReadLineByLine
     if len(chunk) > MAX_LINE_BYTES and _has_long_line(chunk):
         raise ReadLineByLine  # decode_line refuses it, pyarrow would not
-    # One block per call, on this thread (block_size: the whole chunk, at most a line longer).
+    # One block per call, on this thread: block_size is the whole chunk.
     options = pj.ReadOptions(use_threads=False, block_size=len(chunk) + 1)
     try:
         table = pj.read_json(pa.BufferReader(chunk), read_options=options, parse_options=_PARSE)
@@ -162,7 +162,6 @@ class ParsedBlocks:
     def __init__(
         self, path: Path, *, block_bytes: int | None = None, parsers: int = PARSERS
     ) -> None:
-        self.path = path
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
             if block_bytes is None:
